@@ -1,0 +1,94 @@
+"""One JSON error path for the whole API (CONTRACT §5).
+
+Domain code raises :class:`ApiError` (or a subclass of :class:`stockex.errors.DomainError`);
+one set of handlers renders every failure as
+``{"error": {"code": ..., "message": ..., "details": {...}}}``. Werkzeug's HTTP errors
+(404, 405, 413, ...) get the same shape, a lost database answers 503, and anything unexpected
+answers a 500 that hides the traceback (which goes to the log instead).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from werkzeug.exceptions import HTTPException
+
+from stockex.errors import DomainError
+
+log = logging.getLogger("stockex.api")
+
+
+class ApiError(DomainError):
+    """An error with an HTTP status; raise it from request handling code."""
+
+
+def error_response(
+    status: int, code: str, message: str, details: dict[str, Any] | None = None
+) -> Response:
+    response = jsonify({"error": {"code": code, "message": message, "details": details or {}}})
+    response.status_code = status
+    return response
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
+
+
+def _database_unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, DisconnectionError | PoolTimeoutError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated or _is_connect_error(exc)
+
+
+def _is_connect_error(exc: BaseException) -> bool:
+    if not isinstance(exc, DBAPIError) or exc.orig is None:
+        return False
+    args = getattr(exc.orig, "args", ())
+    # 2003 can't connect, 2006 server gone away, 2013 lost connection during query
+    return bool(args) and args[0] in (2003, 2006, 2013)
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(DomainError)
+    def _domain(exc: DomainError) -> Response:
+        response = error_response(exc.status, exc.code, exc.message, exc.details)
+        for name, value in exc.headers.items():
+            response.headers[name] = value
+        return response
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        code = _HTTP_CODES.get(status, "http_error")
+        message = exc.description or exc.name
+        if status == 404:
+            message = f"no such endpoint: {request.method} {request.path}"
+        response = error_response(status, code, message)
+        if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
+            response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        if _database_unavailable(exc):
+            log.warning("database unavailable during %s %s: %s", request.method, request.path, exc)
+            return error_response(503, "database_unavailable", "the database is not reachable")
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        hook = app.extensions.get("stockex.on_unhandled_error")
+        if hook is not None:
+            hook(exc)
+        return error_response(500, "internal_error", "internal server error")

@@ -1,0 +1,116 @@
+"""The cache: Redis when ``redis.url`` is set, an in-process TTL cache otherwise.
+
+Every cache key and its invalidation lives in this module so that what is cached, for how
+long, and what clears it can be read in one place. A Redis outage never fails a request:
+reads miss, writes are dropped, a warning is logged once per outage, and ``ping`` reports
+the problem so ``/ready`` can say so.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+log = logging.getLogger("stockex.cache")
+
+KEY_PREFIX = "stockex:"
+
+
+class LocalCache:
+    """A small thread-safe TTL cache for single-process setups (the embedded default)."""
+
+    def __init__(self, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic):
+        self._data: dict[str, tuple[float, bytes]] = {}
+        self._lock = threading.Lock()
+        self._max = max_entries
+        self._clock = clock
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            entry = self._data.get(key)
+            if entry is None:
+                return None
+            if entry[0] <= self._clock():
+                del self._data[key]
+                return None
+            return entry[1]
+
+    def set(self, key: str, value: bytes, ttl: float) -> None:
+        with self._lock:
+            if len(self._data) >= self._max:
+                self._data.clear()  # crude but bounded; the database is always the truth
+            self._data[key] = (self._clock() + ttl, value)
+
+    def delete(self, *keys: str) -> None:
+        with self._lock:
+            for key in keys:
+                self._data.pop(key, None)
+
+
+class Cache:
+    """Byte values under namespaced keys, with TTLs; see the module docstring for failures."""
+
+    def __init__(self, redis_url: str = "") -> None:
+        self.redis_url = redis_url
+        self.local = LocalCache()
+        self.redis: redis.Redis | None = None
+        if redis_url:
+            self.redis = redis.Redis.from_url(
+                redis_url, socket_connect_timeout=0.5, socket_timeout=0.5, health_check_interval=30
+            )
+        self._redis_down = False
+
+    @property
+    def backend(self) -> str:
+        return "redis" if self.redis is not None else "local"
+
+    def get(self, key: str) -> bytes | None:
+        if self.redis is None:
+            return self.local.get(KEY_PREFIX + key)
+        try:
+            value = self.redis.get(KEY_PREFIX + key)
+        except redis.RedisError as exc:
+            self._note_down(exc)
+            return None
+        self._note_up()
+        return value  # type: ignore[return-value]
+
+    def set(self, key: str, value: bytes, ttl: float) -> None:
+        if self.redis is None:
+            self.local.set(KEY_PREFIX + key, value, ttl)
+            return
+        try:
+            self.redis.set(KEY_PREFIX + key, value, px=max(1, int(ttl * 1000)))
+        except redis.RedisError as exc:
+            self._note_down(exc)
+            return
+        self._note_up()
+
+    def delete(self, *keys: str) -> None:
+        names = [KEY_PREFIX + k for k in keys]
+        if self.redis is None:
+            self.local.delete(*names)
+            return
+        try:
+            self.redis.delete(*names)
+        except redis.RedisError as exc:
+            self._note_down(exc)
+
+    def ping(self) -> None:
+        """Raise ``redis.RedisError`` when Redis is configured and does not answer."""
+        if self.redis is not None:
+            self.redis.ping()
+
+    def _note_down(self, exc: Exception) -> None:
+        if not self._redis_down:
+            log.warning("redis unavailable, serving without cache: %s", exc)
+            self._redis_down = True
+
+    def _note_up(self) -> None:
+        if self._redis_down:
+            log.warning("redis is back")
+            self._redis_down = False

@@ -1,0 +1,431 @@
+"""Settings: one YAML file plus ``STOCKEX__SECTION__KEY`` environment overrides.
+
+Where the file comes from: ``$STOCKEX_CONFIG``, else ``./config.yaml``, else the built-in
+defaults (the embedded SQLite setup). Every environment variable named
+``STOCKEX__<SECTION>__<KEY>`` (or ``STOCKEX__<KEY>`` for a top-level key) overrides one key;
+its value is read as YAML, so ``[asaxu, btcvnd]`` is a list and ``5000`` a number.
+
+Everything is validated once, here, before anything starts. A bad setting raises
+:class:`ConfigError`, whose message is one line naming the key, e.g.
+``config: database.url: not a database URL: 'nonsense'``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+
+ENV_PREFIX = "STOCKEX__"
+CONFIG_PATH_ENV = "STOCKEX_CONFIG"
+DEFAULT_SECRET_KEY = "change-me"  # noqa: S105 - the placeholder that start-up refuses in production
+SUPPORTED_DATABASES = ("sqlite", "mysql")
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown, of the wrong type or out of range."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"config: {key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = "sqlite:///stockex.db"
+
+    @property
+    def dialect(self) -> str:
+        return self.url.split(":", 1)[0].split("+", 1)[0]
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class SlackSettings:
+    token: str = ""
+    webhook_url: str = ""
+    channel: str = "#stockex-alerts"
+    base_url: str = ""
+    cooldown_seconds: int = 300
+
+
+@dataclass(frozen=True)
+class TikiSettings:
+    base_url: str = "https://api.tiki.vn"
+    timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class CrawlerSettings:
+    markets: tuple[str, ...] = ("asaxu",)
+    start: str = "2024-01-01T00:00:00+07:00"
+    chunk_minutes: int = 1000
+    interval_seconds: int = 60
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    host: str = "127.0.0.1"
+    port: int = 5010
+    jwt_ttl_seconds: int = 3600
+
+
+@dataclass(frozen=True)
+class MarketSettings:
+    id: str
+    base: str
+    quote: str
+    price_precision: int = 0
+    amount_precision: int = 3
+    min_amount: Decimal = Decimal("0.001")
+    maker_fee: Decimal = Decimal("0")
+    taker_fee: Decimal = Decimal("0")
+
+
+def _default_markets() -> tuple[MarketSettings, ...]:
+    return (MarketSettings(id="asaxu", base="ASA", quote="XU"),)
+
+
+@dataclass(frozen=True)
+class Settings:
+    timezone: str = "Asia/Ho_Chi_Minh"
+    secret_key: str = DEFAULT_SECRET_KEY
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    slack: SlackSettings = field(default_factory=SlackSettings)
+    tiki: TikiSettings = field(default_factory=TikiSettings)
+    crawler: CrawlerSettings = field(default_factory=CrawlerSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
+    markets: tuple[MarketSettings, ...] = field(default_factory=_default_markets)
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def crawler_start_epoch(self) -> int:
+        return _parse_start(self.crawler.start, self.tz)
+
+    def market(self, market_id: str) -> MarketSettings | None:
+        return next((m for m in self.markets if m.id == market_id), None)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with top-level fields or ``section={"key": value}`` changes, validated again."""
+        raw = to_mapping(self)
+        for name, value in changes.items():
+            if isinstance(value, Mapping) and isinstance(raw.get(name), dict):
+                raw[name].update(value)
+            else:
+                raw[name] = value
+        return settings_from_mapping(raw)
+
+
+_SECTIONS: dict[str, type] = {
+    "database": DatabaseSettings,
+    "redis": RedisSettings,
+    "slack": SlackSettings,
+    "tiki": TikiSettings,
+    "crawler": CrawlerSettings,
+    "api": ApiSettings,
+}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read the YAML file (see module docstring), apply environment overrides, validate."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    source = path or env.get(CONFIG_PATH_ENV)
+    if source is None and Path("config.yaml").is_file():
+        source = "config.yaml"
+    if source:
+        raw = _read_yaml(Path(source))
+    for name, value in sorted(env.items()):
+        if name.upper().startswith(ENV_PREFIX):
+            _apply_override(raw, name, value)
+    return settings_from_mapping(raw)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(CONFIG_PATH_ENV, f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(str(path), f"not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), "the top level must be a mapping of sections")
+    return data
+
+
+def _apply_override(raw: dict[str, Any], name: str, value: str) -> None:
+    parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+    if not all(parts) or len(parts) > 2:
+        raise ConfigError(name, "expected STOCKEX__SECTION__KEY or STOCKEX__KEY")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        problem = f"environment value is not valid YAML: {value!r}"
+        raise ConfigError(".".join(parts), problem) from None
+    if len(parts) == 1:
+        raw[parts[0]] = parsed
+        return
+    section = raw.setdefault(parts[0], {})
+    if not isinstance(section, dict):
+        raise ConfigError(parts[0], "must be a mapping")
+    section[parts[1]] = parsed
+
+
+def settings_from_mapping(raw: Mapping[str, Any]) -> Settings:
+    """Build validated :class:`Settings` from a plain mapping (a parsed YAML document)."""
+    known = {f.name for f in dataclasses.fields(Settings)}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(str(key), "unknown key")
+    values: dict[str, Any] = {}
+    if "timezone" in raw:
+        values["timezone"] = _validate_timezone(_coerce("timezone", raw["timezone"], str))
+    if "secret_key" in raw:
+        values["secret_key"] = _coerce("secret_key", raw["secret_key"], str)
+    for name, cls in _SECTIONS.items():
+        if name in raw:
+            values[name] = _build_section(name, cls, raw[name])
+    if "markets" in raw:
+        values["markets"] = _build_markets(raw["markets"])
+    settings = Settings(**values)
+    _validate(settings)
+    return settings
+
+
+def to_mapping(settings: Settings) -> dict[str, Any]:
+    """The settings as plain YAML-ready data (decimals as strings)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Decimal):
+            return str(value)
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return value
+
+    return copy.deepcopy(plain(settings))
+
+
+def _build_section(name: str, cls: type, raw: Any) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(name, "must be a mapping")
+    fields_by_name = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        f = fields_by_name.get(key)
+        if f is None:
+            raise ConfigError(f"{name}.{key}", "unknown key")
+        values[key] = _coerce(f"{name}.{key}", value, f.type)
+    return cls(**values)
+
+
+_TYPE_NAMES = {"str": str, "int": int, "float": float, "tuple[str, ...]": tuple}
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check one scalar against its declared type; YAML already gave us typed values."""
+    kind = _TYPE_NAMES.get(annotation, annotation) if isinstance(annotation, str) else annotation
+    if kind is str:
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {type(value).__name__} {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        return float(value)
+    if kind is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(key, f"expected a list of names, got {value!r}")
+        return tuple(value)
+    raise AssertionError(f"no coercion for {annotation!r}")  # pragma: no cover - programming error
+
+
+_MARKET_TYPES: dict[str, Any] = {
+    "id": str,
+    "base": str,
+    "quote": str,
+    "price_precision": int,
+    "amount_precision": int,
+    "min_amount": Decimal,
+    "maker_fee": Decimal,
+    "taker_fee": Decimal,
+}
+_MARKET_ID = re.compile(r"^[a-z0-9]{2,32}$")
+_ASSET = re.compile(r"^[A-Z0-9]{1,16}$")
+
+
+def _build_markets(raw: Any) -> tuple[MarketSettings, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("markets", "expected a non-empty list of markets")
+    markets = []
+    for i, item in enumerate(raw):
+        where = f"markets[{i}]"
+        if not isinstance(item, Mapping):
+            raise ConfigError(where, "expected a mapping")
+        values: dict[str, Any] = {}
+        for key, value in item.items():
+            kind = _MARKET_TYPES.get(key)
+            if kind is None:
+                raise ConfigError(f"{where}.{key}", "unknown key")
+            if kind is Decimal:
+                values[key] = _decimal(f"{where}.{key}", value)
+            else:
+                values[key] = _coerce(f"{where}.{key}", value, kind)
+        for required in ("id", "base", "quote"):
+            if required not in values:
+                raise ConfigError(f"{where}.{required}", "missing")
+        markets.append(MarketSettings(**values))
+    return tuple(markets)
+
+
+def _decimal(key: str, value: Any) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ConfigError(key, f"expected a decimal number, got {value!r}")
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation:
+        raise ConfigError(key, f"expected a decimal number, got {value!r}") from None
+    if not number.is_finite():
+        raise ConfigError(key, f"expected a finite number, got {value!r}")
+    return number
+
+
+def _validate_timezone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError("timezone", f"unknown timezone {name!r}") from None
+    return name
+
+
+def _parse_start(text: str, tz: ZoneInfo) -> int:
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=tz)
+    return int(moment.timestamp())
+
+
+def _validate(s: Settings) -> None:
+    """Range and format checks that span a whole section."""
+    _validate_database_url(s.database.url)
+    for key, url, schemes in (
+        ("redis.url", s.redis.url, ("redis", "rediss", "unix")),
+        ("slack.webhook_url", s.slack.webhook_url, ("http", "https")),
+        ("slack.base_url", s.slack.base_url, ("http", "https")),
+        ("tiki.base_url", s.tiki.base_url, ("http", "https")),
+    ):
+        if url:
+            _validate_url(key, url, schemes)
+    if not s.tiki.base_url:
+        raise ConfigError("tiki.base_url", "must not be empty")
+    _positive("slack.cooldown_seconds", s.slack.cooldown_seconds, allow_zero=True)
+    _positive("tiki.timeout_seconds", s.tiki.timeout_seconds)
+    _positive("crawler.chunk_minutes", s.crawler.chunk_minutes)
+    _positive("crawler.interval_seconds", s.crawler.interval_seconds)
+    _positive("api.jwt_ttl_seconds", s.api.jwt_ttl_seconds)
+    if not 0 < s.api.port < 65536:
+        raise ConfigError("api.port", f"expected a TCP port 1..65535, got {s.api.port}")
+    if not s.secret_key:
+        raise ConfigError("secret_key", "must not be empty")
+    try:
+        _parse_start(s.crawler.start, s.tz)
+    except ValueError:
+        raise ConfigError("crawler.start", f"not an ISO-8601 time: {s.crawler.start!r}") from None
+    _validate_markets(s)
+
+
+def _validate_database_url(url: str) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError("database.url", f"not a database URL: {url!r}") from None
+    backend = parsed.get_backend_name()
+    if backend not in SUPPORTED_DATABASES:
+        raise ConfigError(
+            "database.url", f"unsupported database {backend!r} (use sqlite or mysql+pymysql)"
+        )
+
+
+def _validate_url(key: str, url: str, schemes: tuple[str, ...]) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in schemes or not (parts.netloc or parts.path):
+        raise ConfigError(key, f"not a {'/'.join(schemes)} URL: {url!r}")
+
+
+def _positive(key: str, value: float, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def _validate_markets(s: Settings) -> None:
+    seen: set[str] = set()
+    for i, m in enumerate(s.markets):
+        where = f"markets[{i}]"
+        if not _MARKET_ID.match(m.id):
+            raise ConfigError(f"{where}.id", f"expected 2-32 of [a-z0-9], got {m.id!r}")
+        if m.id in seen:
+            raise ConfigError(f"{where}.id", f"duplicate market {m.id!r}")
+        seen.add(m.id)
+        for key in ("base", "quote"):
+            if not _ASSET.match(getattr(m, key)):
+                raise ConfigError(f"{where}.{key}", "expected an upper-case asset code like ASA")
+        if m.base == m.quote:
+            raise ConfigError(f"{where}.quote", "must differ from base")
+        for key in ("price_precision", "amount_precision"):
+            if not 0 <= getattr(m, key) <= 18:
+                raise ConfigError(f"{where}.{key}", "expected 0..18 decimal places")
+        if m.min_amount <= 0:
+            raise ConfigError(f"{where}.min_amount", "must be > 0")
+        if m.min_amount.as_tuple().exponent < -m.amount_precision:  # type: ignore[operator]
+            raise ConfigError(f"{where}.min_amount", "has more decimals than amount_precision")
+        for key in ("maker_fee", "taker_fee"):
+            if not Decimal(0) <= getattr(m, key) < 1:
+                raise ConfigError(f"{where}.{key}", "expected a fraction in [0, 1)")
+    for name in s.crawler.markets:
+        if name not in seen:
+            raise ConfigError("crawler.markets", f"{name!r} is not one of the configured markets")

@@ -1,0 +1,54 @@
+"""Domain errors: each carries a machine-readable code and the HTTP status it maps to.
+
+Use cases raise these; the API renders them (``stockex.api.errors``) and the CLI prints their
+message and exits non-zero. Keep codes stable: clients branch on them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DomainError(Exception):
+    status = 400
+    code = "bad_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.details = details or {}
+        self.headers = headers or {}
+
+
+class InvalidInput(DomainError):
+    status = 400
+    code = "invalid_input"
+
+
+class NotFound(DomainError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(DomainError):
+    status = 409
+    code = "conflict"
+
+
+class UnknownMarket(NotFound):
+    code = "unknown_market"
+
+    def __init__(self, market: str) -> None:
+        super().__init__(f"unknown market {market!r}", details={"market": market})

@@ -1,0 +1,38 @@
+"""Exact decimals at the edges: parsing user input and rendering JSON strings.
+
+Money and amounts are :class:`~decimal.Decimal` everywhere and strings in JSON; no float
+ever touches them.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+
+def to_str(value: Decimal | None) -> str | None:
+    """``Decimal('12.500000000000000000')`` -> ``'12.5'``; never scientific notation."""
+    if value is None:
+        return None
+    if value == 0:
+        return "0"
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text
+
+
+def parse_decimal(value: object) -> Decimal | None:
+    """A finite Decimal from a JSON string or integer, else None (floats are refused)."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    try:
+        number = Decimal(value.strip() if isinstance(value, str) else value)
+    except InvalidOperation:
+        return None
+    return number if number.is_finite() else None
+
+
+def decimal_places(value: Decimal) -> int:
+    """How many decimal places ``value`` really has (trailing zeros do not count)."""
+    exponent = value.normalize().as_tuple().exponent
+    return max(0, -exponent) if isinstance(exponent, int) else 0

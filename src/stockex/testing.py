@@ -1,0 +1,310 @@
+"""Throwaway MySQL-compatible and Redis servers for the test suite and the benchmarks.
+
+Each server runs from the binaries on PATH (``mariadbd``/``mysqld``, ``redis-server``) in a
+temporary directory on a free loopback port, and is stopped and deleted at the end.
+``STOCKEX_TEST_MYSQL_URL`` / ``STOCKEX_TEST_REDIS_URL`` select external servers instead (for
+CI with service containers); the MySQL URL must name a user that may create databases.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+MYSQL_URL_ENV = "STOCKEX_TEST_MYSQL_URL"
+REDIS_URL_ENV = "STOCKEX_TEST_REDIS_URL"
+_SBIN = ("/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin")
+
+
+class ServerUnavailable(RuntimeError):
+    """The server binary is missing or did not come up; the message says what to do."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _which(*names: str) -> str | None:
+    for name in names:
+        found = shutil.which(name) or next(
+            (f"{d}/{name}" for d in _SBIN if os.access(f"{d}/{name}", os.X_OK)), None
+        )
+        if found:
+            return found
+    return None
+
+
+def _wait_for(check, timeout: float, what: str, log: Path | None = None) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            check()
+            return
+        except Exception as exc:  # noqa: BLE001 - keep polling until the deadline
+            last = exc
+            time.sleep(0.1)
+    tail = ""
+    if log is not None and log.exists():
+        tail = "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+    raise ServerUnavailable(f"{what} did not start within {timeout:.0f}s: {last}{tail}")
+
+
+@dataclass
+class MySQLServer:
+    """A server plus the URL prefix ``mysql+pymysql://user:pass@host:port`` to reach it."""
+
+    url: str
+    process: subprocess.Popen[bytes] | None = None
+    directory: Path | None = None
+
+    def database_url(self, name: str) -> str:
+        return f"{self.url}/{name}?charset=utf8mb4"
+
+    def admin_connection(self):  # type: ignore[no-untyped-def]
+        import pymysql
+        from sqlalchemy.engine import make_url
+
+        u = make_url(self.url)
+        return pymysql.connect(
+            host=u.host, port=u.port or 3306, user=u.username, password=u.password or "",
+            autocommit=True, charset="utf8mb4",
+        )
+
+    def create_database(self, name: str) -> str:
+        conn = self.admin_connection()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+                cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+        finally:
+            conn.close()
+        return self.database_url(name)
+
+    def drop_database(self, name: str) -> None:
+        conn = self.admin_connection()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        """Stop the server (data stays); ``start`` brings it back on the same port."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+    def start(self) -> None:
+        if self.directory is None:
+            raise ServerUnavailable("an external server cannot be restarted from here")
+        if self.process is not None and self.process.poll() is None:
+            return
+        self.process = _spawn_mariadbd(self.directory, int(self.url.rsplit(":", 1)[1]))
+        _wait_for(self._ping, 60, "mariadbd", self.directory / "error.log")
+
+    def _ping(self) -> None:
+        self.admin_connection().close()
+
+    def close(self) -> None:
+        self.stop()
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _mysql_options(directory: Path, port: int) -> list[str]:
+    options = [
+        "--no-defaults",
+        f"--datadir={directory / 'data'}",
+        f"--socket={directory / 'mysqld.sock'}",
+        f"--pid-file={directory / 'mysqld.pid'}",
+        f"--log-error={directory / 'error.log'}",
+        f"--port={port}",
+        "--bind-address=127.0.0.1",
+        "--skip-log-bin",
+        "--innodb-buffer-pool-size=512M",
+        "--innodb-log-file-size=256M",
+        "--innodb-flush-log-at-trx-commit=1",
+        "--innodb-lock-wait-timeout=10",
+        "--max-connections=500",
+        "--character-set-server=utf8mb4",
+        "--collation-server=utf8mb4_bin",
+    ]
+    if os.geteuid() == 0:
+        options.append("--user=root")
+    return options
+
+
+def _spawn_mariadbd(directory: Path, port: int) -> subprocess.Popen[bytes]:
+    server = _which("mariadbd", "mysqld")
+    if server is None:  # pragma: no cover - checked before
+        raise ServerUnavailable("mariadbd not found")
+    return subprocess.Popen(  # noqa: S603 - fixed binary and arguments
+        [server, *_mysql_options(directory, port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def start_mysql() -> MySQLServer:
+    """Start a private MariaDB/MySQL (or use ``$STOCKEX_TEST_MYSQL_URL``)."""
+    external = os.environ.get(MYSQL_URL_ENV)
+    if external:
+        return MySQLServer(url=external.rstrip("/"))
+    server = _which("mariadbd", "mysqld")
+    installer = _which("mariadb-install-db", "mysql_install_db")
+    if server is None or installer is None:
+        raise ServerUnavailable(
+            "no MySQL-compatible server found: install mariadb-server (make test does it as "
+            f"root) or set {MYSQL_URL_ENV}=mysql+pymysql://user:pass@host:port"
+        )
+    directory = Path(tempfile.mkdtemp(prefix="stockex-mysql-"))
+    args = [
+        installer,
+        "--no-defaults",
+        f"--datadir={directory / 'data'}",
+        "--auth-root-authentication-method=normal",
+        "--skip-test-db",
+    ]
+    if os.geteuid() == 0:
+        args.append("--user=root")
+    result = subprocess.run(args, capture_output=True, text=True, check=False)  # noqa: S603
+    if result.returncode != 0:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise ServerUnavailable(f"mariadb-install-db failed: {result.stderr.strip()[-2000:]}")
+    port = free_port()
+    process = _spawn_mariadbd(directory, port)
+    sock = directory / "mysqld.sock"
+
+    def root_ping() -> None:
+        import pymysql
+
+        # Connecting before the server is ready can leak pymysql's socket; wait for its log.
+        log = directory / "error.log"
+        if not log.exists() or "ready for connections" not in log.read_text(errors="replace"):
+            raise ServerUnavailable("not ready yet")
+        pymysql.connect(unix_socket=str(sock), user="root").close()
+
+    try:
+        _wait_for(root_ping, 60, "mariadbd", directory / "error.log")
+        import pymysql
+
+        conn = pymysql.connect(unix_socket=str(sock), user="root", autocommit=True)
+        with conn.cursor() as cur:
+            cur.execute("CREATE USER 'stockex'@'%' IDENTIFIED BY 'stockex'")
+            cur.execute("GRANT ALL PRIVILEGES ON *.* TO 'stockex'@'%'")
+        conn.close()
+    except BaseException:
+        process.kill()
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return MySQLServer(
+        url=f"mysql+pymysql://stockex:stockex@127.0.0.1:{port}",
+        process=process,
+        directory=directory,
+    )
+
+
+@dataclass
+class RedisServer:
+    url: str
+    process: subprocess.Popen[bytes] | None = None
+    directory: Path | None = None
+    port: int = 0
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+    def start(self) -> None:
+        if self.directory is None:
+            raise ServerUnavailable("an external server cannot be restarted from here")
+        if self.process is not None and self.process.poll() is None:
+            return
+        self.process = _spawn_redis(self.directory, self.port)
+        _wait_for(self._ping, 20, "redis-server", self.directory / "redis.log")
+
+    def _ping(self) -> None:
+        import redis
+
+        redis.Redis.from_url(self.url, socket_connect_timeout=0.5).ping()
+
+    def close(self) -> None:
+        self.stop()
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _spawn_redis(directory: Path, port: int) -> subprocess.Popen[bytes]:
+    binary = _which("redis-server")
+    if binary is None:  # pragma: no cover - checked before
+        raise ServerUnavailable("redis-server not found")
+    return subprocess.Popen(  # noqa: S603 - fixed binary and arguments
+        [
+            binary,
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--dir", str(directory),
+            "--save", "",
+            "--appendonly", "no",
+            "--logfile", str(directory / "redis.log"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def start_redis() -> RedisServer:
+    external = os.environ.get(REDIS_URL_ENV)
+    if external:
+        return RedisServer(url=external)
+    if _which("redis-server") is None:
+        raise ServerUnavailable(
+            "redis-server not found: install redis-server (make test does it as root) or set "
+            f"{REDIS_URL_ENV}=redis://host:port/0"
+        )
+    directory = Path(tempfile.mkdtemp(prefix="stockex-redis-"))
+    port = free_port()
+    server = RedisServer(url=f"redis://127.0.0.1:{port}/0", directory=directory, port=port)
+    server.process = _spawn_redis(directory, port)
+    try:
+        _wait_for(server._ping, 20, "redis-server", directory / "redis.log")
+    except BaseException:
+        server.close()
+        raise
+    return server
+
+
+@contextlib.contextmanager
+def mysql_server() -> Iterator[MySQLServer]:
+    server = start_mysql()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[RedisServer]:
+    server = start_redis()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -1,0 +1,296 @@
+"""HTTP client for Tiki-Exchange one-minute k-lines.
+
+Wire format: ``GET {base_url}/rally/markets/{market}/klines?period=1&time_from=S&time_to=S``
+answers a JSON array ``[[ts, open, high, low, close, volume], ...]`` of JSON numbers, ``ts``
+being the epoch second (UTC) at which the minute starts. Both bounds are inclusive. The
+exchange runs Peatio, which may cap an answer, so fewer rows than the window holds is normal
+and callers page on by the last ``ts`` they received.
+
+Failure contract of :meth:`TikiClient.fetch_klines`:
+
+* connection errors, timeouts, 429 and 5xx are retried with exponential backoff and full
+  jitter; when ``max_attempts`` are used up, :class:`UpstreamUnavailable` is raised;
+* any other 4xx is not retried: :class:`UpstreamRejected`;
+* a body that is not a JSON array of valid rows: :class:`UpstreamDataError` for the whole
+  answer, so that the caller stores nothing of that chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "Kline",
+    "TikiClient",
+    "UpstreamDataError",
+    "UpstreamError",
+    "UpstreamRejected",
+    "UpstreamUnavailable",
+]
+
+DEFAULT_BASE_URL = "https://api.tiki.vn"
+
+# The exchange sits behind a CDN that treats bare scripted clients with suspicion, so the
+# client presents itself the way the exchange's own web app does.
+BROWSER_HEADERS = {
+    "Accept": "application/json, text/plain, */*",
+    "Accept-Language": "vi-VN,vi;q=0.9,en;q=0.8",
+    "Origin": "https://exchange.tiki.vn",
+    "Referer": "https://exchange.tiki.vn/",
+    "User-Agent": (
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+        "(KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36"
+    ),
+}
+
+_RETRYABLE_EXCEPTIONS = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+)
+
+log = logging.getLogger("stockex.tiki")
+
+
+@dataclass(frozen=True, slots=True)
+class Kline:
+    """One closed one-minute candle as the exchange reported it; prices are exact."""
+
+    ts: int
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+
+
+def _utc_iso(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class UpstreamError(Exception):
+    """Base of every failure to obtain k-lines from the exchange."""
+
+
+class UpstreamUnavailable(UpstreamError):
+    """Retryable failures (connection, timeout, 429, 5xx) outlasted every attempt."""
+
+    def __init__(
+        self, market: str, time_from: int, time_to: int, attempts: int, last_failure: str
+    ) -> None:
+        self.market = market
+        self.time_from = time_from
+        self.time_to = time_to
+        self.attempts = attempts
+        self.last_failure = last_failure
+        super().__init__(
+            f"{market} [{_utc_iso(time_from)} .. {_utc_iso(time_to)}]: upstream unavailable "
+            f"after {attempts} attempt(s); last: {last_failure}"
+        )
+
+
+class UpstreamRejected(UpstreamError):
+    """The exchange refused the request itself (a 4xx other than 429); retrying won't help."""
+
+    def __init__(self, status: int | None, url: str, detail: str = "") -> None:
+        self.status = status
+        self.url = url
+        what = f"HTTP {status}" if status is not None else "invalid request"
+        super().__init__(f"{what} from {url}" + (f": {detail}" if detail else ""))
+
+
+class UpstreamDataError(UpstreamError):
+    """The answer is not a valid k-line array; ``ts`` is None when no row is to blame."""
+
+    def __init__(self, market: str, ts: int | None, problem: str) -> None:
+        self.market = market
+        self.ts = ts
+        self.problem = problem
+        where = f"{market} ts={ts} ({_utc_iso(ts)})" if ts is not None else market
+        super().__init__(f"{where}: {problem}")
+
+
+_FIELDS = ("open", "high", "low", "close", "volume")
+
+
+def _to_decimal(market: str, ts: int, name: str, value: Any) -> Decimal:
+    # Exact types only: bool is an int subclass, and `true` must never pass for 1.
+    if type(value) is Decimal:
+        number = value
+    elif type(value) is int:
+        number = Decimal(value)
+    else:
+        raise UpstreamDataError(market, ts, f"{name} {value!r:.40} is not a number")
+    if not number.is_finite():
+        raise UpstreamDataError(market, ts, f"{name} {number} is not finite")
+    if number < 0:
+        raise UpstreamDataError(market, ts, f"{name} {number} is negative")
+    return number
+
+
+def _parse_row(market: str, row: Any, time_from: int, time_to: int) -> Kline:
+    """Validate one ``[ts, open, high, low, close, volume]`` row; raise UpstreamDataError."""
+    if type(row) is not list:
+        raise UpstreamDataError(market, None, f"row is not an array: {row!r:.80}")
+    raw_ts = row[0] if row else None
+    ts = raw_ts if type(raw_ts) is int else None
+    if len(row) != 6:
+        raise UpstreamDataError(market, ts, f"row has {len(row)} fields, expected 6")
+    if ts is None:
+        raise UpstreamDataError(market, None, f"ts {raw_ts!r:.40} is not an integer")
+    if ts % 60:
+        raise UpstreamDataError(market, ts, "ts is not a multiple of 60")
+    if not time_from <= ts <= time_to:
+        raise UpstreamDataError(market, ts, f"ts outside the window [{time_from}, {time_to}]")
+    o, h, lo, c, v = [_to_decimal(market, ts, n, x) for n, x in zip(_FIELDS, row[1:], strict=True)]
+    if h < max(o, c):
+        raise UpstreamDataError(market, ts, f"high {h} < max(open, close) {max(o, c)}")
+    if lo > min(o, c):
+        raise UpstreamDataError(market, ts, f"low {lo} > min(open, close) {min(o, c)}")
+    if lo > h:
+        raise UpstreamDataError(market, ts, f"low {lo} > high {h}")
+    return Kline(ts=ts, open=o, high=h, low=lo, close=c, volume=v)
+
+
+def parse_klines(market: str, body: bytes, time_from: int, time_to: int) -> list[Kline]:
+    """Parse and validate a whole answer; sorted by ts, a repeated ts keeps its last row.
+
+    Numbers are read straight into ``int``/``Decimal`` so no float ever rounds a price.
+    Raises UpstreamDataError on the first problem, rejecting the whole answer.
+    """
+    try:
+        # parse_constant turns NaN/Infinity into non-finite Decimals that the row check names.
+        data = json.loads(body, parse_float=Decimal, parse_int=int, parse_constant=Decimal)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, huge ints
+        raise UpstreamDataError(market, None, f"body is not valid JSON: {exc}") from exc
+    if not isinstance(data, list):
+        raise UpstreamDataError(market, None, f"body is not a JSON array: {body[:80]!r}")
+    by_ts = {k.ts: k for k in (_parse_row(market, row, time_from, time_to) for row in data)}
+    return [by_ts[ts] for ts in sorted(by_ts)]
+
+
+class TikiClient:
+    """Fetches one-minute k-lines from Tiki-Exchange (or a stand-in at ``base_url``).
+
+    ``sleep`` is injectable so tests can record backoff delays instead of waiting them out.
+    A ``session`` passed in stays the caller's: :meth:`close` only closes a session the
+    client created itself.
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        timeout: float = 10.0,
+        *,
+        max_attempts: int = 6,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if timeout <= 0 or backoff_base < 0 or backoff_max < 0:
+            raise ValueError("timeout must be positive and backoff delays non-negative")
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.max_attempts = max_attempts
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self._owns_session = session is None
+        self._session = session if session is not None else requests.Session()
+        self._sleep = sleep
+        self._jitter = random.Random()  # noqa: S311 - jitter spreads retries, not a secret
+
+    def close(self) -> None:
+        if self._owns_session:
+            self._session.close()
+
+    def __enter__(self) -> TikiClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def klines_url(self, market: str) -> str:
+        return f"{self.base_url}/rally/markets/{quote(market, safe='')}/klines"
+
+    def fetch_klines(self, market: str, time_from: int, time_to: int) -> list[Kline]:
+        """Closed one-minute k-lines of ``market`` with ``time_from <= ts <= time_to``.
+
+        May return fewer rows than the window holds (the exchange caps answers) and nothing
+        for minutes without trades. Raises UpstreamUnavailable, UpstreamRejected or
+        UpstreamDataError as described in the module docstring.
+        """
+        if time_from > time_to:
+            raise ValueError(f"time_from {time_from} is after time_to {time_to}")
+        url = self.klines_url(market)
+        params = {"period": 1, "time_from": time_from, "time_to": time_to}
+        last_failure = ""
+        for attempt in range(1, self.max_attempts + 1):
+            retry_after: float | None = None
+            try:
+                response = self._session.get(
+                    url, params=params, headers=BROWSER_HEADERS, timeout=self.timeout
+                )
+            except _RETRYABLE_EXCEPTIONS as exc:
+                last_failure = f"{type(exc).__name__}: {exc}"
+            except requests.RequestException as exc:  # bad URL and the like: a config error
+                raise UpstreamRejected(None, url, f"{type(exc).__name__}: {exc}") from exc
+            else:
+                status = response.status_code
+                if status < 400:
+                    return parse_klines(market, response.content, time_from, time_to)
+                if status != 429 and status < 500:
+                    raise UpstreamRejected(status, response.url, response.text[:200])
+                last_failure = f"HTTP {status}"
+                if status == 429:
+                    retry_after = _retry_after_seconds(response)
+            if attempt < self.max_attempts:
+                delay = self._backoff(attempt, retry_after)
+                log.warning(
+                    "tiki %s [%d..%d] attempt %d/%d failed (%s); retrying in %.2fs",
+                    market,
+                    time_from,
+                    time_to,
+                    attempt,
+                    self.max_attempts,
+                    last_failure,
+                    delay,
+                )
+                self._sleep(delay)
+        raise UpstreamUnavailable(market, time_from, time_to, self.max_attempts, last_failure)
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Seconds to wait after failed ``attempt``: Retry-After if given, else full jitter."""
+        if retry_after is not None:
+            return min(retry_after, self.backoff_max)
+        ceiling = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
+        return self._jitter.uniform(0, ceiling)
+
+
+def _retry_after_seconds(response: requests.Response) -> float | None:
+    # Only the delta-seconds form: Peatio's rate limiter never sends an HTTP date.
+    try:
+        seconds = float(response.headers.get("Retry-After", ""))
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 and seconds == seconds else None

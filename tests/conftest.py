@@ -1,0 +1,206 @@
+"""Fixtures shared by every test layer.
+
+* ``mysql_server`` / ``redis_server``: real servers started once per session
+  (see :mod:`stockex.testing`).
+* ``backend``: parametrizes a test over ``sqlite`` and ``mysql``; ``database`` is a migrated,
+  empty database of that backend with the configured markets synced, fresh for each test.
+* ``settings``, ``app``, ``client``: the Flask app factory pattern, built on ``database``.
+
+At the end, the run reports how many tests passed on each backend.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import delete
+
+from stockex.config import Settings, settings_from_mapping
+from stockex.db import Database
+from stockex.markets import sync_markets
+from stockex.migrate import upgrade
+from stockex.models import Base
+from stockex.testing import MySQLServer, RedisServer, start_mysql, start_redis
+
+TEST_SECRET = "test-secret-key-that-is-long-enough-for-hs256"
+
+BASE_CONFIG: dict[str, Any] = {
+    "secret_key": TEST_SECRET,
+    "markets": [
+        {"id": "asaxu", "base": "ASA", "quote": "XU", "price_precision": 0,
+         "amount_precision": 3, "min_amount": "0.001", "maker_fee": "0.001",
+         "taker_fee": "0.002"},
+        {"id": "btcvnd", "base": "BTC", "quote": "VND", "price_precision": 0,
+         "amount_precision": 6, "min_amount": "0.000001"},
+    ],
+}
+
+
+def make_settings(url: str, **sections: Any) -> Settings:
+    raw = {**BASE_CONFIG, "database": {"url": url}, **sections}
+    return settings_from_mapping(raw)
+
+
+@pytest.fixture(name="make_settings")
+def make_settings_fixture():  # type: ignore[no-untyped-def]
+    """``make_settings(url, **sections)``: test settings for any database URL."""
+    return make_settings
+
+
+# ----------------------------------------------------------------------------- servers
+
+
+@pytest.fixture(scope="session")
+def mysql_server() -> Iterator[MySQLServer]:
+    server = start_mysql()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = start_redis()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """The session's Redis, emptied for this test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    client.close()
+    yield redis_server.url
+
+
+# ----------------------------------------------------------------------------- databases
+
+
+@pytest.fixture(scope="session")
+def mysql_template(mysql_server: MySQLServer) -> Iterator[Database]:
+    """One migrated MySQL database for the session; tests get it emptied."""
+    name = f"stockex_test_{os.getpid()}"
+    db = Database(mysql_server.create_database(name), pool_size=20)
+    upgrade(db)
+    yield db
+    db.dispose()
+    mysql_server.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
+    db = Database(f"sqlite:///{path}")
+    upgrade(db)
+    db.dispose()
+    return path
+
+
+def empty_all_tables(db: Database) -> None:
+    def work(session: Any) -> None:
+        for table in reversed(Base.metadata.sorted_tables):
+            session.execute(delete(table))
+
+    db.transaction(work)
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def database(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Database]:
+    """A migrated, empty database of ``backend`` with BASE_CONFIG's markets synced."""
+    if backend == "mysql":
+        db: Database = request.getfixturevalue("mysql_template")
+        empty_all_tables(db)
+    else:
+        template: Path = request.getfixturevalue("sqlite_template")
+        path = tmp_path / "stockex.db"
+        shutil.copyfile(template, path)
+        db = Database(f"sqlite:///{path}")
+    sync_markets(db, make_settings(db.url))
+    yield db
+    if backend == "sqlite":
+        db.dispose()
+
+
+@pytest.fixture
+def mysql_database(mysql_template: Database) -> Database:
+    """The MySQL database alone, for tests of MySQL-only behaviour (locks, deadlocks)."""
+    empty_all_tables(mysql_template)
+    sync_markets(mysql_template, make_settings(mysql_template.url))
+    return mysql_template
+
+
+@pytest.fixture
+def fresh_mysql_url(mysql_server: MySQLServer) -> Iterator[str]:
+    """An empty, unmigrated MySQL database of its own."""
+    name = f"stockex_fresh_{uuid.uuid4().hex[:10]}"
+    url = mysql_server.create_database(name)
+    yield url
+    mysql_server.drop_database(name)
+
+
+@pytest.fixture
+def settings(database: Database) -> Settings:
+    return make_settings(database.url)
+
+
+@pytest.fixture
+def app(settings: Settings, database: Database):  # type: ignore[no-untyped-def]
+    from stockex.api import create_app
+
+    return create_app(settings, db=database)
+
+
+@pytest.fixture
+def client(app):  # type: ignore[no-untyped-def]
+    return app.test_client()
+
+
+# ----------------------------------------------------------------------------- reporting
+
+_passed_by_backend: Counter[str] = Counter()
+
+
+def _backends_of(item: pytest.Item) -> set[str]:
+    found = set()
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "backend" in callspec.params:
+        found.add(callspec.params["backend"])
+    names = set(getattr(item, "fixturenames", ()))
+    if names & {"mysql_server", "mysql_template", "mysql_database", "fresh_mysql_url"} and not (
+        callspec is not None and callspec.params.get("backend") == "sqlite"
+    ):
+        found.add("mysql")
+    if "redis_server" in names:
+        found.add("redis")
+    return found
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.passed:
+        for name in _backends_of(item):
+            _passed_by_backend[name] += 1
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _passed_by_backend:
+        parts = ", ".join(f"{k}: {v}" for k, v in sorted(_passed_by_backend.items()))
+        terminalreporter.write_line(f"tests passed per backend: {parts}")

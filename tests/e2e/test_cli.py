@@ -1,0 +1,136 @@
+"""The ``stockex`` command as a user runs it: real processes, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from stockex.testing import free_port
+
+STOCKEX = [sys.executable, "-m", "stockex.cli"]
+
+
+def run(args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None,
+        stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKEX")}
+    full_env.update(env or {})
+    return subprocess.run(
+        STOCKEX + args, env=full_env, cwd=cwd, input=stdin, capture_output=True, text=True,
+        timeout=120, check=False,
+    )
+
+
+def test_help_lists_commands() -> None:
+    result = run(["--help"])
+    assert result.returncode == 0
+    for command in ("db", "serve"):
+        assert command in result.stdout
+    assert run(["db", "--help"]).returncode == 0
+    assert "upgrade" in run(["db", "--help"]).stdout
+
+
+def test_bad_database_url_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    result = run(["db", "upgrade"], env={"STOCKEX__DATABASE__URL": "nonsense"}, cwd=tmp_path)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "database.url" in lines[0]
+
+
+def test_unknown_key_in_config_file_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "conf.yaml"
+    config.write_text("database:\n  url: sqlite:///x.db\ncrawler:\n  chunk_minuts: 5\n")
+    result = run(["db", "upgrade"], env={"STOCKEX_CONFIG": str(config)}, cwd=tmp_path)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["stockex: config: crawler.chunk_minuts: unknown key"]
+    assert not (tmp_path / "x.db").exists()  # nothing was started
+
+
+def test_db_upgrade_sqlite_twice(tmp_path: Path) -> None:
+    first = run(["db", "upgrade"], cwd=tmp_path)  # the embedded default: ./stockex.db
+    assert first.returncode == 0, first.stderr
+    assert "migrated empty -> " in first.stdout
+    assert (tmp_path / "stockex.db").exists()
+    second = run(["db", "upgrade"], cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "up to date" in second.stdout and "0 market(s) synced" in second.stdout
+
+
+def test_db_upgrade_mysql_twice(fresh_mysql_url: str, tmp_path: Path) -> None:
+    env = {"STOCKEX__DATABASE__URL": fresh_mysql_url}
+    first = run(["db", "upgrade"], env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "migrated empty -> " in first.stdout
+    second = run(["db", "upgrade"], env=env, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "up to date" in second.stdout
+
+
+def test_db_upgrade_unreachable_database_fails_cleanly(tmp_path: Path) -> None:
+    env = {"STOCKEX__DATABASE__URL": "mysql+pymysql://u:p@127.0.0.1:1/none"}
+    result = run(["db", "upgrade"], env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.startswith("stockex: database error:")
+    assert "Traceback" not in result.stderr
+
+
+def get(url: str) -> tuple[int, str, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback only
+            return response.status, response.headers.get_content_type(), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get_content_type(), exc.read()
+
+
+@pytest.fixture
+def served(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """``stockex db upgrade`` then ``stockex serve`` on the embedded default, as make run does."""
+    assert run(["db", "upgrade"], cwd=tmp_path).returncode == 0
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKEX")}
+    process = subprocess.Popen(  # noqa: S603
+        STOCKEX + ["serve", "--port", str(port)], cwd=tmp_path, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if get(base + "/health")[0] == 200:
+                break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        process.kill()
+        raise AssertionError(process.stderr.read().decode() if process.stderr else "no start")
+    yield base
+    process.terminate()
+    process.wait(10)
+    if process.stderr:
+        process.stderr.close()
+
+
+def test_serve_embedded_default(served: str) -> None:
+    from openapi_spec_validator import validate
+
+    status, ctype, body = get(served + "/health")
+    assert (status, ctype) == (200, "application/json")
+    status, ctype, body = get(served + "/api/docs")
+    assert status == 200 and ctype == "text/html" and b"swagger-ui" in body
+    status, ctype, body = get(served + "/api/openapi.json")
+    assert status == 200
+    validate(json.loads(body))
+    status, ctype, body = get(served + "/api/v1/markets")
+    assert status == 200
+    assert [m["id"] for m in json.loads(body)] == ["asaxu"]
+    status, ctype, body = get(served + "/ready")
+    assert status == 200

@@ -1,0 +1,124 @@
+"""Settings: file, environment overrides and validation (CONTRACT §2)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from stockex.config import ConfigError, Settings, load_settings, settings_from_mapping
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_the_embedded_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./config.yaml here
+    s = load_settings(environ={})
+    assert s == Settings()
+    assert s.database.url == "sqlite:///stockex.db"
+    assert s.tiki.base_url == "https://api.tiki.vn"  # the real upstream stays the default
+    assert s.timezone == "Asia/Ho_Chi_Minh"
+    assert s.crawler.markets == ("asaxu",)
+    assert s.markets[0].min_amount == Decimal("0.001")
+    assert s.crawler_start_epoch == 1704042000  # 2024-01-01T00:00:00+07:00 = 2023-12-31T17:00Z
+
+
+def test_file_from_env_var_and_env_overrides(tmp_path: Path) -> None:
+    path = write(tmp_path, "api:\n  port: 6000\ncrawler:\n  chunk_minutes: 500\n")
+    env = {
+        "STOCKEX_CONFIG": str(path),
+        "STOCKEX__DATABASE__URL": "mysql+pymysql://u:p@127.0.0.1:3306/stockex",
+        "STOCKEX__API__PORT": "7000",
+        "stockex__crawler__markets": "[asaxu]",
+        "STOCKEX__TIMEZONE": "UTC",
+        "STOCKEX__SLACK__TOKEN": "",
+    }
+    s = load_settings(environ=env)
+    assert s.api.port == 7000  # environment wins over the file
+    assert s.crawler.chunk_minutes == 500  # file wins over defaults
+    assert s.database.url.startswith("mysql+pymysql://")
+    assert s.database.dialect == "mysql"
+    assert s.crawler.markets == ("asaxu",)
+    assert s.timezone == "UTC"
+    assert s.slack.token == ""
+
+
+def test_config_yaml_in_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path, "timezone: Europe/Berlin\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(environ={}).timezone == "Europe/Berlin"
+
+
+def test_markets_list_override_as_yaml() -> None:
+    env = {
+        "STOCKEX__MARKETS": (
+            "[{id: btcvnd, base: BTC, quote: VND, amount_precision: 4, min_amount: '0.0001'}]"
+        ),
+        "STOCKEX__CRAWLER__MARKETS": "btcvnd",
+    }
+    s = load_settings(environ=env, path=None)
+    assert [m.id for m in s.markets] == ["btcvnd"]
+    assert s.markets[0].min_amount == Decimal("0.0001")
+    assert s.crawler.markets == ("btcvnd",)
+
+
+@pytest.mark.parametrize(
+    ("raw", "key", "fragment"),
+    [
+        ({"databse": {"url": "x"}}, "databse", "unknown key"),
+        ({"database": {"urll": "x"}}, "database.urll", "unknown key"),
+        ({"database": {"url": "nonsense"}}, "database.url", "not a database URL"),
+        ({"database": {"url": "postgresql://x/y"}}, "database.url", "unsupported"),
+        ({"api": {"port": "80"}}, "api.port", "expected an integer"),
+        ({"api": {"port": 70000}}, "api.port", "1..65535"),
+        ({"api": {"port": True}}, "api.port", "expected an integer"),
+        ({"timezone": "Mars/Olympus"}, "timezone", "unknown timezone"),
+        ({"redis": {"url": "http://x"}}, "redis.url", "not a redis"),
+        ({"tiki": {"timeout_seconds": 0}}, "tiki.timeout_seconds", "> 0"),
+        ({"crawler": {"start": "yesterday"}}, "crawler.start", "ISO-8601"),
+        ({"crawler": {"markets": ["nope"]}}, "crawler.markets", "not one of"),
+        ({"crawler": "x"}, "crawler", "mapping"),
+        ({"markets": []}, "markets", "non-empty"),
+        ({"markets": [{"id": "ab", "base": "A"}]}, "markets[0].quote", "missing"),
+        ({"markets": [{"id": "ab", "base": "A", "quote": "B", "fee": 1}]}, "markets[0].fee",
+         "unknown key"),
+        ({"markets": [{"id": "asaxu", "base": "ASA", "quote": "XU", "min_amount": "x"}]},
+         "markets[0].min_amount", "decimal"),
+        ({"markets": [{"id": "asaxu", "base": "ASA", "quote": "XU", "taker_fee": "1.5"}]},
+         "markets[0].taker_fee", "[0, 1)"),
+        ({"markets": [{"id": "asaxu", "base": "ASA", "quote": "XU", "min_amount": "0.0001"}]},
+         "markets[0].min_amount", "amount_precision"),
+        ({"secret_key": ""}, "secret_key", "empty"),
+    ],
+)
+def test_bad_values_name_the_key(raw: dict, key: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from_mapping(raw)
+    assert info.value.key == key
+    message = str(info.value)
+    assert message.startswith(f"config: {key}: ")
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_env_override_with_unknown_section_is_refused() -> None:
+    with pytest.raises(ConfigError, match="^config: nosuch: unknown key$"):
+        load_settings(environ={"STOCKEX__NOSUCH__KEY": "1"})
+
+
+def test_invalid_yaml_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "api: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(path, environ={})
+
+
+def test_replace_revalidates() -> None:
+    s = Settings().replace(api={"port": 5999})
+    assert s.api.port == 5999
+    with pytest.raises(ConfigError, match="api.port"):
+        Settings().replace(api={"port": -1})

@@ -1,0 +1,365 @@
+"""TikiClient against real HTTP on loopback: the simulator, and a scripted upstream for bodies
+and statuses the simulator never produces. Backoff sleeps are recorded, not waited out.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+from urllib.parse import parse_qs
+
+import pytest
+from werkzeug.serving import make_server
+
+from stockex.tiki import (
+    Kline,
+    TikiClient,
+    UpstreamDataError,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
+from stockex.tiki.simulator import DEFAULT_ORIGIN, Simulator, SimulatorConfig, kline_at
+
+ORIGIN = DEFAULT_ORIGIN
+T0, T9 = ORIGIN, ORIGIN + 9 * 60  # a ten-minute window
+
+
+class FakeClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class SleepRecorder:
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
+class ScriptedUpstream:
+    """WSGI app answering queued (status, body, headers); records every request it gets."""
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[int, bytes, list[tuple[str, str]]]] = []
+        self.requests: list[dict[str, Any]] = []
+
+    def answer(self, body: str | bytes, status: int = 200, **headers: str) -> None:
+        raw = body.encode() if isinstance(body, str) else body
+        self.answers.append((status, raw, [(k.replace("_", "-"), v) for k, v in headers.items()]))
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        self.requests.append(
+            {
+                "path": environ["PATH_INFO"],
+                "query": parse_qs(environ["QUERY_STRING"]),
+                "headers": {k: v for k, v in environ.items() if k.startswith("HTTP_")},
+            }
+        )
+        status, body, headers = self.answers.pop(0) if self.answers else (500, b"no script", [])
+        start_response(f"{status} X", [("Content-Length", str(len(body))), *headers])
+        return [body]
+
+
+def _serve(app: Any) -> tuple[str, Any]:
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.daemon = True
+    thread.start()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    return f"http://127.0.0.1:{server.port}", stop
+
+
+@pytest.fixture
+def sleeps() -> SleepRecorder:
+    return SleepRecorder()
+
+
+@pytest.fixture
+def sim_client(sleeps: SleepRecorder) -> Iterator[Any]:
+    """Build (simulator, client) pairs; servers and sessions are closed after the test."""
+    cleanup = []
+
+    def build(*, timeout: float = 5.0, max_attempts: int = 6, **config: Any):
+        config.setdefault("clock", FakeClock(ORIGIN + 30 * 86_400))
+        sim = Simulator(SimulatorConfig(**config))
+        handle = sim.serve()
+        client = TikiClient(
+            handle.url, timeout, max_attempts=max_attempts, backoff_base=0.01, sleep=sleeps
+        )
+        cleanup.extend([client.close, handle.shutdown])
+        return sim, client
+
+    yield build
+    for step in cleanup:
+        step()
+
+
+@pytest.fixture
+def scripted(sleeps: SleepRecorder) -> Iterator[tuple[ScriptedUpstream, TikiClient]]:
+    upstream = ScriptedUpstream()
+    url, stop = _serve(upstream)
+    client = TikiClient(url, 5.0, max_attempts=3, backoff_base=0.01, sleep=sleeps)
+    yield upstream, client
+    client.close()
+    stop()
+
+
+def expected(ts_list: list[int]) -> list[Kline]:
+    return [Kline(*kline_at("asaxu", ts)) for ts in ts_list]
+
+
+def minutes(first: int, last: int) -> list[int]:
+    return list(range(first, last + 1, 60))
+
+
+# --- contract basics ------------------------------------------------------------------------
+
+
+def test_default_base_url_is_the_real_exchange() -> None:
+    with TikiClient() as client:
+        assert client.base_url == "https://api.tiki.vn"
+        assert client.klines_url("asaxu") == "https://api.tiki.vn/rally/markets/asaxu/klines"
+        assert client.timeout == 10.0
+
+
+def test_fetch_returns_the_simulated_rows_exactly(sim_client, sleeps) -> None:
+    sim, client = sim_client()
+    assert client.fetch_klines("asaxu", T0, T9) == expected(minutes(T0, T9))
+    assert sim.request_count == 1 and sleeps.delays == []
+
+
+def test_request_carries_params_and_browser_headers(scripted) -> None:
+    upstream, client = scripted
+    upstream.answer("[]")
+    assert client.fetch_klines("asaxu", T0, T9) == []
+    request = upstream.requests[0]
+    assert request["path"] == "/rally/markets/asaxu/klines"
+    assert request["query"] == {"period": ["1"], "time_from": [str(T0)], "time_to": [str(T9)]}
+    headers = request["headers"]
+    assert headers["HTTP_ACCEPT"] == "application/json, text/plain, */*"
+    assert headers["HTTP_ORIGIN"] == "https://exchange.tiki.vn"
+    assert headers["HTTP_REFERER"] == "https://exchange.tiki.vn/"
+    assert headers["HTTP_ACCEPT_LANGUAGE"] == "vi-VN,vi;q=0.9,en;q=0.8"
+    assert "Chrome/" in headers["HTTP_USER_AGENT"] and "Mozilla/5.0" in headers["HTTP_USER_AGENT"]
+
+
+def test_decimals_stay_exact(scripted) -> None:
+    upstream, client = scripted
+    upstream.answer(f"[[{T0}, 0.1, 0.30000000000000004, 0.1, 0.2, 12.345]]")
+    (kline,) = client.fetch_klines("asaxu", T0, T9)
+    exact = [Decimal(v) for v in ("0.1", "0.30000000000000004", "0.1", "0.2", "12.345")]
+    assert kline == Kline(T0, *exact)
+    assert all(type(v) is Decimal for v in (kline.open, kline.high, kline.volume))
+    assert str(kline.volume) == "12.345"
+
+
+def test_rows_are_sorted_and_a_repeated_ts_keeps_the_last(scripted) -> None:
+    upstream, client = scripted
+    t1 = T0 + 60
+    upstream.answer(f"[[{t1},5,6,4,5,1],[{T0},1,2,1,2,1],[{t1},5,9,4,8,2]]")
+    assert [(k.ts, k.close) for k in client.fetch_klines("asaxu", T0, T9)] == [
+        (T0, Decimal(2)),
+        (t1, Decimal(8)),
+    ]
+
+
+def test_capped_answer_is_returned_as_is(sim_client) -> None:
+    _, client = sim_client(max_rows=4)
+    assert client.fetch_klines("asaxu", T0, T9) == expected(minutes(T0, T0 + 180))
+
+
+def test_gaps_are_simply_missing(sim_client) -> None:
+    _, client = sim_client(gaps=((T0 + 60, T0 + 120),))
+    got = client.fetch_klines("asaxu", T0, T0 + 240)
+    assert [k.ts for k in got] == [T0, T0 + 180, T0 + 240]
+    assert got == expected([T0, T0 + 180, T0 + 240])
+
+
+def test_time_from_after_time_to_is_a_caller_bug() -> None:
+    with TikiClient("http://127.0.0.1:9") as client, pytest.raises(ValueError):
+        client.fetch_klines("asaxu", T9, T0)
+
+
+# --- validation -----------------------------------------------------------------------------
+
+
+def test_malformed_simulated_row_names_market_and_ts(sim_client) -> None:
+    bad = T0 + 3 * 60
+    _, client = sim_client(malformed_ts=bad)
+    with pytest.raises(UpstreamDataError) as caught:
+        client.fetch_klines("asaxu", T0, T9)
+    error = caught.value
+    assert (error.market, error.ts) == ("asaxu", bad)
+    assert "high" in error.problem and "max(open, close)" in error.problem
+    assert str(error).startswith(f"asaxu ts={bad} (2023-12-31T17:03:00Z): high ")
+
+
+@pytest.mark.parametrize(
+    ("row", "bad_ts", "problem"),
+    [
+        (f"[{T0},1,2,1,2]", T0, "5 fields"),
+        (f"[{T0},1,2,1,2,1,7]", T0, "7 fields"),
+        ("[]", None, "0 fields"),
+        (f"[{T0 + 30},1,2,1,2,1]", T0 + 30, "multiple of 60"),
+        (f"[{T0}.0,1,2,1,2,1]", None, "not an integer"),
+        (f'["{T0}",1,2,1,2,1]', None, "not an integer"),
+        (f"[{T0 - 60},1,2,1,2,1]", T0 - 60, "outside the window"),
+        (f"[{T9 + 60},1,2,1,2,1]", T9 + 60, "outside the window"),
+        (f"[{T0},1,2,1,2,-1]", T0, "volume -1 is negative"),
+        (f"[{T0},-1,2,-1,2,1]", T0, "open -1 is negative"),
+        (f'[{T0},"1",2,1,2,1]', T0, "open '1' is not a number"),
+        (f'[{T0},1,2,1,2,"NaN"]', T0, "not a number"),
+        (f"[{T0},1,2,1,2,NaN]", T0, "volume NaN is not finite"),
+        (f"[{T0},1,Infinity,1,2,1]", T0, "high Infinity is not finite"),
+        (f"[{T0},true,2,1,2,1]", T0, "open True is not a number"),
+        (f"[{T0},1,2,1,2,null]", T0, "volume None is not a number"),
+        (f"[{T0},10,9,8,9,1]", T0, "high 9 < max(open, close) 10"),
+        (f"[{T0},5,9,6,7,1]", T0, "low 6 > min(open, close) 5"),
+        ('{"not": "a row"}', None, "row is not an array"),
+    ],
+)
+def test_each_invalid_row_rejects_the_whole_answer(scripted, row, bad_ts, problem) -> None:
+    upstream, client = scripted
+    upstream.answer(f"[[{T0 + 60},1,2,1,2,1],{row}]")
+    with pytest.raises(UpstreamDataError) as caught:
+        client.fetch_klines("asaxu", T0, T9)
+    assert caught.value.market == "asaxu"
+    assert caught.value.ts == bad_ts
+    assert problem in caught.value.problem
+    assert str(caught.value).startswith("asaxu")
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ('{"errors": ["market.market.doesnt_exist"]}', "not a JSON array"),
+        ("<html>maintenance</html>", "not valid JSON"),
+        ("", "not valid JSON"),
+    ],
+)
+def test_a_body_that_is_not_an_array_is_a_data_error(scripted, sleeps, body, problem) -> None:
+    upstream, client = scripted
+    upstream.answer(body)
+    with pytest.raises(UpstreamDataError) as caught:
+        client.fetch_klines("asaxu", T0, T9)
+    assert caught.value.ts is None and problem in caught.value.problem
+    assert len(upstream.requests) == 1 and sleeps.delays == []  # bad data is not retried
+
+
+# --- retries --------------------------------------------------------------------------------
+
+
+def test_every_third_request_failing_with_5xx_is_survived(sim_client, sleeps) -> None:
+    sim, client = sim_client(error_every=3)
+    windows = [(T0 + i * 600, T0 + i * 600 + 540) for i in range(5)]
+    for first, last in windows:
+        assert client.fetch_klines("asaxu", first, last) == expected(minutes(first, last))
+    # Requests 3 and 6 failed: five answers cost seven requests and two backoffs.
+    assert sim.request_count == 7
+    assert len(sleeps.delays) == 2
+    assert all(0 <= d <= 0.01 for d in sleeps.delays)  # first retry: full jitter up to base
+
+
+def test_backoff_grows_exponentially_and_is_capped(scripted, sleeps) -> None:
+    upstream, _ = scripted
+    client = TikiClient(
+        _url_of(scripted), max_attempts=6, backoff_base=0.01, backoff_max=0.05, sleep=sleeps
+    )
+    with client:
+        for _ in range(6):
+            upstream.answer("busy", status=503)
+        with pytest.raises(UpstreamUnavailable):
+            client.fetch_klines("asaxu", T0, T9)
+    ceilings = [0.01, 0.02, 0.04, 0.05, 0.05]
+    assert len(sleeps.delays) == len(ceilings)
+    assert all(0 <= d <= c for d, c in zip(sleeps.delays, ceilings, strict=True))
+
+
+def test_429_honours_retry_after(sim_client, sleeps) -> None:
+    sim, client = sim_client(rate_limit_every=2)
+    assert client.fetch_klines("asaxu", T0, T9) == expected(minutes(T0, T9))
+    assert client.fetch_klines("asaxu", T0, T9) == expected(minutes(T0, T9))
+    assert sleeps.delays == [1.0]
+    assert sim.request_count == 3
+
+
+def test_retry_after_is_capped_at_backoff_max(scripted, sleeps) -> None:
+    upstream, _ = scripted
+    with TikiClient(_url_of(scripted), backoff_max=2.5, sleep=sleeps) as client:
+        upstream.answer("slow down", status=429, Retry_After="120")
+        upstream.answer("[]")
+        assert client.fetch_klines("asaxu", T0, T9) == []
+    assert sleeps.delays == [2.5]
+
+
+def test_timeouts_are_retried(sim_client, sleeps) -> None:
+    sim, client = sim_client(timeout=0.2, slow_every=2, slow_seconds=1.0)
+    assert client.fetch_klines("asaxu", T0, T9) == expected(minutes(T0, T9))
+    # Request 2 outlives the 0.2 s timeout; request 3 answers.
+    assert client.fetch_klines("asaxu", T0, T9) == expected(minutes(T0, T9))
+    assert sim.request_count == 3
+    assert len(sleeps.delays) == 1
+
+
+def test_404_unknown_market_is_not_retried(sim_client, sleeps) -> None:
+    sim, client = sim_client()
+    with pytest.raises(UpstreamRejected) as caught:
+        client.fetch_klines("dogevnd", T0, T9)
+    assert caught.value.status == 404
+    assert "/rally/markets/dogevnd/klines" in caught.value.url
+    assert "HTTP 404" in str(caught.value)
+    assert sim.request_count == 1 and sleeps.delays == []
+
+
+def test_exhausted_retries_raise_unavailable_naming_market_window_and_status(
+    sim_client, sleeps
+) -> None:
+    sim, client = sim_client(error_rate=1.0, max_attempts=3)
+    with pytest.raises(UpstreamUnavailable) as caught:
+        client.fetch_klines("asaxu", T0, T9)
+    message = str(caught.value)
+    assert "asaxu" in message and "2023-12-31T17:00:00Z" in message and "HTTP 503" in message
+    assert isinstance(caught.value, UpstreamError)
+    assert sim.request_count == 3 and len(sleeps.delays) == 2
+
+
+def test_connection_refused_is_retried_then_unavailable(sleeps) -> None:
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with TikiClient(f"http://127.0.0.1:{port}", max_attempts=2, sleep=sleeps) as client:
+        with pytest.raises(UpstreamUnavailable) as caught:
+            client.fetch_klines("asaxu", T0, T9)
+    assert "ConnectionError" in caught.value.last_failure
+    assert len(sleeps.delays) == 1
+
+
+def test_a_session_passed_in_is_used_and_left_open(scripted) -> None:
+    import requests
+
+    upstream, _ = scripted
+    upstream.answer("[]")
+    upstream.answer("[]")
+    with requests.Session() as session:
+        with TikiClient(_url_of(scripted), session=session) as client:
+            assert client.fetch_klines("asaxu", T0, T9) == []
+        # Still usable after the client closed: it was not the client's to close.
+        assert session.get(f"{_url_of(scripted)}/x", timeout=5).status_code == 200
+    assert "Chrome/" in upstream.requests[0]["headers"]["HTTP_USER_AGENT"]
+
+
+def _url_of(scripted: tuple[ScriptedUpstream, TikiClient]) -> str:
+    return scripted[1].base_url
