@@ -18,7 +18,7 @@ def k(ts: int, close: str = "25000", volume: str = "1.5") -> Kline:
 
 def stored(db) -> dict[int, tuple[Decimal, Decimal]]:  # type: ignore[no-untyped-def]
     with db.read() as s:
-        return {r.time: (r.close, r.volume) for r in s.execute(select(Candle))}
+        return {r.time: (r.close, r.volume) for r in s.scalars(select(Candle))}
 
 
 def test_insert_then_noop_then_update(database) -> None:  # type: ignore[no-untyped-def]
