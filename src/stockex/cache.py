@@ -114,3 +114,23 @@ class Cache:
         if self._redis_down:
             log.warning("redis is back")
             self._redis_down = False
+
+
+# --------------------------------------------------------------------------- keys
+
+BOOK_GENERATION_TTL = 24 * 3600.0
+
+
+def book_generation(cache: Cache, market_id: str) -> str:
+    """A token that changes whenever the market's order book or trades change.
+
+    Depth and trades answers put it in their cache keys, so one bump invalidates every cached
+    variant (any ``limit``) at once, in Redis shared by all API processes.
+    """
+    value = cache.get(f"book-gen:{market_id}")
+    return value.decode() if value else "0"
+
+
+def invalidate_book(cache: Cache, market_id: str) -> None:
+    """Call after a placement, cancel or fill has COMMITTED (never inside the transaction)."""
+    cache.set(f"book-gen:{market_id}", str(time.time_ns()).encode(), BOOK_GENERATION_TTL)

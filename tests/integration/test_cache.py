@@ -1,0 +1,54 @@
+"""stockex.cache: Redis and in-process backends, book invalidation, outages."""
+
+from __future__ import annotations
+
+import pytest
+
+from stockex.cache import Cache, LocalCache, book_generation, invalidate_book
+
+
+@pytest.fixture(params=["local", "redis"])
+def cache(request: pytest.FixtureRequest) -> Cache:
+    if request.param == "local":
+        return Cache("")
+    return Cache(request.getfixturevalue("redis_url"))
+
+
+def test_set_get_delete(cache: Cache) -> None:
+    cache.set("k", b"v", 60)
+    assert cache.get("k") == b"v"
+    cache.delete("k")
+    assert cache.get("k") is None
+
+
+def test_redis_keys_are_really_in_redis(redis_url: str) -> None:
+    import redis
+
+    Cache(redis_url).set("probe", b"1", 60)
+    assert redis.Redis.from_url(redis_url).get("stockex:probe") == b"1"
+
+
+def test_book_generation_changes_on_invalidate(cache: Cache) -> None:
+    before = book_generation(cache, "asaxu")
+    invalidate_book(cache, "asaxu")
+    after = book_generation(cache, "asaxu")
+    assert after != before
+    assert book_generation(cache, "btcvnd") == "0"
+
+
+def test_local_ttl_expires() -> None:
+    now = [100.0]
+    local = LocalCache(clock=lambda: now[0])
+    local.set("a", b"1", 5)
+    assert local.get("a") == b"1"
+    now[0] += 6
+    assert local.get("a") is None
+
+
+def test_redis_down_never_raises() -> None:
+    cache = Cache("redis://127.0.0.1:1/0")
+    cache.set("k", b"v", 60)
+    assert cache.get("k") is None
+    cache.delete("k")
+    with pytest.raises(Exception):  # noqa: B017 - ping is how /ready learns about it
+        cache.ping()
