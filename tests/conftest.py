@@ -71,11 +71,17 @@ def redis_server() -> Iterator[RedisServer]:
     server.close()
 
 
+def uses_backend(request: pytest.FixtureRequest, name: str) -> None:
+    """Record that the running test touched a real server, for the per-backend summary."""
+    request.node.stash.setdefault(_BACKENDS, set()).add(name)
+
+
 @pytest.fixture
-def redis_url(redis_server: RedisServer) -> Iterator[str]:
+def redis_url(redis_server: RedisServer, request: pytest.FixtureRequest) -> Iterator[str]:
     """The session's Redis, emptied for this test."""
     import redis
 
+    uses_backend(request, "redis")
     client = redis.Redis.from_url(redis_server.url)
     client.flushdb()
     client.close()
@@ -123,6 +129,7 @@ def database(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[Database]:
     """A migrated, empty database of ``backend`` with BASE_CONFIG's markets synced."""
+    uses_backend(request, backend)
     if backend == "mysql":
         db: Database = request.getfixturevalue("mysql_template")
         empty_all_tables(db)
@@ -138,16 +145,18 @@ def database(
 
 
 @pytest.fixture
-def mysql_database(mysql_template: Database) -> Database:
+def mysql_database(mysql_template: Database, request: pytest.FixtureRequest) -> Database:
     """The MySQL database alone, for tests of MySQL-only behaviour (locks, deadlocks)."""
+    uses_backend(request, "mysql")
     empty_all_tables(mysql_template)
     sync_markets(mysql_template, make_settings(mysql_template.url))
     return mysql_template
 
 
 @pytest.fixture
-def fresh_mysql_url(mysql_server: MySQLServer) -> Iterator[str]:
+def fresh_mysql_url(mysql_server: MySQLServer, request: pytest.FixtureRequest) -> Iterator[str]:
     """An empty, unmigrated MySQL database of its own."""
+    uses_backend(request, "mysql")
     name = f"stockex_fresh_{uuid.uuid4().hex[:10]}"
     url = mysql_server.create_database(name)
     yield url
@@ -174,21 +183,7 @@ def client(app):  # type: ignore[no-untyped-def]
 # ----------------------------------------------------------------------------- reporting
 
 _passed_by_backend: Counter[str] = Counter()
-
-
-def _backends_of(item: pytest.Item) -> set[str]:
-    found = set()
-    callspec = getattr(item, "callspec", None)
-    if callspec is not None and "backend" in callspec.params:
-        found.add(callspec.params["backend"])
-    names = set(getattr(item, "fixturenames", ()))
-    if names & {"mysql_server", "mysql_template", "mysql_database", "fresh_mysql_url"} and not (
-        callspec is not None and callspec.params.get("backend") == "sqlite"
-    ):
-        found.add("mysql")
-    if "redis_server" in names:
-        found.add("redis")
-    return found
+_BACKENDS = pytest.StashKey[set[str]]()
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -196,7 +191,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     outcome = yield
     report = outcome.get_result()
     if report.when == "call" and report.passed:
-        for name in _backends_of(item):
+        backends = set(item.stash.get(_BACKENDS, set()))
+        if "mysql_server" in getattr(item, "fixturenames", ()):
+            backends.add("mysql")
+        if "redis_server" in getattr(item, "fixturenames", ()):
+            backends.add("redis")
+        for name in backends:
             _passed_by_backend[name] += 1
 
 
