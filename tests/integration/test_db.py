@@ -256,3 +256,39 @@ def test_drift_is_detected(tmp_path) -> None:  # type: ignore[no-untyped-def]
         assert any("email" in repr(d) for d in differences)
     finally:
         db.dispose()
+
+
+def test_concurrent_read_modify_write_loses_nothing(database: Database) -> None:
+    """Writers serialize: SQLite through BEGIN IMMEDIATE, MySQL through SELECT ... FOR UPDATE.
+
+    Each of 8 threads adds 1 to one amount 15 times, reading it first; any lost update or any
+    "database is locked" failure makes the total come out short.
+    """
+    database.transaction(lambda s: s.add(Candle(
+        market_id="asaxu", time=0, open=0, high=0, low=0, close=0, volume=0, updated_at=0)))
+    failures: list[BaseException] = []
+    retries: list[float] = []
+
+    def add_one(session):  # type: ignore[no-untyped-def]
+        row = session.scalars(select(Candle).where(Candle.time == 0).with_for_update()).one()
+        row.volume = row.volume + 1
+
+    def worker() -> None:
+        try:
+            for _ in range(15):
+                database.transaction(add_one, sleep=retries.append)
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert failures == []
+    with database.read() as s:
+        assert s.scalar(select(Candle.volume).where(Candle.time == 0)) == Decimal(120)
+    if database.dialect == "sqlite":
+        # BEGIN IMMEDIATE queues writers up front; a deferred BEGIN would hit "database is
+        # locked" when two readers both try to upgrade, and need retries.
+        assert retries == []
