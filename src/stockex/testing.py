@@ -373,8 +373,10 @@ class FakeSlack:
         server.daemon_threads = True
         self.port = int(server.server_address[1])
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="fake-slack",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-slack",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
