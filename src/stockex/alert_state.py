@@ -95,6 +95,11 @@ class LocalAlertState:
             incident.suppressed += 1
             return Decision(False, 0, incident.occurrences)
 
+    def is_open(self, fingerprint: str) -> bool:
+        source, _ = split_key(fingerprint)
+        with self._lock:
+            return fingerprint in self._open.get(source, {})
+
     def resolve(self, key: str) -> list[ClosedIncident]:
         source, fingerprint = split_key(key)
         with self._lock:
@@ -184,6 +189,10 @@ class RedisAlertState:
         self._down = False
 
     def record(self, fingerprint: str, source: str, at: float, cooldown: float) -> Decision:
+        if self.local.is_open(fingerprint):
+            # Opened here while Redis was down: keep its cooldown here until it is resolved,
+            # or Redis coming back would look like a new incident and alert again.
+            return self.local.record(fingerprint, source, at, cooldown)
         digest = _digest(fingerprint)
         keys = [
             f"{self.prefix}open:{_digest(source)}",

@@ -185,6 +185,17 @@ class AlertNotifier:
                 q.all_tasks_done.wait(remaining)
         return True
 
+    def discard_pending(self) -> int:
+        """Drop what is queued and not yet being handled (tests; a shutdown that cannot wait)."""
+        dropped = 0
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                return dropped
+            self._queue.task_done()
+            dropped += 1
+
     def close(self, timeout: float = 5.0) -> None:
         self.flush(timeout)
         thread = self._thread

@@ -118,6 +118,11 @@ class Cache:
         if self.redis is not None:
             self.redis.ping()
 
+    def close(self) -> None:
+        """Close the Redis connections (shutdown, tests)."""
+        if self.redis is not None:
+            self.redis.close()
+
     def _note_down(self, exc: Exception) -> None:
         if not self._redis_down:
             log.warning("redis unavailable, serving without cache: %s", exc)

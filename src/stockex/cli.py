@@ -14,7 +14,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from stockex.config import ConfigError, Settings, load_settings
 from stockex.errors import DomainError
-from stockex.logs import configure_logging
+from stockex.logs import configure_logging, register_secrets
+from stockex.redaction import secrets_from_settings
 
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
@@ -27,10 +28,12 @@ def _fail(message: str, code: int = EXIT_FAILURE) -> None:
 
 def settings_from_env() -> Settings:
     try:
-        return load_settings()
+        settings = load_settings()
     except ConfigError as exc:
         _fail(str(exc), EXIT_CONFIG)
         raise  # unreachable; keeps type checkers honest
+    register_secrets(secrets_from_settings(settings))
+    return settings
 
 
 def reports_errors(func: Callable[..., Any]) -> Callable[..., Any]:

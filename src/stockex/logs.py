@@ -7,7 +7,9 @@ present on records of every logger (ours, SQLAlchemy's, Werkzeug's) and any hand
 use ``%(request_id)s``.
 
 ``configure_logging()`` is what the CLI and, when nothing else configured logging (gunicorn),
-the API call: one line per record on stderr, with the request id.
+the API call: one line per record on stderr, with the request id, passed through
+:func:`stockex.redaction.redact` (plus the secrets given to :func:`register_secrets`) so that
+an exception message carrying a database URL or a token does not put it in the log.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
+from collections.abc import Iterable
 from typing import IO, Any
+
+from stockex.redaction import redact
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 NO_REQUEST = "-"
@@ -25,6 +30,7 @@ request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar(
 )
 
 _installed = False
+_secrets: set[str] = set()
 
 
 def current_request_id() -> str:
@@ -49,10 +55,28 @@ def install_request_id_factory() -> None:
     _installed = True
 
 
+class RedactingFormatter(logging.Formatter):
+    """A formatter whose output (message, traceback) has credentials replaced by ``***``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record), _secrets)
+
+
+def register_secrets(secrets: Iterable[str]) -> None:
+    """Literal secrets (from the settings) to blank out of every formatted log line."""
+    _secrets.update(s for s in secrets if s)
+
+
 def configure_logging(level: int = logging.INFO, stream: IO[str] | None = None) -> None:
     """Log to ``stream`` (stderr) in :data:`LOG_FORMAT`, unless logging is configured already."""
     install_request_id_factory()
-    logging.basicConfig(level=level, format=LOG_FORMAT, stream=stream or sys.stderr)
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(RedactingFormatter(LOG_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(level)
 
 
 install_request_id_factory()

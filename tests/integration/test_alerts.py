@@ -12,7 +12,7 @@ from stockex.alert_senders import LogSender, SlackApiSender, SlackWebhookSender
 from stockex.alert_state import RedisAlertState
 from stockex.alerts import AlertNotifier
 from stockex.config import settings_from_mapping
-from stockex.testing import FakeSlack
+from stockex.testing import FakeSlack, start_redis
 
 SECRET_KEY = "jwt-signing-key-that-must-never-leave"
 DB_PASSWORD = "db-pass-w0rd-xyz"
@@ -300,3 +300,23 @@ def test_no_message_contains_a_password_token_or_authorization(fake_slack) -> No
                        settings.slack.token):
             assert secret not in body, (secret, message.text)
         assert "Bearer" not in body.replace("Bearer ***", "")
+
+
+def test_an_incident_opened_while_redis_was_down_is_not_alerted_twice(fake_slack) -> None:  # type: ignore[no-untyped-def]
+    server = start_redis()
+    try:
+        notifier = AlertNotifier(
+            SlackApiSender(fake_slack.token, "#ops", fake_slack.api_base_url),
+            RedisAlertState(server.url),
+        )
+        server.stop()
+        notifier.alert("redis", "ConnectionError", "refused")  # bookkept in the process
+        assert notifier.flush(10)
+        server.start()
+        notifier.alert("redis", "ConnectionError", "refused")  # Redis is back: same incident
+        notifier.resolve("redis")
+        assert notifier.flush(10)
+        texts = fake_slack.texts
+        assert len(texts) == 2 and "resolved redis" in texts[1] and "2 occurrence(s)" in texts[1]
+    finally:
+        server.close()

@@ -114,7 +114,9 @@ def test_retry_after_tells_when_to_come_back(database, make_settings) -> None:  
     assert order(client, 1).status_code == 201
 
 
-def test_limits_hold_across_two_app_instances_sharing_redis(database, make_settings, redis_url) -> None:  # type: ignore[no-untyped-def]
+def test_limits_hold_across_two_app_instances_sharing_redis(  # type: ignore[no-untyped-def]
+    database, make_settings, redis_url
+) -> None:
     settings = make_settings(
         database.url,
         redis={"url": redis_url},
@@ -147,7 +149,9 @@ def test_an_empty_limit_switches_it_off(database, make_settings) -> None:  # typ
     assert {order(client, 1).status_code for _ in range(30)} == {201}
 
 
-def test_an_oversized_login_body_is_413_and_does_not_upset_the_limiter(database, make_settings, redis_url) -> None:  # type: ignore[no-untyped-def]
+def test_an_oversized_login_body_is_413_and_does_not_upset_the_limiter(  # type: ignore[no-untyped-def]
+    database, make_settings, redis_url
+) -> None:
     settings = make_settings(database.url, redis={"url": redis_url},
                              api={"login_rate_limit": "2 per minute"})
     app, _ = limited_app(settings, database)
@@ -159,7 +163,9 @@ def test_an_oversized_login_body_is_413_and_does_not_upset_the_limiter(database,
     assert [login(client, "frank").status_code for _ in range(3)] == [200, 200, 429]
 
 
-def test_redis_going_down_never_fails_a_request_and_limits_go_on_in_process(database, make_settings) -> None:  # type: ignore[no-untyped-def]
+def test_redis_going_down_never_fails_a_request_and_limits_go_on_in_process(  # type: ignore[no-untyped-def]
+    database, make_settings
+) -> None:
     server = start_redis()
     try:
         settings = make_settings(database.url, redis={"url": server.url},

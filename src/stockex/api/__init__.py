@@ -28,8 +28,9 @@ from stockex.api.security import check_secret_key, install_security
 from stockex.cache import Cache
 from stockex.config import Settings, load_settings
 from stockex.db import Database
-from stockex.logs import configure_logging
+from stockex.logs import configure_logging, register_secrets
 from stockex.markets import sync_markets
+from stockex.redaction import secrets_from_settings
 
 log = logging.getLogger("stockex.api")
 
@@ -62,6 +63,7 @@ def create_app(
     check_secret_key(settings, development=development or testing)
     if not logging.getLogger().handlers:  # gunicorn: nobody configured logging
         configure_logging()
+    register_secrets(secrets_from_settings(settings))
     app = Flask("stockex")
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
