@@ -195,6 +195,8 @@ def _apply_override(raw: dict[str, Any], name: str, value: str) -> None:
         raise ConfigError(name, "expected STOCKEX__SECTION__KEY or STOCKEX__KEY")
     try:
         parsed = yaml.safe_load(value) if value.strip() else ""
+        if parsed is None and value.strip().startswith("#"):
+            parsed = value.strip()  # "#stockex-alerts" is a Slack channel, not a YAML comment
     except yaml.YAMLError:
         problem = f"environment value is not valid YAML: {value!r}"
         raise ConfigError(".".join(parts), problem) from None
@@ -368,6 +370,8 @@ def _validate(s: Settings) -> None:
     if not s.tiki.base_url:
         raise ConfigError("tiki.base_url", "must not be empty")
     _positive("slack.cooldown_seconds", s.slack.cooldown_seconds, allow_zero=True)
+    if s.slack.token and not s.slack.channel:
+        raise ConfigError("slack.channel", "required when slack.token is set")
     _positive("tiki.timeout_seconds", s.tiki.timeout_seconds)
     _positive("crawler.chunk_minutes", s.crawler.chunk_minutes)
     _positive("crawler.interval_seconds", s.crawler.interval_seconds)

@@ -56,3 +56,13 @@ def test_cors_origins_from_the_environment() -> None:
     env = {"STOCKEX__API__CORS_ORIGINS": "[https://a.example, https://b.example]"}
     assert load_settings(environ=env).api.cors_origins == ("https://a.example", "https://b.example")
     assert load_settings(environ={"STOCKEX__API__CORS_ORIGINS": ""}).api.cors_origins == ()
+
+
+def test_a_slack_channel_from_the_environment_is_not_a_yaml_comment() -> None:
+    env = {"STOCKEX__SLACK__TOKEN": "xoxb-1", "STOCKEX__SLACK__CHANNEL": "#stockex-alerts"}
+    assert load_settings(environ=env).slack.channel == "#stockex-alerts"
+
+
+def test_a_token_needs_a_channel() -> None:
+    with pytest.raises(ConfigError, match="slack.channel: required when slack.token is set"):
+        settings_from_mapping({"slack": {"token": "xoxb-1", "channel": ""}})

@@ -28,6 +28,7 @@ def test_the_stockex_environment_is_a_valid_configuration() -> None:
     assert settings.redis.url == "redis://redis:6379/0"
     assert settings.api.login_rate_limit == "10 per minute"
     assert settings.api.cors_origins == ()
+    assert settings.slack.channel == "#stockex-alerts"
     # no secret in .env: the API refuses to start instead of signing with a known key
     assert settings.secret_key == DEFAULT_SECRET_KEY
 
