@@ -45,7 +45,7 @@ def check_secret_key(settings: Settings, *, development: bool = False) -> None:
     if settings.secret_key != DEFAULT_SECRET_KEY:
         return
     if development:
-        log.warning("secret_key is the placeholder %r: for development only", DEFAULT_SECRET_KEY)
+        log.warning("secret_key is still the placeholder: acceptable for development only")
         return
     raise ConfigError(
         "secret_key",
