@@ -133,17 +133,39 @@ def test_every_documented_operation_conforms(  # type: ignore[no-untyped-def]
         raise
 
 
+def replace_view(view: Any) -> Any:
+    def breaks(app: Any) -> None:
+        app.view_functions["market_data.list_markets"] = view
+
+    return breaks
+
+
+def drop_request_id(app: Any) -> None:
+    inner = app.wsgi_app
+
+    def middleware(environ, start_response):  # type: ignore[no-untyped-def]
+        def without(status, headers, exc_info=None):  # type: ignore[no-untyped-def]
+            kept = [(k, v) for k, v in headers if k.lower() != "x-request-id"]
+            return start_response(status, kept, exc_info)
+
+        return inner(environ, without)
+
+    app.wsgi_app = middleware
+
+
 @pytest.mark.parametrize(
-    ("broken_view", "problem"),
+    ("breaks", "problem"),
     [
-        (lambda: ({"error": "oops"}, 500), "Server error"),
-        (lambda: [{"id": 1}], "Response violates schema"),
-        (lambda: ("[]", 200, {"Content-Type": "text/plain"}), "Undocumented Content-Type"),
-        (lambda: ({}, 418), "Undocumented status code"),
+        (replace_view(lambda: ({"error": "oops"}, 500)), "Server error"),
+        (replace_view(lambda: [{"id": 1}]), "Response violates schema"),
+        (replace_view(lambda: ("[]", 200, {"Content-Type": "text/plain"})),
+         "Undocumented Content-Type"),
+        (replace_view(lambda: ({}, 418)), "Undocumented status code"),
+        (drop_request_id, "Missing required response headers"),
     ],
 )
-def test_the_harness_catches_what_it_should(fuzzed_app, broken_view, problem: str) -> None:  # type: ignore[no-untyped-def]
-    fuzzed_app.view_functions["market_data.list_markets"] = broken_view
+def test_the_harness_catches_what_it_should(fuzzed_app, breaks, problem: str) -> None:  # type: ignore[no-untyped-def]
+    breaks(fuzzed_app)
     with pytest.raises((AssertionError, BaseExceptionGroup)) as caught:  # schemathesis' failures
         fuzz_operation(fuzzed_app, "GET", "/api/v1/markets", GenerationMode.POSITIVE)
     assert problem in str(caught.value) or any(
