@@ -353,19 +353,24 @@ def notifier_for(settings: Settings) -> AlertNotifier:
         return notifier
 
 
-def _notifier(settings: Settings | None) -> AlertNotifier:
+def _settings(settings: Settings | None) -> Settings:
+    """``settings``, or the process's configuration (read once; defaults if it is invalid)."""
     global _default_settings
-    if settings is None:
-        if _default_settings is None:
-            from stockex.config import Settings, load_settings
+    if settings is not None:
+        return settings
+    if _default_settings is None:
+        from stockex.config import Settings, load_settings
 
-            try:
-                _default_settings = load_settings()
-            except Exception as exc:  # noqa: BLE001 - a bad config must not hide the alert
-                log.warning("alerts: using defaults, the configuration is invalid: %s", exc)
-                _default_settings = Settings()
-        settings = _default_settings
-    return notifier_for(settings)
+        try:
+            _default_settings = load_settings()
+        except Exception as exc:  # noqa: BLE001 - a bad config must not hide the alert
+            log.warning("alerts: using defaults, the configuration is invalid: %s", exc)
+            _default_settings = Settings()
+    return _default_settings
+
+
+def _notifier(settings: Settings | None) -> AlertNotifier:
+    return notifier_for(_settings(settings))
 
 
 def alert_exception(
@@ -412,7 +417,10 @@ def crawler_failed(
     """A crawl run of ``market`` failed while fetching ``window`` (epoch seconds)."""
     context: dict[str, Any] = {"market": market, "run_id": run_id}
     if window is not None:
-        context["window"] = _window_text(window, settings)
+        try:
+            context["window"] = _window_text(window, _settings(settings))
+        except Exception:  # noqa: BLE001 - a malformed window must not lose the alert
+            context["window"] = repr(window)
     alert_exception(
         crawler_source(market), exc, context, settings=settings, service=SERVICE_CRAWLER
     )
@@ -430,8 +438,8 @@ def crawler_recovered(
     )
 
 
-def _window_text(window: tuple[int, int], settings: Settings | None) -> str:
-    tz = settings.tz if settings is not None else UTC
+def _window_text(window: tuple[int, int], settings: Settings) -> str:
+    tz = settings.tz
     start, end = (datetime.fromtimestamp(int(t), tz).isoformat() for t in window)
     return f"{start} .. {end} ({int(window[0])}..{int(window[1])})"
 
