@@ -59,6 +59,8 @@ class RedactingFormatter(logging.Formatter):
     """A formatter whose output (message, traceback) has credentials replaced by ``***``."""
 
     def format(self, record: logging.LogRecord) -> str:
+        if not hasattr(record, "request_id"):  # another record factory replaced ours
+            record.request_id = NO_REQUEST
         return redact(super().format(record), _secrets)
 
 

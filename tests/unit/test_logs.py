@@ -36,3 +36,9 @@ def test_log_lines_carry_the_request_id_and_are_redacted() -> None:
 def test_records_outside_requests_have_a_dash() -> None:
     record = logging.getLogger("x").makeRecord("x", logging.INFO, __file__, 1, "m", (), None)
     assert record.request_id == "-"  # type: ignore[attr-defined]
+
+
+def test_a_record_without_request_id_still_formats() -> None:
+    record = logging.makeLogRecord({"msg": "from elsewhere", "levelname": "INFO", "name": "x"})
+    del record.__dict__["request_id"]
+    assert "[-] from elsewhere" in RedactingFormatter(LOG_FORMAT).format(record)
