@@ -15,7 +15,8 @@ RUN pip install . && useradd --system --uid 10001 stockex
 USER stockex
 EXPOSE 5010
 # Workers come from the environment (GUNICORN_WORKERS), see docker-compose.yml.
-CMD ["sh", "-c", "exec gunicorn --bind 0.0.0.0:5010 --workers ${GUNICORN_WORKERS:-4} --threads ${GUNICORN_THREADS:-4} --access-logfile - 'stockex.api:create_app()'"]
+# No gunicorn access log: stockex logs one line per request itself, with its request id.
+CMD ["sh", "-c", "exec gunicorn --bind 0.0.0.0:5010 --workers ${GUNICORN_WORKERS:-4} --threads ${GUNICORN_THREADS:-4} 'stockex.api:create_app()'"]
 
 FROM apache/airflow:${AIRFLOW_VERSION}-python${PYTHON_VERSION} AS airflow
 COPY --chown=airflow:root pyproject.toml README.md /opt/stockex/

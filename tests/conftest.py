@@ -5,6 +5,8 @@
 * ``backend``: parametrizes a test over ``sqlite`` and ``mysql``; ``database`` is a migrated,
   empty database of that backend with the configured markets synced, fresh for each test.
 * ``settings``, ``app``, ``client``: the Flask app factory pattern, built on ``database``.
+* ``fake_slack``: a local Slack (Web API + webhooks) recording messages, see
+  :class:`stockex.testing.FakeSlack`.
 
 At the end, the run reports how many tests passed on each backend.
 """
@@ -27,7 +29,7 @@ from stockex.db import Database
 from stockex.markets import sync_markets
 from stockex.migrate import upgrade
 from stockex.models import Base
-from stockex.testing import MySQLServer, RedisServer, start_mysql, start_redis
+from stockex.testing import FakeSlack, MySQLServer, RedisServer, start_mysql, start_redis
 
 TEST_SECRET = "test-secret-key-that-is-long-enough-for-hs256"
 
@@ -69,6 +71,13 @@ def redis_server() -> Iterator[RedisServer]:
     server = start_redis()
     yield server
     server.close()
+
+
+@pytest.fixture
+def fake_slack() -> Iterator[FakeSlack]:
+    """A fake Slack on a free loopback port; ``fake_slack.messages`` is what it received."""
+    with FakeSlack() as slack:
+        yield slack
 
 
 def uses_backend(request: pytest.FixtureRequest, name: str) -> None:

@@ -52,10 +52,23 @@ class LocalCache:
 
 
 class Cache:
-    """Byte values under namespaced keys, with TTLs; see the module docstring for failures."""
+    """Byte values under namespaced keys, with TTLs; see the module docstring for failures.
 
-    def __init__(self, redis_url: str = "") -> None:
+    ``on_down(exc)`` is called when Redis starts failing (once per outage) and ``on_up()``
+    when it answers again; the API uses them to raise and resolve an alert. They must not
+    block or raise.
+    """
+
+    def __init__(
+        self,
+        redis_url: str = "",
+        *,
+        on_down: Callable[[Exception], None] | None = None,
+        on_up: Callable[[], None] | None = None,
+    ) -> None:
         self.redis_url = redis_url
+        self.on_down = on_down
+        self.on_up = on_up
         self.local = LocalCache()
         self.redis: redis.Redis | None = None
         if redis_url:
@@ -105,15 +118,24 @@ class Cache:
         if self.redis is not None:
             self.redis.ping()
 
+    def close(self) -> None:
+        """Close the Redis connections (shutdown, tests)."""
+        if self.redis is not None:
+            self.redis.close()
+
     def _note_down(self, exc: Exception) -> None:
         if not self._redis_down:
             log.warning("redis unavailable, serving without cache: %s", exc)
             self._redis_down = True
+            if self.on_down is not None:
+                self.on_down(exc)
 
     def _note_up(self) -> None:
         if self._redis_down:
             log.warning("redis is back")
             self._redis_down = False
+            if self.on_up is not None:
+                self.on_up()
 
 
 # --------------------------------------------------------------------------- keys

@@ -14,6 +14,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from stockex.config import ConfigError, Settings, load_settings
 from stockex.errors import DomainError
+from stockex.logs import configure_logging, register_secrets
+from stockex.redaction import secrets_from_settings
 
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
@@ -26,10 +28,12 @@ def _fail(message: str, code: int = EXIT_FAILURE) -> None:
 
 def settings_from_env() -> Settings:
     try:
-        return load_settings()
+        settings = load_settings()
     except ConfigError as exc:
         _fail(str(exc), EXIT_CONFIG)
         raise  # unreachable; keeps type checkers honest
+    register_secrets(secrets_from_settings(settings))
+    return settings
 
 
 def reports_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -58,11 +62,7 @@ def cli(verbose: bool) -> None:
     Settings come from $STOCKEX_CONFIG, else ./config.yaml, else built-in defaults, and
     STOCKEX__SECTION__KEY environment variables override single keys.
     """
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(logging.DEBUG if verbose else logging.INFO, sys.stderr)
     if not verbose:
         # Alembic narrates every plugin and migration step at INFO; our own lines say enough.
         logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -103,7 +103,7 @@ def serve(host: str | None, port: int | None) -> None:
     from stockex.api import create_app
 
     settings = settings_from_env()
-    app = create_app(settings)
+    app = create_app(settings, development=True)
     app.run(host=host or settings.api.host, port=port or settings.api.port, threaded=True)
 
 

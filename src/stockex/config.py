@@ -84,6 +84,11 @@ class ApiSettings:
     host: str = "127.0.0.1"
     port: int = 5010
     jwt_ttl_seconds: int = 3600
+    # flask-limiter rate strings ("10 per minute", "5/second;100/hour"); empty = no limit.
+    login_rate_limit: str = "10 per minute"
+    order_rate_limit: str = "20 per second"
+    # Origins allowed to call the API from a browser ("https://app.example.com" or "*").
+    cors_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -190,6 +195,8 @@ def _apply_override(raw: dict[str, Any], name: str, value: str) -> None:
         raise ConfigError(name, "expected STOCKEX__SECTION__KEY or STOCKEX__KEY")
     try:
         parsed = yaml.safe_load(value) if value.strip() else ""
+        if parsed is None and value.strip().startswith("#"):
+            parsed = value.strip()  # "#stockex-alerts" is a Slack channel, not a YAML comment
     except yaml.YAMLError:
         problem = f"environment value is not valid YAML: {value!r}"
         raise ConfigError(".".join(parts), problem) from None
@@ -274,6 +281,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             raise ConfigError(key, f"expected a number, got {value!r}")
         return float(value)
     if kind is tuple:
+        if value is None or value == "":
+            return ()
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
@@ -361,12 +370,21 @@ def _validate(s: Settings) -> None:
     if not s.tiki.base_url:
         raise ConfigError("tiki.base_url", "must not be empty")
     _positive("slack.cooldown_seconds", s.slack.cooldown_seconds, allow_zero=True)
+    if s.slack.token and not s.slack.channel:
+        raise ConfigError("slack.channel", "required when slack.token is set")
     _positive("tiki.timeout_seconds", s.tiki.timeout_seconds)
     _positive("crawler.chunk_minutes", s.crawler.chunk_minutes)
     _positive("crawler.interval_seconds", s.crawler.interval_seconds)
     _positive("api.jwt_ttl_seconds", s.api.jwt_ttl_seconds)
     if not 0 < s.api.port < 65536:
         raise ConfigError("api.port", f"expected a TCP port 1..65535, got {s.api.port}")
+    for key in ("login_rate_limit", "order_rate_limit"):
+        _validate_rate_limit(f"api.{key}", getattr(s.api, key))
+    for origin in s.api.cors_origins:
+        if origin != "*" and not _ORIGIN.match(origin):
+            raise ConfigError(
+                "api.cors_origins", f"expected origins like https://app.example.com, got {origin!r}"
+            )
     if not s.secret_key:
         raise ConfigError("secret_key", "must not be empty")
     try:
@@ -374,6 +392,20 @@ def _validate(s: Settings) -> None:
     except ValueError:
         raise ConfigError("crawler.start", f"not an ISO-8601 time: {s.crawler.start!r}") from None
     _validate_markets(s)
+
+
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?$")
+
+
+def _validate_rate_limit(key: str, value: str) -> None:
+    if not value:
+        return
+    from limits import parse_many
+
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ConfigError(key, f"not a rate limit like '10 per minute': {value!r}") from None
 
 
 def _validate_database_url(url: str) -> None:

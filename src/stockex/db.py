@@ -3,7 +3,11 @@
 Two backends are supported, and every feature is tested on both:
 
 * **MySQL** (production; MariaDB works too) through PyMySQL: InnoDB, utf8mb4,
-  ``READ COMMITTED`` isolation, short connect timeouts so an outage answers 503 quickly.
+  ``READ COMMITTED`` isolation. An outage must answer 503 quickly and heal by itself: the TCP
+  connect and the login handshake each give up after 2 s, a pooled connection is pinged
+  (bounded to 1 s) before each use so dead ones left by a restart are replaced transparently,
+  and a refused connection fails at once. Queries themselves have no read timeout (a long
+  migration must not be cut off).
   Deadlocks (1213) and lock wait timeouts (1205) roll the whole transaction back and
   :meth:`Database.transaction` runs it again, a bounded number of times.
 * **SQLite** (the embedded default): WAL, foreign keys on, and write transactions open with
@@ -40,6 +44,9 @@ _QUANTUM = Decimal(1).scaleb(-SCALE)
 _MAX_AMOUNT = Decimal(10) ** INTEGER_DIGITS
 # DECIMAL(36,18) needs 36 significant digits; the default context only carries 28.
 _CONTEXT = Context(prec=INTEGER_DIGITS + SCALE + 4)
+
+CONNECT_TIMEOUT_SECONDS = 2
+PING_TIMEOUT_SECONDS = 1
 
 #: MySQL error codes after which InnoDB has rolled back and a retry is safe.
 RETRYABLE_MYSQL_ERRORS = frozenset({1213, 1205})  # deadlock, lock wait timeout
@@ -134,7 +141,7 @@ def make_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:
         _configure_sqlite(engine)
         return engine
     if backend == "mysql":
-        return create_engine(
+        engine = create_engine(
             parsed,
             echo=echo,
             pool_size=pool_size,
@@ -143,9 +150,42 @@ def make_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:
             pool_recycle=3600,
             pool_timeout=5,
             isolation_level="READ COMMITTED",
-            connect_args={"charset": "utf8mb4", "connect_timeout": 2},
+            connect_args={
+                "charset": "utf8mb4",
+                "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+                # Bounds the server greeting and login of a new connection (a hung server
+                # accepts TCP but never answers); lifted again once connected, see below.
+                "read_timeout": CONNECT_TIMEOUT_SECONDS,
+            },
         )
+        _configure_mysql(engine)
+        return engine
     raise ValueError(f"unsupported database backend {backend!r}")
+
+
+def _configure_mysql(engine: Engine) -> None:
+    """Bounded handshakes and pings for PyMySQL (see the module docstring).
+
+    PyMySQL reads its ``_read_timeout`` before every packet, so changing it on a live
+    connection takes effect at the next read.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _after_handshake(dbapi_connection: Any, _record: Any) -> None:
+        if hasattr(dbapi_connection, "_read_timeout"):
+            dbapi_connection._read_timeout = None
+
+    original_ping = engine.dialect.do_ping
+
+    def bounded_ping(dbapi_connection: Any) -> bool:
+        previous = getattr(dbapi_connection, "_read_timeout", None)
+        dbapi_connection._read_timeout = PING_TIMEOUT_SECONDS
+        try:
+            return original_ping(dbapi_connection)
+        finally:
+            dbapi_connection._read_timeout = previous
+
+    engine.dialect.do_ping = bounded_ping  # type: ignore[method-assign]
 
 
 def _configure_sqlite(engine: Engine) -> None:

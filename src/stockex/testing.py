@@ -1,4 +1,4 @@
-"""Throwaway MySQL-compatible and Redis servers for the test suite and the benchmarks.
+"""Throwaway MySQL-compatible and Redis servers, and a fake Slack, for tests and benchmarks.
 
 Each server runs from the binaries on PATH (``mariadbd``/``mysqld``, ``redis-server``) in a
 temporary directory on a free loopback port, and is stopped and deleted at the end.
@@ -9,15 +9,20 @@ CI with service containers); the MySQL URL must name a user that may create data
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 MYSQL_URL_ENV = "STOCKEX_TEST_MYSQL_URL"
 REDIS_URL_ENV = "STOCKEX_TEST_REDIS_URL"
@@ -308,3 +313,242 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.close()
+
+
+# ----------------------------------------------------------------------------- fake Slack
+
+
+@dataclass
+class SlackMessage:
+    """One message the fake Slack accepted: through ``chat.postMessage`` or a webhook."""
+
+    kind: str  # "api" or "webhook"
+    text: str
+    channel: str | None
+    payload: dict[str, Any]
+    headers: dict[str, str]
+    raw: str
+
+    @property
+    def wire(self) -> str:
+        """Everything that came over the wire for this message (headers and body)."""
+        return "\n".join(f"{k}: {v}" for k, v in self.headers.items()) + "\n\n" + self.raw
+
+
+class FakeSlack:
+    """A local stand-in for Slack, speaking the real wire formats, for tests and demos.
+
+    * Web API: ``POST {api_base_url}chat.postMessage`` with ``Authorization: Bearer <token>``
+      (or a ``token`` form field) and a JSON or form body; answers
+      ``{"ok": true, "channel": ..., "ts": ...}``, or ``{"ok": false, "error": ...}`` for a bad
+      token or a missing channel/text, as Slack does (HTTP 200).
+    * Incoming webhook: ``POST {webhook_url}`` with a JSON body; answers ``ok`` (text), or 400
+      ``invalid_payload`` / ``no_text``.
+
+    Faults: :meth:`rate_limit` answers the next requests with 429 and ``Retry-After``;
+    :meth:`hang` delays every answer; :meth:`down` closes the port (connection refused) and
+    :meth:`up` opens it again on the same port. ``requests`` counts every request received.
+    """
+
+    def __init__(self, token: str = "xoxb-fake-slack-token") -> None:  # noqa: S107 - test token
+        self.token = token
+        self.port = 0
+        self.requests = 0
+        self._messages: list[SlackMessage] = []
+        self._lock = threading.Condition()
+        self._rate_limited = 0
+        self._retry_after = 1
+        self._hang_seconds = 0.0
+        self._release = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle
+
+    def start(self) -> FakeSlack:
+        if self._server is not None:
+            return self
+        self._release.clear()
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), _slack_handler(self))
+        server.daemon_threads = True
+        self.port = int(server.server_address[1])
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-slack",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._release.set()  # let hanging requests finish
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+    down = stop
+
+    def up(self) -> None:
+        self.start()
+
+    def __enter__(self) -> FakeSlack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- addresses
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_base_url(self) -> str:
+        return f"{self.url}/api/"
+
+    @property
+    def webhook_url(self) -> str:
+        return f"{self.url}/services/T0FAKE/B0FAKE/fakewebhooksecret0123"
+
+    # -- faults
+
+    def rate_limit(self, times: int = 1, retry_after: int = 1) -> None:
+        with self._lock:
+            self._rate_limited, self._retry_after = times, retry_after
+
+    def hang(self, seconds: float) -> None:
+        """Answer every request only after ``seconds`` (0 turns it off)."""
+        self._hang_seconds = seconds
+
+    # -- what arrived
+
+    @property
+    def messages(self) -> list[SlackMessage]:
+        with self._lock:
+            return list(self._messages)
+
+    @property
+    def texts(self) -> list[str]:
+        return [m.text for m in self.messages]
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[SlackMessage]:
+        """Wait until at least ``count`` messages arrived; return them (maybe fewer on timeout)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while len(self._messages) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._lock.wait(remaining)
+            return list(self._messages)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._messages.clear()
+
+    # -- used by the handler
+
+    def _take_rate_limit(self) -> int | None:
+        with self._lock:
+            self.requests += 1
+            if self._rate_limited > 0:
+                self._rate_limited -= 1
+                return self._retry_after
+            return None
+
+    def _record(self, message: SlackMessage) -> None:
+        with self._lock:
+            self._messages.append(message)
+            self._lock.notify_all()
+
+
+def _slack_handler(slack: FakeSlack) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802 - stdlib name
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length).decode("utf-8", errors="replace")
+            retry_after = slack._take_rate_limit()
+            if slack._hang_seconds:
+                slack._release.wait(slack._hang_seconds)
+            is_api = self.path.split("?", 1)[0].endswith("/chat.postMessage")
+            if retry_after is not None:
+                body = '{"ok": false, "error": "ratelimited"}' if is_api else "rate_limited"
+                self._answer(429, body, {"Retry-After": str(retry_after)})
+            elif is_api:
+                self._api(raw)
+            elif self.path.startswith("/services/"):
+                self._webhook(raw)
+            else:
+                self._answer(404, "not found")
+
+        def _payload(self, raw: str) -> dict[str, Any] | None:
+            kind = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip()
+            if kind == "application/json":
+                try:
+                    data = json.loads(raw)
+                except ValueError:
+                    return None
+                return data if isinstance(data, dict) else None
+            return {k: v[-1] for k, v in urllib.parse.parse_qs(raw).items()}
+
+        def _api(self, raw: str) -> None:
+            payload = self._payload(raw)
+            if payload is None:
+                self._answer_json({"ok": False, "error": "invalid_json"})
+                return
+            auth = self.headers.get("Authorization") or ""
+            token = auth[len("Bearer "):] if auth.startswith("Bearer ") else payload.get("token")
+            if token != slack.token:
+                self._answer_json({"ok": False, "error": "invalid_auth"})
+                return
+            channel, text = payload.get("channel"), payload.get("text")
+            if not channel:
+                self._answer_json({"ok": False, "error": "channel_not_found"})
+                return
+            if not text and not payload.get("blocks"):
+                self._answer_json({"ok": False, "error": "no_text"})
+                return
+            slack._record(SlackMessage("api", str(text or ""), str(channel), payload,
+                                       dict(self.headers.items()), raw))
+            ts = f"{time.time():.6f}"
+            self._answer_json({"ok": True, "channel": "C0FAKE", "ts": ts,
+                               "message": {"type": "message", "text": text, "ts": ts}})
+
+        def _webhook(self, raw: str) -> None:
+            try:
+                payload = json.loads(raw)
+            except ValueError:
+                payload = None
+            if not isinstance(payload, dict):
+                self._answer(400, "invalid_payload")
+                return
+            if not payload.get("text") and not payload.get("blocks"):
+                self._answer(400, "no_text")
+                return
+            slack._record(SlackMessage("webhook", str(payload.get("text") or ""),
+                                       payload.get("channel"), payload,
+                                       dict(self.headers.items()), raw))
+            self._answer(200, "ok")
+
+        def _answer_json(self, body: dict[str, Any]) -> None:
+            self._answer(200, json.dumps(body), content_type="application/json; charset=utf-8")
+
+        def _answer(self, status: int, body: str, headers: dict[str, str] | None = None,
+                    content_type: str = "text/html") -> None:
+            data = body.encode()
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Handler

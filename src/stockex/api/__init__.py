@@ -2,6 +2,12 @@
 
 Production serves it with gunicorn (``gunicorn 'stockex.api:create_app()'``); tests build
 apps with their own settings. Nothing here talks to the database or Redis at import time.
+
+Operations around every request: a request id and an access-log line
+(:mod:`stockex.api.request_log`), security headers and CORS (:mod:`stockex.api.security`),
+rate limits (:mod:`stockex.api.ratelimits`), and Slack alerts for 500s, an unreachable
+database or Redis (:mod:`stockex.api.incidents`). ``create_app`` refuses the placeholder
+``secret_key`` unless ``development=True`` (``stockex serve``) or ``testing=True``.
 """
 
 from __future__ import annotations
@@ -12,12 +18,19 @@ from dataclasses import dataclass
 from flasgger import Swagger
 from flask import Flask, current_app
 
+from stockex.alerts import notifier_for
 from stockex.api.errors import register_error_handlers
+from stockex.api.incidents import cache_hooks, install_incident_alerts
 from stockex.api.openapi import build_spec
+from stockex.api.ratelimits import install_rate_limits
+from stockex.api.request_log import install_request_log
+from stockex.api.security import check_secret_key, install_security
 from stockex.cache import Cache
 from stockex.config import Settings, load_settings
 from stockex.db import Database
+from stockex.logs import configure_logging, register_secrets
 from stockex.markets import sync_markets
+from stockex.redaction import secrets_from_settings
 
 log = logging.getLogger("stockex.api")
 
@@ -39,19 +52,37 @@ def services() -> Services:
     return current_app.extensions["stockex"]  # type: ignore[no-any-return]
 
 
-def create_app(settings: Settings | None = None, *, db: Database | None = None) -> Flask:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    db: Database | None = None,
+    development: bool = False,
+    testing: bool = False,
+) -> Flask:
     settings = settings or load_settings()
+    check_secret_key(settings, development=development or testing)
+    if not logging.getLogger().handlers:  # gunicorn: nobody configured logging
+        configure_logging()
+    register_secrets(secrets_from_settings(settings))
     app = Flask("stockex")
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         JSON_SORT_KEYS=False,
         SWAGGER={"openapi": "3.0.3"},
+        TESTING=testing,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
     database = db or Database(settings.database.url)
+    notifier = notifier_for(settings)
     app.extensions["stockex"] = Services(
-        settings=settings, db=database, cache=Cache(settings.redis.url)
+        settings=settings, db=database, cache=Cache(settings.redis.url, **cache_hooks(notifier))
     )
+    # Order matters: the request id first, so everything after it (CORS preflights, 429s)
+    # is logged and answered with it.
+    install_request_log(app)
+    install_security(app, settings)
+    install_rate_limits(app, settings)
+    install_incident_alerts(app, notifier)
     register_error_handlers(app)
 
     from stockex.api.market_data import bp as market_data_bp

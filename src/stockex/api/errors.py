@@ -86,6 +86,9 @@ def register_error_handlers(app: Flask) -> None:
     def _unexpected(exc: Exception) -> Response:
         if _database_unavailable(exc):
             log.warning("database unavailable during %s %s: %s", request.method, request.path, exc)
+            on_down = app.extensions.get("stockex.on_database_unavailable")
+            if on_down is not None:
+                on_down(exc)
             return error_response(503, "database_unavailable", "the database is not reachable")
         log.exception("unhandled error in %s %s", request.method, request.path)
         hook = app.extensions.get("stockex.on_unhandled_error")

@@ -149,15 +149,65 @@ def build_spec(settings: Settings) -> dict[str, Any]:
             {"name": "service", "description": "Liveness and readiness"},
             {"name": "market data", "description": "Public market data"},
         ],
-        "paths": _paths(),
+        "paths": with_operations_headers(_paths()),
         "components": {
             "schemas": SCHEMAS,
             "responses": {
-                f"E{status}": json_response(text, ref("Error"))
+                f"E{status}": with_response_headers(json_response(text, ref("Error")), status)
                 for status, text in _ERROR_TEXT.items()
             },
+            "parameters": {"RequestId": REQUEST_ID_PARAMETER},
+            "headers": RESPONSE_HEADERS,
             "securitySchemes": {
                 "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
             },
         },
     }
+
+
+# ----------------------------------------------------------------------------- operations
+
+REQUEST_ID_PARAMETER = {
+    "name": "X-Request-ID",
+    "in": "header",
+    "required": False,
+    "description": "Your id for this request (A-Z a-z 0-9 . _ : -, up to 64 kept); "
+    "else one is generated. Returned in the X-Request-ID response header.",
+    "schema": {"type": "string"},
+}
+RESPONSE_HEADERS = {
+    "RequestId": {
+        "description": "The request id: the one sent, cleaned, or a generated one",
+        "required": True,
+        "schema": {"type": "string", "pattern": r"^[A-Za-z0-9._:\-]{1,64}$"},
+    },
+    "RetryAfter": {
+        "description": "Seconds to wait before trying again",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 1},
+    },
+}
+
+
+def with_response_headers(response: dict[str, Any], status: int | str) -> dict[str, Any]:
+    """``response`` with the headers every answer carries (and Retry-After on 429)."""
+    if "$ref" in response:
+        return response  # a shared response from components: it has them already
+    headers = {"X-Request-ID": {"$ref": "#/components/headers/RequestId"}}
+    if str(status) == "429":
+        headers["Retry-After"] = {"$ref": "#/components/headers/RetryAfter"}
+    return {**response, "headers": {**headers, **response.get("headers", {})}}
+
+
+def with_operations_headers(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every operation accepts X-Request-ID and documents it on each response
+    (see :mod:`stockex.api.request_log`)."""
+    for item in paths.values():
+        for operation in item.values():
+            parameters = operation.setdefault("parameters", [])
+            parameters.append({"$ref": "#/components/parameters/RequestId"})
+            operation["responses"] = {
+                status: with_response_headers(response, status)
+                for status, response in operation["responses"].items()
+            }
+    return paths

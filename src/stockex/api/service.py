@@ -6,6 +6,7 @@ from flask import Blueprint, Response, jsonify
 
 from stockex.api import services
 from stockex.api.errors import error_response
+from stockex.api.incidents import DATABASE, REDIS, report_dependency
 
 bp = Blueprint("service", __name__)
 
@@ -18,20 +19,27 @@ def health() -> Response:
 
 @bp.get("/ready")
 def ready() -> Response:
-    """200 when the database and (if configured) Redis answer; 503 naming what does not."""
+    """200 when the database and (if configured) Redis answer; 503 naming what does not.
+
+    A check turning bad raises an alert, and turning good again resolves it.
+    """
     svc = services()
     checks: dict[str, str] = {}
     try:
         svc.db.ping()
-        checks["database"] = "ok"
+        checks[DATABASE] = "ok"
+        report_dependency(DATABASE, None)
     except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
-        checks["database"] = f"unavailable: {type(exc).__name__}"
+        checks[DATABASE] = f"unavailable: {type(exc).__name__}"
+        report_dependency(DATABASE, exc)
     if svc.cache.redis is not None:
         try:
             svc.cache.ping()
-            checks["redis"] = "ok"
+            checks[REDIS] = "ok"
+            report_dependency(REDIS, None)
         except Exception as exc:  # noqa: BLE001
-            checks["redis"] = f"unavailable: {type(exc).__name__}"
+            checks[REDIS] = f"unavailable: {type(exc).__name__}"
+            report_dependency(REDIS, exc)
     down = sorted(name for name, state in checks.items() if state != "ok")
     if down:
         return error_response(

@@ -1,0 +1,100 @@
+"""HTTP hardening: the secret-key check, security headers and CORS.
+
+* :func:`check_secret_key` refuses the placeholder ``secret_key`` (``change-me``) unless the
+  app is built for development (``stockex serve``) or tests: anyone could sign tokens with it.
+* Every response gets ``X-Content-Type-Options: nosniff``, ``X-Frame-Options: DENY``,
+  ``Referrer-Policy: no-referrer`` and a Content-Security-Policy: ``default-src 'none'`` for
+  the API (JSON and CSV never need to load anything), and for Swagger UI under ``/api/docs``
+  one that allows its own scripts and styles, its inline start-up script and Google Fonts.
+  Responses to requests that carried credentials (an ``Authorization`` header, or a user set
+  on ``flask.g.user_id``) get ``Cache-Control: no-store``. HSTS is added on HTTPS requests.
+* CORS is off unless ``api.cors_origins`` lists origins (or ``"*"``): then requests from those
+  origins get ``Access-Control-Allow-Origin`` (and the headers a client needs to read), and
+  their preflight ``OPTIONS`` requests are answered with 204 and the allowed methods/headers.
+  Other origins get no CORS headers at all, so browsers keep them out.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, g, request
+
+from stockex.config import DEFAULT_SECRET_KEY, ConfigError, Settings
+
+log = logging.getLogger("stockex.api")
+
+API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; "
+    "style-src 'self' 'unsafe-inline' https://fonts.googleapis.com; "
+    "font-src 'self' data: https://fonts.gstatic.com; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'self'; "
+    "form-action 'self'"
+)
+DOCS_PREFIX = "/api/docs"
+
+CORS_METHODS = "GET, POST, DELETE, OPTIONS"
+CORS_REQUEST_HEADERS = "Authorization, Content-Type, X-Request-ID"
+CORS_EXPOSED_HEADERS = "X-Request-ID, Retry-After, Content-Disposition"
+CORS_MAX_AGE = "600"
+
+
+def check_secret_key(settings: Settings, *, development: bool = False) -> None:
+    """Raise :class:`ConfigError` for the placeholder key outside development and tests."""
+    if settings.secret_key != DEFAULT_SECRET_KEY:
+        return
+    if development:
+        log.warning("secret_key is still the placeholder: acceptable for development only")
+        return
+    raise ConfigError(
+        "secret_key",
+        f"the placeholder {DEFAULT_SECRET_KEY!r} is refused outside development; set a long "
+        "random string (STOCKEX__SECRET_KEY)",
+    )
+
+
+def install_security(app: Flask, settings: Settings) -> None:
+    origins = frozenset(settings.api.cors_origins)
+    any_origin = "*" in origins
+
+    def allowed(origin: str | None) -> bool:
+        return bool(origin) and (any_origin or origin in origins)
+
+    if origins:
+
+        @app.before_request
+        def _preflight() -> Response | None:
+            origin = request.headers.get("Origin")
+            if (
+                request.method != "OPTIONS"
+                or "Access-Control-Request-Method" not in request.headers
+                or not allowed(origin)
+            ):
+                return None
+            response = app.response_class(status=204)
+            response.headers["Access-Control-Allow-Methods"] = CORS_METHODS
+            response.headers["Access-Control-Allow-Headers"] = CORS_REQUEST_HEADERS
+            response.headers["Access-Control-Max-Age"] = CORS_MAX_AGE
+            return response
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        headers = response.headers
+        headers.setdefault("X-Content-Type-Options", "nosniff")
+        headers.setdefault("X-Frame-Options", "DENY")
+        headers.setdefault("Referrer-Policy", "no-referrer")
+        is_docs = request.path == DOCS_PREFIX or request.path.startswith(DOCS_PREFIX + "/")
+        headers.setdefault("Content-Security-Policy", DOCS_CSP if is_docs else API_CSP)
+        if request.is_secure:
+            headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+        if "Authorization" in request.headers or g.get("user_id") is not None:
+            headers["Cache-Control"] = "no-store"
+            response.vary.add("Authorization")
+        origin = request.headers.get("Origin")
+        if origins and allowed(origin):
+            headers["Access-Control-Allow-Origin"] = "*" if any_origin else str(origin)
+            headers["Access-Control-Expose-Headers"] = CORS_EXPOSED_HEADERS
+            if not any_origin:
+                response.vary.add("Origin")
+        return response

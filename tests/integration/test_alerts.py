@@ -1,0 +1,323 @@
+"""Slack alerts against the fake Slack: delivery, cooldown, "resolved", faults, redaction."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from types import SimpleNamespace
+
+from stockex import alerts
+from stockex.alert_senders import LogSender, SlackApiSender, SlackWebhookSender
+from stockex.alert_state import RedisAlertState
+from stockex.alerts import AlertNotifier
+from stockex.config import settings_from_mapping
+from stockex.testing import FakeSlack, start_redis
+
+SECRET_KEY = "jwt-signing-key-that-must-never-leave"
+DB_PASSWORD = "db-pass-w0rd-xyz"
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI3In0.TJVA95OrM7E2cBab30RMHrHDcEfxjoYZgeFONFh7HgQ"
+
+
+def settings_for(slack: FakeSlack, *, webhook: bool = False, cooldown: int = 300, **extra):  # type: ignore[no-untyped-def]
+    section = (
+        {"webhook_url": slack.webhook_url}
+        if webhook
+        else {"token": slack.token, "base_url": slack.api_base_url}
+    )
+    return settings_from_mapping(
+        {
+            "secret_key": SECRET_KEY,
+            "database": {"url": f"mysql+pymysql://stockex:{DB_PASSWORD}@db:3306/stockex"},
+            "slack": {**section, "channel": "#ops", "cooldown_seconds": cooldown},
+            **extra,
+        }
+    )
+
+
+def failure(message: str = "boom") -> RuntimeError:
+    try:
+        raise RuntimeError(message)
+    except RuntimeError as exc:
+        return exc
+
+
+def test_web_api_message_carries_service_host_error_context_and_traceback(fake_slack) -> None:  # type: ignore[no-untyped-def]
+    notifier = AlertNotifier(
+        SlackApiSender(fake_slack.token, "#ops", fake_slack.api_base_url), host="api-1"
+    )
+    notifier.alert_exception(
+        "api GET /api/v1/markets", failure("it broke"),
+        {"method": "GET", "path": "/api/v1/markets", "request_id": "req-1", "user_id": 7},
+        service="stockex-api",
+    )
+    assert notifier.flush(10)
+    [message] = fake_slack.messages
+    assert message.kind == "api" and message.channel == "#ops"
+    assert message.headers["Authorization"] == f"Bearer {fake_slack.token}"
+    text = message.text
+    assert "*stockex-api* on `api-1`" in text
+    assert "*RuntimeError* in api GET /api/v1/markets" in text
+    assert "> it broke" in text
+    for line in ("• method: GET", "• path: /api/v1/markets", "• request_id: req-1",
+                 "• user_id: 7"):
+        assert line in text
+    assert "Traceback (most recent call last)" in text and 'raise RuntimeError(message)' in text
+    assert notifier.counters.sent == 1
+
+
+def test_webhook_delivery(fake_slack) -> None:  # type: ignore[no-untyped-def]
+    notifier = AlertNotifier(SlackWebhookSender(fake_slack.webhook_url))
+    notifier.alert("crawler asaxu", "UpstreamUnavailable", "tiki answered 503",
+                   service="stockex-crawler", context={"market": "asaxu"})
+    assert notifier.flush(10)
+    [message] = fake_slack.messages
+    assert message.kind == "webhook"
+    assert json.loads(message.raw)["text"] == message.text
+    assert "*UpstreamUnavailable* in crawler asaxu" in message.text
+
+
+def test_long_tracebacks_and_messages_are_truncated(fake_slack) -> None:  # type: ignore[no-untyped-def]
+    def recurse(n: int) -> None:
+        if n == 0:
+            raise ValueError("x" * 5000)
+        recurse(n - 1)
+
+    try:
+        recurse(60)
+    except ValueError as exc:
+        error = exc
+    notifier = AlertNotifier(SlackApiSender(fake_slack.token, "#ops", fake_slack.api_base_url))
+    notifier.alert_exception("somewhere", error)
+    assert notifier.flush(10)
+    text = fake_slack.messages[0].text
+    assert len(text) < 6000
+    assert "... (truncated)" in text
+    assert text.rstrip("`").endswith("x")  # the innermost frame and the error are kept
+
+
+def test_burst_is_one_message_and_the_next_carries_the_count(fake_slack) -> None:  # type: ignore[no-untyped-def]
+    notifier = alerts.notifier_for(settings_for(fake_slack, cooldown=1))
+    for _ in range(100):
+        notifier.alert_exception("api GET /x", failure(), service="stockex-api")
+    notifier.alert_exception("api GET /other", failure(), service="stockex-api")
+    assert notifier.flush(10)
+    texts = fake_slack.texts
+    assert len(texts) == 2
+    assert "in api GET /x" in texts[0] and "in api GET /other" in texts[1]
+    time.sleep(1.1)
+    notifier.alert_exception("api GET /x", failure(), service="stockex-api")
+    assert notifier.flush(10)
+    assert len(fake_slack.texts) == 3
+    assert "99 more occurrence(s) were held back" in fake_slack.texts[2]
+    assert notifier.counters.suppressed == 99
+
+
+def test_resolved_is_sent_once_and_only_after_a_failure(fake_slack) -> None:  # type: ignore[no-untyped-def]
+    notifier = alerts.notifier_for(settings_for(fake_slack))
+    notifier.resolve("database")  # nothing was failing: nothing to say
+    for _ in range(3):
+        notifier.alert_exception("database", failure("gone"))
+    notifier.resolve("database")
+    notifier.resolve("database")
+    assert notifier.flush(10)
+    texts = fake_slack.texts
+    assert len(texts) == 2
+    assert ":white_check_mark:" in texts[1] and "resolved database" in texts[1]
+    assert "database#RuntimeError: failing since" in texts[1] and "3 occurrence(s)" in texts[1]
+
+
+def test_slack_rate_limit_is_retried_after_retry_after(fake_slack) -> None:  # type: ignore[no-untyped-def]
+    fake_slack.rate_limit(times=1, retry_after=1)
+    notifier = AlertNotifier(SlackApiSender(fake_slack.token, "#ops", fake_slack.api_base_url))
+    started = time.monotonic()
+    notifier.alert("s", "E", "m")
+    assert notifier.flush(15)
+    assert time.monotonic() - started >= 1.0
+    assert fake_slack.requests == 2
+    assert len(fake_slack.messages) == 1 and notifier.counters.sent == 1
+
+
+def test_slack_down_is_logged_never_raised_and_later_alerts_get_through(caplog) -> None:  # type: ignore[no-untyped-def]
+    slack = FakeSlack().start()
+    slack.down()
+    notifier = AlertNotifier(SlackApiSender(slack.token, "#ops", slack.api_base_url))
+    with caplog.at_level(logging.WARNING, logger="stockex.alerts"):
+        notifier.alert("s", "First", "while slack is down")
+        assert notifier.flush(15)
+    assert notifier.counters.failed == 1
+    assert "could not deliver alert s#First" in caplog.text
+    slack.up()
+    try:
+        notifier.alert("s", "Second", "slack is back")
+        assert notifier.flush(15)
+        assert ["Second" in t for t in slack.texts] == [True]
+    finally:
+        slack.stop()
+
+
+def test_a_hanging_slack_never_blocks_the_caller(fake_slack) -> None:  # type: ignore[no-untyped-def]
+    fake_slack.hang(10)
+    notifier = AlertNotifier(
+        SlackApiSender(fake_slack.token, "#ops", fake_slack.api_base_url), queue_size=5
+    )
+    started = time.monotonic()
+    for i in range(50):
+        notifier.alert(f"s{i}", "E", "m")
+    assert time.monotonic() - started < 0.5
+    assert not notifier.flush(0.2)
+    assert notifier.counters.dropped >= 40  # the bounded queue gives way, the caller never waits
+    notifier.discard_pending()
+
+
+def test_rejected_token_is_counted_not_raised(fake_slack, caplog) -> None:  # type: ignore[no-untyped-def]
+    notifier = AlertNotifier(SlackApiSender("xoxb-wrong", "#ops", fake_slack.api_base_url))
+    with caplog.at_level(logging.WARNING, logger="stockex.alerts"):
+        notifier.alert("s", "E", "m")
+        assert notifier.flush(10)
+    assert notifier.counters.failed == 1 and fake_slack.messages == []
+    assert "invalid_auth" in caplog.text
+    assert "xoxb-wrong" not in caplog.text
+
+
+def test_without_slack_alerts_go_to_the_log_only(caplog) -> None:  # type: ignore[no-untyped-def]
+    notifier = AlertNotifier(LogSender(), secrets=(SECRET_KEY,))
+    with caplog.at_level(logging.ERROR, logger="stockex.alerts"):
+        notifier.alert_exception("crawler asaxu", failure(f"key {SECRET_KEY} password=hunter2"))
+        assert notifier.flush(10)
+    [record] = [r for r in caplog.records if r.getMessage().startswith("ALERT")]
+    assert "*RuntimeError* in crawler asaxu" in record.getMessage()
+    assert SECRET_KEY not in caplog.text and "hunter2" not in caplog.text
+
+
+def test_cooldown_and_incidents_are_shared_through_redis(fake_slack, redis_url) -> None:  # type: ignore[no-untyped-def]
+    def process() -> AlertNotifier:  # e.g. two gunicorn workers, or a crawler and an API
+        return AlertNotifier(
+            SlackApiSender(fake_slack.token, "#ops", fake_slack.api_base_url),
+            RedisAlertState(redis_url),
+            cooldown_seconds=1,
+        )
+
+    first, second = process(), process()
+    for i in range(50):
+        (first if i % 2 else second).alert("database", "OperationalError", "refused")
+    assert first.flush(10) and second.flush(10)
+    assert len(fake_slack.texts) == 1
+    time.sleep(1.1)
+    first.alert("database", "OperationalError", "refused")
+    assert first.flush(10)
+    assert "49 more occurrence(s)" in fake_slack.texts[1]
+    second.resolve("database")  # the other process sees it working again
+    assert second.flush(10)
+    assert "resolved database" in fake_slack.texts[2] and "51 occurrence(s)" in fake_slack.texts[2]
+    first.resolve("database")
+    assert first.flush(10)
+    assert len(fake_slack.texts) == 3  # resolved once, not once per process
+
+
+def test_redis_state_falls_back_to_the_process_when_redis_is_unreachable(fake_slack) -> None:  # type: ignore[no-untyped-def]
+    notifier = AlertNotifier(
+        SlackApiSender(fake_slack.token, "#ops", fake_slack.api_base_url),
+        RedisAlertState("redis://127.0.0.1:1/0"),
+    )
+    for _ in range(5):
+        notifier.alert("redis", "ConnectionError", "refused")
+    notifier.resolve("redis")
+    assert notifier.flush(15)
+    assert len(fake_slack.texts) == 2 and "resolved redis" in fake_slack.texts[1]
+
+
+def test_crawler_failure_and_its_resolved(fake_slack) -> None:  # type: ignore[no-untyped-def]
+    settings = settings_for(fake_slack, webhook=True)
+    alerts.crawler_failed("asaxu", failure("tiki answered 503"), window=(1719858240, 1719918180),
+                          run_id=42, settings=settings)
+    alerts.crawler_failed("asaxu", failure("tiki answered 503"), window=(1719918240, 1719978180),
+                          run_id=43, settings=settings)
+    alerts.crawler_recovered("btcvnd", run_id=44, settings=settings)  # was not failing
+    alerts.crawler_recovered("asaxu", run_id=45, settings=settings)
+    assert alerts.flush(10)
+    failed, resolved = fake_slack.texts
+    assert "*stockex-crawler*" in failed and "*RuntimeError* in crawler asaxu" in failed
+    assert "• market: asaxu" in failed and "• run_id: 42" in failed
+    assert "• window: 2024-07-02T01:24:00+07:00 .. 2024-07-02T18:03:00+07:00" in failed
+    assert "resolved crawler asaxu" in resolved and "2 occurrence(s)" in resolved
+    assert "• run_id: 45" in resolved
+
+
+def airflow_context(exception: BaseException | str | None) -> dict:  # type: ignore[type-arg]
+    """The parts of an Airflow 3 task context the callbacks read (RuntimeTaskInstance)."""
+    ti = SimpleNamespace(dag_id="tiki_candles", task_id="crawl_asaxu", try_number=3,
+                         run_id="scheduled__2024-07-02T00:00:00+00:00", map_index=-1,
+                         log_url="http://airflow:8080/dags/tiki_candles/runs/x/tasks/crawl_asaxu")
+    return {"ti": ti, "task_instance": ti, "exception": exception,
+            "run_id": ti.run_id, "logical_date": "2024-07-02T00:00:00+00:00"}
+
+
+def test_airflow_failure_callback_is_delivered_before_it_returns(fake_slack) -> None:  # type: ignore[no-untyped-def]
+    settings = settings_for(fake_slack)
+    alerts.airflow_task_failed(airflow_context(failure("upstream 503")), settings)
+    [text] = fake_slack.texts  # no flush: the callback waited (the task process exits next)
+    assert "*stockex-airflow*" in text
+    assert "*RuntimeError* in airflow tiki_candles.crawl_asaxu" in text
+    for line in ("• dag: tiki_candles", "• task: crawl_asaxu", "• try_number: 3",
+                 "• run_id: scheduled__2024-07-02T00:00:00+00:00"):
+        assert line in text
+    alerts.airflow_task_succeeded(airflow_context(None), settings)
+    assert "resolved airflow tiki_candles.crawl_asaxu" in fake_slack.texts[1]
+
+
+def test_airflow_callback_without_an_exception_object(fake_slack) -> None:  # type: ignore[no-untyped-def]
+    alerts.airflow_task_failed(airflow_context("Task timed out"), settings_for(fake_slack))
+    assert "AirflowTaskFailed" in fake_slack.texts[0] and "Task timed out" in fake_slack.texts[0]
+
+
+def test_callbacks_never_raise(fake_slack) -> None:  # type: ignore[no-untyped-def]
+    alerts.airflow_task_failed({}, settings_for(fake_slack))  # nothing usable in the context
+    alerts.airflow_task_failed(None, settings_for(fake_slack))  # type: ignore[arg-type]
+    assert "airflow ?.?" in fake_slack.texts[0]
+
+
+def test_no_message_contains_a_password_token_or_authorization(fake_slack) -> None:  # type: ignore[no-untyped-def]
+    settings = settings_for(fake_slack, cooldown=0)
+    notifier = alerts.notifier_for(settings)
+    url = f"mysql+pymysql://stockex:{DB_PASSWORD}@db:3306/stockex"
+    leaks = [
+        failure(f"(2003) can't connect to {url}"),
+        failure(f"jwt.decode({JWT!r}, key={SECRET_KEY!r})"),
+        failure(f"headers={{'Authorization': 'Bearer {JWT}', 'Accept': 'json'}}"),
+        failure("login(username='bob', password='hunter2')"),
+        failure(f"slack said no to {settings.slack.token}"),
+    ]
+    for i, exc in enumerate(leaks):
+        notifier.alert_exception(f"leak {i}", exc, {"Authorization": f"Bearer {JWT}",
+                                                    "path": "/api/v1/x?token=abc123"})
+    alerts.crawler_failed("asaxu", leaks[0], settings=settings)
+    alerts.airflow_task_failed(airflow_context(leaks[1]), settings)
+    assert alerts.flush(10)
+    assert len(fake_slack.messages) == len(leaks) + 2
+    for message in fake_slack.messages:
+        body = message.raw
+        for secret in (DB_PASSWORD, SECRET_KEY, JWT, JWT.split(".")[1], "hunter2", "abc123",
+                       settings.slack.token):
+            assert secret not in body, (secret, message.text)
+        assert "Bearer" not in body.replace("Bearer ***", "")
+
+
+def test_an_incident_opened_while_redis_was_down_is_not_alerted_twice(fake_slack) -> None:  # type: ignore[no-untyped-def]
+    server = start_redis()
+    try:
+        notifier = AlertNotifier(
+            SlackApiSender(fake_slack.token, "#ops", fake_slack.api_base_url),
+            RedisAlertState(server.url),
+        )
+        server.stop()
+        notifier.alert("redis", "ConnectionError", "refused")  # bookkept in the process
+        assert notifier.flush(10)
+        server.start()
+        notifier.alert("redis", "ConnectionError", "refused")  # Redis is back: same incident
+        notifier.resolve("redis")
+        assert notifier.flush(10)
+        texts = fake_slack.texts
+        assert len(texts) == 2 and "resolved redis" in texts[1] and "2 occurrence(s)" in texts[1]
+    finally:
+        server.close()

@@ -1,0 +1,203 @@
+"""Request ids, the access log, security headers, CORS, the secret-key check, the body limit.
+
+None of this depends on the database backend, so these run on SQLite only.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import pytest
+from flask import g
+
+from stockex.api import create_app
+from stockex.api.params import json_body
+from stockex.config import ConfigError, Settings
+
+
+@pytest.fixture
+def backend() -> str:
+    return "sqlite"
+
+
+HEX_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def test_a_request_id_is_generated_and_returned(client) -> None:  # type: ignore[no-untyped-def]
+    first = client.get("/health").headers["X-Request-ID"]
+    second = client.get("/health").headers["X-Request-ID"]
+    assert HEX_ID.match(first) and HEX_ID.match(second) and first != second
+
+
+@pytest.mark.parametrize(
+    ("sent", "expected"),
+    [
+        ("req-42.retry:1_a", "req-42.retry:1_a"),
+        ("abc\tdef<script>alert(1)</script>", "abcdefscriptalert1script"),
+        ("x" * 500, "x" * 64),
+    ],
+)
+def test_a_client_request_id_is_kept_cleaned_and_bounded(client, sent: str, expected: str) -> None:  # type: ignore[no-untyped-def]
+    assert client.get("/health", headers={"X-Request-ID": sent}).headers["X-Request-ID"] == expected
+
+
+def test_an_unusable_request_id_is_replaced(client) -> None:  # type: ignore[no-untyped-def]
+    response = client.get("/health", headers={"X-Request-ID": "!!! ???"})
+    assert HEX_ID.match(response.headers["X-Request-ID"])
+
+
+def test_error_responses_carry_the_request_id_too(app, client) -> None:  # type: ignore[no-untyped-def]
+    @app.get("/boom")
+    def boom():  # type: ignore[no-untyped-def]
+        raise RuntimeError("boom")
+
+    for method, path in (("GET", "/nope"), ("POST", "/api/v1/markets"), ("GET", "/boom")):
+        response = client.open(path, method=method, headers={"X-Request-ID": "trace-me"})
+        assert response.status_code in (404, 405, 500)
+        assert response.headers["X-Request-ID"] == "trace-me"
+
+
+def test_every_log_line_of_a_request_carries_its_id(app, client, caplog) -> None:  # type: ignore[no-untyped-def]
+    @app.get("/chatty")
+    def chatty():  # type: ignore[no-untyped-def]
+        logging.getLogger("stockex.somewhere").warning("working on it")
+        logging.getLogger("sqlalchemy.engine").warning("a library speaks")
+        return {"ok": True}
+
+    with caplog.at_level(logging.INFO):
+        client.get("/chatty", headers={"X-Request-ID": "rid-1"})
+        logging.getLogger("stockex.outside").warning("between requests")
+    by_message = {r.getMessage(): r for r in caplog.records}
+    assert by_message["working on it"].request_id == "rid-1"  # type: ignore[attr-defined]
+    assert by_message["a library speaks"].request_id == "rid-1"  # type: ignore[attr-defined]
+    assert by_message["between requests"].request_id == "-"  # type: ignore[attr-defined]
+
+
+def test_one_access_log_line_per_request(app, client, caplog) -> None:  # type: ignore[no-untyped-def]
+    @app.get("/as-user")
+    def as_user():  # type: ignore[no-untyped-def]
+        g.user_id = 7  # what the authentication layer does
+        return {"ok": True}
+
+    with caplog.at_level(logging.INFO, logger="stockex.access"):
+        client.get("/health", headers={"X-Request-ID": "a1"})
+        client.get("/nope", headers={"X-Request-ID": "a2"})
+        client.get("/as-user", headers={"X-Request-ID": "a3"})
+    lines = [r.getMessage() for r in caplog.records if r.name == "stockex.access"]
+    assert len(lines) == 3
+    pattern = r"^GET {path} {status} \d+\.\dms request_id={rid} user_id={user} ip=127\.0\.0\.1$"
+    assert re.match(pattern.format(path="/health", status=200, rid="a1", user="-"), lines[0])
+    assert re.match(pattern.format(path="/nope", status=404, rid="a2", user="-"), lines[1])
+    assert re.match(pattern.format(path="/as-user", status=200, rid="a3", user="7"), lines[2])
+
+
+def test_security_headers_on_api_responses(client) -> None:  # type: ignore[no-untyped-def]
+    for path in ("/health", "/api/v1/markets", "/nope", "/api/openapi.json"):
+        headers = client.get(path).headers
+        assert headers["X-Content-Type-Options"] == "nosniff"
+        assert headers["X-Frame-Options"] == "DENY"
+        assert headers["Referrer-Policy"] == "no-referrer"
+        assert headers["Content-Security-Policy"].startswith("default-src 'none'")
+        assert "Strict-Transport-Security" not in headers  # plain HTTP
+
+
+def test_hsts_on_https(client) -> None:  # type: ignore[no-untyped-def]
+    response = client.get("/health", base_url="https://api.example.com")
+    assert response.headers["Strict-Transport-Security"] == "max-age=31536000"
+
+
+def test_swagger_ui_gets_a_policy_it_can_run_under(client) -> None:  # type: ignore[no-untyped-def]
+    response = client.get("/api/docs", follow_redirects=True)
+    csp = response.headers["Content-Security-Policy"]
+    assert "script-src 'self' 'unsafe-inline'" in csp and "frame-ancestors 'none'" in csp
+    html = response.get_data(as_text=True)
+    scripts = re.findall(r'<script[^>]+src="([^"]+)"', html)
+    assert scripts and all(src.startswith("/api/docs/static/") for src in scripts)
+    with client.get(scripts[0]) as static:  # a file response: close it
+        assert static.status_code == 200
+        assert "script-src 'self'" in static.headers["Content-Security-Policy"]
+
+
+def test_responses_to_authenticated_requests_are_not_cached(app, client) -> None:  # type: ignore[no-untyped-def]
+    @app.get("/whoami")
+    def whoami():  # type: ignore[no-untyped-def]
+        g.user_id = 3
+        return {"id": 3}
+
+    assert "no-store" not in client.get("/api/v1/markets").headers.get("Cache-Control", "")
+    response = client.get("/api/v1/markets", headers={"Authorization": "Bearer x"})
+    assert response.headers["Cache-Control"] == "no-store"
+    assert "Authorization" in response.headers["Vary"]
+    assert client.get("/whoami").headers["Cache-Control"] == "no-store"
+
+
+def test_cors_is_off_unless_configured(client) -> None:  # type: ignore[no-untyped-def]
+    origin = {"Origin": "https://evil.example"}
+    response = client.get("/api/v1/markets", headers=origin)
+    assert "Access-Control-Allow-Origin" not in response.headers
+    preflight = client.options(
+        "/api/v1/markets", headers={**origin, "Access-Control-Request-Method": "GET"}
+    )
+    assert "Access-Control-Allow-Origin" not in preflight.headers
+    assert "Access-Control-Allow-Methods" not in preflight.headers
+
+
+def test_cors_for_configured_origins_only(database, make_settings) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(database.url, api={"cors_origins": ["https://app.example.com"]})
+    client = create_app(settings, db=database).test_client()
+    good = {"Origin": "https://app.example.com"}
+    response = client.get("/api/v1/markets", headers=good)
+    assert response.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+    assert "X-Request-ID" in response.headers["Access-Control-Expose-Headers"]
+    assert "Retry-After" in response.headers["Access-Control-Expose-Headers"]
+    assert "Origin" in response.headers["Vary"]
+    preflight = client.options(
+        "/api/v1/orders",  # not served on this branch: preflights do not depend on the route
+        headers={**good, "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization, content-type"},
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+    assert preflight.headers["X-Request-ID"]
+
+    other = {"Origin": "https://evil.example"}
+    assert "Access-Control-Allow-Origin" not in client.get("/api/v1/markets", headers=other).headers
+    refused = client.options(
+        "/api/v1/markets", headers={**other, "Access-Control-Request-Method": "GET"}
+    )
+    assert "Access-Control-Allow-Origin" not in refused.headers
+
+
+def test_cors_any_origin(database, make_settings) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(database.url, api={"cors_origins": ["*"]})
+    client = create_app(settings, db=database).test_client()
+    response = client.get("/api/v1/markets", headers={"Origin": "https://anyone.example"})
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+
+def test_the_placeholder_secret_key_is_refused_outside_development(database) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings().replace(database={"url": database.url})
+    assert settings.secret_key == "change-me"
+    with pytest.raises(ConfigError) as refused:
+        create_app(settings, db=database)
+    message = str(refused.value)
+    assert message.startswith("config: secret_key: ") and "\n" not in message
+    assert create_app(settings, db=database, development=True).test_client().get(
+        "/health"
+    ).status_code == 200
+    assert create_app(settings, db=database, testing=True).testing
+
+
+def test_body_over_the_limit_is_413_json(app, client) -> None:  # type: ignore[no-untyped-def]
+    @app.post("/echo")
+    def echo():  # type: ignore[no-untyped-def]
+        return json_body()
+
+    assert client.post("/echo", json={"a": 1}).get_json() == {"a": 1}
+    response = client.post("/echo", data=b'{"a": "' + b"x" * 100_000 + b'"}',
+                           content_type="application/json")
+    assert response.status_code == 413
+    assert response.get_json()["error"]["code"] == "payload_too_large"

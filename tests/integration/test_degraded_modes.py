@@ -1,0 +1,193 @@
+"""Degraded modes on real servers we stop and start mid-test.
+
+* MySQL down: ``/ready`` and database-backed routes answer 503 JSON within 2 s, also with
+  pooled connections left dead by the outage; after MySQL restarts the same process answers
+  200 again. A hung (not stopped) server is bounded too. Slack hears of it once, and then
+  hears it resolved.
+* Redis down: the API serves without cache, ``/ready`` says Redis is down; alert, then resolved.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from flask import Flask, jsonify
+from sqlalchemy import func, select
+
+from stockex.api import create_app, services
+from stockex.db import Database
+from stockex.migrate import upgrade
+from stockex.models import Market
+from stockex.testing import MYSQL_URL_ENV, REDIS_URL_ENV, MySQLServer, start_mysql, start_redis
+
+pytestmark = pytest.mark.slow
+
+#: Database-backed routes that must answer 503 while MySQL is down. Only a test route touches
+#: the database on this branch; market data routes (candles, ticker, depth, trades) belong here.
+DB_ROUTES = ["/test/db-backed"]
+
+
+@pytest.fixture(scope="module")
+def own_mysql() -> Iterator[MySQLServer]:
+    """A MySQL server of this module's own, which the tests stop and start."""
+    if os.environ.get(MYSQL_URL_ENV):
+        pytest.skip("an external MySQL server cannot be stopped from here")
+    server = start_mysql()
+    yield server
+    server.close()
+
+
+def slack_section(slack) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    return {"token": slack.token, "base_url": slack.api_base_url, "cooldown_seconds": 300}
+
+
+def with_test_routes(app: Flask) -> Flask:
+    @app.get("/test/db-backed")
+    def db_backed():  # type: ignore[no-untyped-def]
+        with services().db.read() as session:
+            count = session.scalar(select(func.count()).select_from(Market))
+        return jsonify({"markets": count})
+
+    @app.get("/test/cached")
+    def cached():  # type: ignore[no-untyped-def]
+        cache = services().cache
+        value = cache.get("degraded-test")
+        if value is None:
+            cache.set("degraded-test", b"fresh", ttl=60)
+        return jsonify({"cached": value.decode() if value else None})
+
+    return app
+
+
+def timed(client, path: str):  # type: ignore[no-untyped-def]
+    started = time.monotonic()
+    response = client.get(path)
+    return response, time.monotonic() - started
+
+
+def assert_503_json(response, code: str) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    assert response.status_code == 503, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    error = response.get_json()["error"]
+    assert error["code"] == code and set(error) == {"code", "message", "details"}
+    return error  # type: ignore[no-any-return]
+
+
+def test_mysql_down_answers_503_within_2s_and_heals_without_restart(  # type: ignore[no-untyped-def]
+    own_mysql, make_settings, fake_slack
+) -> None:
+    url = own_mysql.create_database("stockex_outage")
+    migrated = Database(url)
+    upgrade(migrated)
+    migrated.dispose()
+    settings = make_settings(url, slack=slack_section(fake_slack))
+    app = with_test_routes(create_app(settings))  # its own engine and pool, as in production
+    client = app.test_client()
+
+    def get(path: str):  # type: ignore[no-untyped-def]
+        return timed(app.test_client(), path)
+
+    # Fill the pool with several connections, which the outage will leave dead.
+    with ThreadPoolExecutor(8) as pool:
+        warm = list(pool.map(get, DB_ROUTES * 16))
+    assert {r.status_code for r, _ in warm} == {200}
+    assert client.get("/ready").status_code == 200
+
+    own_mysql.stop()
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            during = list(pool.map(get, (["/ready"] + DB_ROUTES) * 8))
+        for response, seconds in during:
+            assert seconds < 2.0, f"{seconds:.2f}s"
+            if response.request.path == "/ready":
+                error = assert_503_json(response, "not_ready")
+                assert "database" in error["message"]
+                assert error["details"]["checks"]["database"].startswith("unavailable")
+            else:
+                assert_503_json(response, "database_unavailable")
+    finally:
+        own_mysql.start()
+
+    for path in ["/ready", *DB_ROUTES]:
+        response, seconds = timed(client, path)
+        assert response.status_code == 200, (path, response.get_data(as_text=True))
+    assert services_db_url(app) == url  # the same process and engine healed
+
+    messages = fake_slack.wait_for(2, timeout=10)
+    texts = [m.text for m in messages]
+    down = [t for t in texts if ":rotating_light:" in t]
+    assert len(down) == 1, texts  # 16 failing requests, one alert (cooldown)
+    assert "in database" in down[0] and "OperationalError" in down[0]
+    assert any("resolved database" in t for t in texts)
+    own_mysql.drop_database("stockex_outage")
+
+
+def services_db_url(app: Flask) -> str:
+    with app.app_context():
+        return services().db.url
+
+
+def test_a_hung_mysql_is_bounded_too(own_mysql, make_settings) -> None:  # type: ignore[no-untyped-def]
+    url = own_mysql.create_database("stockex_hung")
+    settings = make_settings(url)
+    app = with_test_routes(create_app(settings))
+    client = app.test_client()
+    assert client.get("/ready").status_code == 200
+    assert own_mysql.process is not None
+    os.kill(own_mysql.process.pid, signal.SIGSTOP)  # accepts TCP, never answers
+    try:
+        response, seconds = timed(client, "/ready")  # a pooled connection: the ping times out
+        assert_503_json(response, "not_ready")
+        assert seconds < 4.0, f"{seconds:.2f}s"
+        response, seconds = timed(client, "/ready")  # a new connection: the handshake times out
+        assert_503_json(response, "not_ready")
+        assert seconds < 4.0, f"{seconds:.2f}s"
+    finally:
+        os.kill(own_mysql.process.pid, signal.SIGCONT)
+    assert client.get("/ready").status_code == 200
+    own_mysql.drop_database("stockex_hung")
+
+
+def test_redis_down_serves_without_cache_and_ready_says_so(  # type: ignore[no-untyped-def]
+    database, make_settings, fake_slack
+) -> None:
+    if os.environ.get(REDIS_URL_ENV):
+        pytest.skip("an external Redis cannot be stopped from here")
+    server = start_redis()
+    try:
+        settings = make_settings(
+            database.url, redis={"url": server.url}, slack=slack_section(fake_slack)
+        )
+        app = with_test_routes(create_app(settings, db=database))
+        client = app.test_client()
+        assert client.get("/test/cached").get_json() == {"cached": None}
+        assert client.get("/test/cached").get_json() == {"cached": "fresh"}
+        assert client.get("/ready").get_json()["checks"] == {"database": "ok", "redis": "ok"}
+
+        server.stop()
+        for _ in range(5):
+            response, seconds = timed(client, "/test/cached")
+            assert response.status_code == 200 and seconds < 1.0
+            assert response.get_json() == {"cached": None}  # no cache, still an answer
+        error = assert_503_json(client.get("/ready"), "not_ready")
+        assert error["message"] == "unavailable: redis"
+        assert error["details"]["checks"]["database"] == "ok"
+        assert client.get("/api/v1/markets").status_code == 200
+
+        server.start()
+        client.get("/test/cached")  # the cache reaches Redis again
+        assert client.get("/test/cached").get_json() == {"cached": "fresh"}
+        assert client.get("/ready").status_code == 200
+        with app.app_context():
+            services().cache.close()
+    finally:
+        server.close()
+    messages = fake_slack.wait_for(2, timeout=10)
+    texts = [m.text for m in messages]
+    assert len([t for t in texts if ":rotating_light:" in t and "in redis" in t]) == 1, texts
+    assert len([t for t in texts if "resolved redis" in t]) == 1, texts

@@ -1,0 +1,183 @@
+"""Rate limits: login per IP + username, orders per user, 429 + Retry-After, shared via Redis.
+
+The login and order routes are built on other branches; here the decorators guard small
+test-only routes, the same way the real ones will use them. No database access: SQLite only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask, g, request
+
+from stockex.api import create_app
+from stockex.api.params import json_body
+from stockex.api.ratelimits import limit_login, limit_orders
+from stockex.testing import start_redis
+
+
+@pytest.fixture
+def backend() -> str:
+    return "sqlite"
+
+
+def fake_auth(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Stands in for the auth decorator: it sets g.user_id from a test header."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if "X-Test-User" in request.headers:
+            g.user_id = int(request.headers["X-Test-User"])
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def limited_app(settings, database) -> tuple[Flask, dict[str, int]]:  # type: ignore[no-untyped-def]
+    app = create_app(settings, db=database)
+    reached = {"login": 0, "orders": 0}
+
+    @app.post("/test/login")
+    @limit_login
+    def login():  # type: ignore[no-untyped-def]
+        reached["login"] += 1
+        return {"username": json_body().get("username")}
+
+    @app.post("/test/orders")
+    @fake_auth
+    @limit_orders
+    def orders():  # type: ignore[no-untyped-def]
+        reached["orders"] += 1
+        return {"user_id": g.get("user_id")}, 201
+
+    return app, reached
+
+
+def login(client, username: str, ip: str = "10.0.0.1"):  # type: ignore[no-untyped-def]
+    return client.post("/test/login", json={"username": username, "password": "x"},
+                       environ_base={"REMOTE_ADDR": ip})
+
+
+def order(client, user: int | None, ip: str = "10.0.0.1"):  # type: ignore[no-untyped-def]
+    headers = {"X-Test-User": str(user)} if user is not None else {}
+    return client.post("/test/orders", json={}, headers=headers, environ_base={"REMOTE_ADDR": ip})
+
+
+def assert_rate_limited(response, limit: str, window: int) -> int:  # type: ignore[no-untyped-def]
+    assert response.status_code == 429
+    assert response.mimetype == "application/json"
+    error = response.get_json()["error"]
+    assert error["code"] == "rate_limited"
+    assert error["details"]["limit"] == limit
+    retry_after = int(response.headers["Retry-After"])
+    assert 1 <= retry_after <= window
+    assert error["details"]["retry_after"] == retry_after
+    assert response.headers["X-Request-ID"]
+    return retry_after
+
+
+def test_login_is_limited_per_ip_and_username(database, make_settings) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(database.url, api={"login_rate_limit": "3 per minute"})
+    app, reached = limited_app(settings, database)
+    client = app.test_client()
+    assert [login(client, "bob").status_code for _ in range(3)] == [200, 200, 200]
+    assert_rate_limited(login(client, "bob"), "3 per 1 minute", 60)
+    assert_rate_limited(login(client, "  BOB "), "3 per 1 minute", 60)  # same account
+    assert reached["login"] == 3  # turned-away requests never reach the view
+    assert login(client, "alice").status_code == 200  # another account from the same IP
+    assert login(client, "bob", ip="10.0.0.2").status_code == 200  # the same account elsewhere
+
+
+def test_orders_are_limited_per_user(database, make_settings) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(database.url, api={"order_rate_limit": "2 per minute"})
+    client = limited_app(settings, database)[0].test_client()
+    assert [order(client, 1).status_code for _ in range(2)] == [201, 201]
+    assert_rate_limited(order(client, 1, ip="10.9.9.9"), "2 per 1 minute", 60)  # any address
+    assert order(client, 2).status_code == 201  # another user has their own budget
+    # before authentication there is no user: the client address is the key
+    assert [order(client, None).status_code for _ in range(3)] == [201, 201, 429]
+    assert order(client, None, ip="10.0.0.3").status_code == 201
+
+
+def test_retry_after_tells_when_to_come_back(database, make_settings) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(database.url, api={"order_rate_limit": "2 per 2 seconds"})
+    client = limited_app(settings, database)[0].test_client()
+    order(client, 1)
+    order(client, 1)
+    retry_after = assert_rate_limited(order(client, 1), "2 per 2 second", 2)
+    time.sleep(retry_after + 0.05)
+    assert order(client, 1).status_code == 201
+
+
+def test_limits_hold_across_two_app_instances_sharing_redis(  # type: ignore[no-untyped-def]
+    database, make_settings, redis_url
+) -> None:
+    settings = make_settings(
+        database.url,
+        redis={"url": redis_url},
+        api={"login_rate_limit": "4 per minute", "order_rate_limit": "3 per minute"},
+    )
+    first = limited_app(settings, database)[0].test_client()  # e.g. two gunicorn workers,
+    second = limited_app(settings, database)[0].test_client()  # or two machines
+    statuses = [login(client, "carol").status_code for client in (first, second) * 2]
+    assert statuses == [200, 200, 200, 200]
+    assert_rate_limited(login(first, "carol"), "4 per 1 minute", 60)
+    assert_rate_limited(login(second, "carol"), "4 per 1 minute", 60)
+    assert [order(c, 5).status_code for c in (first, second, first)] == [201, 201, 201]
+    assert_rate_limited(order(second, 5), "3 per 1 minute", 60)
+    keys = redis.Redis.from_url(redis_url).keys("LIMITS:LIMITER/stockex/*")
+    assert keys, "the counters live in Redis"
+
+
+def test_without_redis_each_process_counts_for_itself(database, make_settings) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(database.url, api={"login_rate_limit": "2 per minute"})
+    first = limited_app(settings, database)[0].test_client()
+    second = limited_app(settings, database)[0].test_client()
+    assert [login(first, "dave").status_code for _ in range(3)] == [200, 200, 429]
+    assert [login(second, "dave").status_code for _ in range(3)] == [200, 200, 429]
+
+
+def test_an_empty_limit_switches_it_off(database, make_settings) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(database.url, api={"login_rate_limit": "", "order_rate_limit": ""})
+    client = limited_app(settings, database)[0].test_client()
+    assert {login(client, "eve").status_code for _ in range(30)} == {200}
+    assert {order(client, 1).status_code for _ in range(30)} == {201}
+
+
+def test_an_oversized_login_body_is_413_and_does_not_upset_the_limiter(  # type: ignore[no-untyped-def]
+    database, make_settings, redis_url
+) -> None:
+    settings = make_settings(database.url, redis={"url": redis_url},
+                             api={"login_rate_limit": "2 per minute"})
+    app, _ = limited_app(settings, database)
+    client = app.test_client()
+    response = client.post("/test/login", data=b"{" + b" " * 100_000 + b"}",
+                           content_type="application/json")
+    assert response.status_code == 413
+    assert app.extensions["stockex.limiter"]._storage_dead is False  # still counting in Redis
+    assert [login(client, "frank").status_code for _ in range(3)] == [200, 200, 429]
+
+
+def test_redis_going_down_never_fails_a_request_and_limits_go_on_in_process(  # type: ignore[no-untyped-def]
+    database, make_settings
+) -> None:
+    server = start_redis()
+    try:
+        settings = make_settings(database.url, redis={"url": server.url},
+                                 api={"login_rate_limit": "3 per minute"})
+        client = limited_app(settings, database)[0].test_client()
+        assert login(client, "gina").status_code == 200
+        server.stop()
+        started = time.monotonic()
+        statuses = [login(client, "gina").status_code for _ in range(5)]
+        assert time.monotonic() - started < 5
+        assert 500 not in statuses
+        assert statuses[-1] == 429  # counted in memory meanwhile
+        server.start()
+    finally:
+        server.close()
