@@ -82,10 +82,10 @@ def _upsert(session: Session, rows: list[dict[str, object]]) -> None:
     dialect = session.get_bind().dialect.name
     updates = (*_VALUE_COLUMNS, "updated_at")
     if dialect == "mysql":
-        stmt = mysql_insert(Candle)
+        stmt = mysql_insert(Candle.__table__)
         stmt = stmt.on_duplicate_key_update({c: stmt.inserted[c] for c in updates})
     else:
-        stmt = sqlite_insert(Candle)
+        stmt = sqlite_insert(Candle.__table__)
         stmt = stmt.on_conflict_do_update(
             index_elements=["market_id", "time"], set_={c: stmt.excluded[c] for c in updates}
         )
