@@ -63,6 +63,7 @@ def tiki_candles() -> None:
         execution_timeout=timedelta(minutes=30),
         on_failure_callback=_report_failure,
         map_index_template="{{ market }}",
+        multiple_outputs=False,
     )
     def crawl_market(market: str) -> dict[str, Any]:
         """One crawl run of `market`; returns the run's small summary."""

@@ -167,6 +167,14 @@ class CrawlSummary:
             data["gaps"] = [list(g) for g in self.gaps]
         return data
 
+    def brief(self) -> dict[str, Any]:
+        """The few fields worth passing on (an Airflow XCom): outcome and window."""
+        full = self.as_dict(include_gaps=False)
+        keys = ("market", "run_id", "status", "rows_written", "gap_minutes", "error",
+                "window_from", "window_to", "window_from_local", "window_to_local",
+                "covered_to_local")
+        return {key: full[key] for key in keys}
+
 
 class CrawlFailed(DomainError):
     """A run failed; ``summary`` says how far it got and ``__cause__`` is the original error."""
@@ -617,7 +625,7 @@ def crawl_configured_market(market: str, settings: Settings | None = None) -> di
     settings = settings or load_settings()
     db = Database(settings.database.url, pool_size=1)
     try:
-        return crawl_market(db, settings, market).as_dict(include_gaps=False)
+        return crawl_market(db, settings, market).brief()
     finally:
         db.dispose()
 
