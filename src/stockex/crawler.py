@@ -44,7 +44,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from stockex.candles import StoreResult, store_minutes
@@ -408,9 +408,12 @@ def _fetch_chunk(client: TikiClient, run: _Run, chunk_from: int, chunk_to: int) 
 
 def _store_chunk(session: Session, run: _Run, klines: list[Kline]) -> StoreResult:
     result = store_minutes(session, run.market, klines)
-    row = session.get(CrawlRun, run.run_id)
-    if row is not None:
-        row.rows_written = run.inserted + run.updated + result.written
+    if result.written:
+        session.execute(
+            update(CrawlRun)
+            .where(CrawlRun.id == run.run_id)
+            .values(rows_written=run.inserted + run.updated + result.written)
+        )
     return result
 
 

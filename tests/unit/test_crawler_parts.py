@@ -13,6 +13,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from stockex import crawler
 from stockex.crawler import (
@@ -27,6 +29,7 @@ from stockex.crawler import (
 )
 from stockex.errors import InvalidInput
 from stockex.tiki import Kline
+from stockex.tiki.client import UpstreamDataError, _parse_row, _valid_row
 
 HCM = ZoneInfo("Asia/Ho_Chi_Minh")
 
@@ -150,3 +153,31 @@ def test_first_signal_sets_the_stop_flag_and_a_second_interrupts() -> None:
     finally:
         restore()
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+# --------------------------------------------------------------------------- fast row check
+
+_numbers = st.one_of(
+    st.integers(min_value=-5, max_value=40),
+    st.decimals(min_value=-5, max_value=40, places=3),
+    st.sampled_from([Decimal("NaN"), Decimal("Infinity"), Decimal("-0"), True, None, "1", 1.5]),
+)
+_rows = st.one_of(
+    st.tuples(st.sampled_from([0, 60, 90, 600, 6000, -60, True, "60"]), _numbers, _numbers,
+              _numbers, _numbers, _numbers).map(list),
+    st.lists(st.integers(min_value=0, max_value=120), max_size=7),
+    st.sampled_from([None, {}, "row", 60]),
+)
+
+
+@given(_rows)
+def test_the_fast_row_check_agrees_with_the_full_validation(row: Any) -> None:
+    """Whatever the fast path accepts, the full check accepts identically; whatever the full
+    check rejects, the fast path rejects (and leaves the naming of the problem to it)."""
+    fast = _valid_row(row, 0, 3000)
+    try:
+        full = _parse_row("asaxu", row, 0, 3000)
+    except UpstreamDataError:
+        assert fast is None
+    else:
+        assert fast is None or fast == full
