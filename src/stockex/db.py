@@ -174,24 +174,25 @@ def _literal_renderer(
     column_type: TypeEngine[Any], dialect: Dialect, driver_literal: Callable[[Any], str]
 ) -> Callable[[Any], str]:
     if isinstance(column_type, Amount):
-        return lambda value: _amount_literal(column_type, value, dialect)
+
+        def amount(value: Any) -> str:
+            if type(value) is Decimal:
+                text = str(value)
+                whole, _, fraction = text.partition(".")
+                # Plain digits within DECIMAL(36,18): >= 0, <= 18 decimals, < 10**18.
+                if (whole.isdigit() and len(whole) <= INTEGER_DIGITS
+                        and (not fraction or fraction.isdigit()) and len(fraction) <= SCALE):
+                    return text
+            if value is None:
+                return "NULL"
+            # Anything else (exponent notation, negative, too long, not a Decimal) takes the
+            # bind processor's own path: AmountOutOfRange for what the column refuses.
+            return f"{column_type.process_bind_param(value, dialect):f}"
+
+        return amount
     if isinstance(column_type, Integer):
         return lambda value: str(value) if type(value) is int else _quoted(driver_literal, value)
     return lambda value: _quoted(driver_literal, value)
-
-
-def _amount_literal(column_type: Amount, value: Any, dialect: Dialect) -> str:
-    if type(value) is Decimal:
-        text = f"{value:f}"
-        whole, _, fraction = text.partition(".")
-        # Plain digits within DECIMAL(36,18): non-negative, <= 18 decimals, < 10**18.
-        if whole.isdigit() and len(whole) <= INTEGER_DIGITS and len(fraction) <= SCALE:
-            return text
-    if value is None:
-        return "NULL"
-    # Everything else takes the bind processor's own path: it raises AmountOutOfRange for
-    # what the column refuses and returns the Decimal to send.
-    return f"{column_type.process_bind_param(value, dialect):f}"
 
 
 def _quoted(driver_literal: Callable[[Any], str], value: Any) -> str:

@@ -48,6 +48,8 @@ def test_edge_amounts_round_trip_exactly(database: Database) -> None:
         300: "12.50",  # a string, likewise
         360: Decimal("-0"),
         420: Decimal("25012.000000000000000000"),
+        480: Decimal("1.5E+5"),  # exponent notation in str(): the checked slow path
+        540: Decimal("1E-7"),
     }
     upsert(database, [row(ts, price=v, volume=v) for ts, v in values.items()])
     data = stored(database)

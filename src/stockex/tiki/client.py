@@ -176,20 +176,14 @@ def _valid_row(row: Any, time_from: int, time_to: int) -> Kline | None:
     ts, o, h, lo, c, v = row
     if type(ts) is not int or ts % 60 or not time_from <= ts <= time_to:
         return None
-    numbers = []
-    for x in (o, h, lo, c, v):
+    for x in row:  # exact types: bool is an int subclass and must not pass for 1
         kind = type(x)
-        if kind is int:
-            if x < 0:
-                return None
-            numbers.append(Decimal(x))
-        elif kind is Decimal and x.is_finite() and x >= 0:
-            numbers.append(x)
-        else:
+        if kind is not int and (kind is not Decimal or not x.is_finite()):
             return None
-    if h < o or h < c or lo > o or lo > c:
+    # low <= open, close <= high, so low >= 0 makes every price non-negative
+    if lo < 0 or v < 0 or h < o or h < c or lo > o or lo > c:
         return None
-    return Kline(ts, *numbers)
+    return Kline(ts, Decimal(o), Decimal(h), Decimal(lo), Decimal(c), Decimal(v))
 
 
 def parse_klines(market: str, body: bytes, time_from: int, time_to: int) -> list[Kline]:
