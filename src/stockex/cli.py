@@ -202,7 +202,7 @@ class _ProgressBars:
 @click.option("--slow-every", type=int, default=0, help="Delay every N-th answer ...")
 @click.option("--slow-seconds", type=float, default=0.0, help="... by this many seconds.")
 @click.option("--malformed-ts", type=int, default=None,
-              help="Serve this minute with low above min(open, close).")
+              help="Serve this minute broken: high below min(open, close).")
 @click.option("--gap", "gaps", multiple=True, metavar="FROM:TO",
               help="Epoch range (inclusive) without trades; repeatable.")
 @click.option("--serve-open-minute", is_flag=True, help="Also serve the still-open minute.")

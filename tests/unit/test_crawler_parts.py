@@ -16,7 +16,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stockex import crawler
 from stockex.crawler import (
     CrawlFailed,
     CrawlSummary,
@@ -27,6 +26,8 @@ from stockex.crawler import (
     seconds_until_next_run,
     stop_on_signals,
 )
+from stockex.crawler import loop as crawl_loop
+from stockex.crawler import run as crawl_run
 from stockex.errors import InvalidInput
 from stockex.tiki import Kline
 from stockex.tiki.client import UpstreamDataError, _parse_row, _valid_row
@@ -84,20 +85,20 @@ def test_last_closed_minute() -> None:
 
 
 def test_seconds_until_next_run_is_aligned_to_the_interval() -> None:
-    assert seconds_until_next_run(1719853200.0, 60) == pytest.approx(crawler.SETTLE_SECONDS)
+    assert seconds_until_next_run(1719853200.0, 60) == pytest.approx(crawl_loop.SETTLE_SECONDS)
     assert seconds_until_next_run(1719853230.0, 60) == pytest.approx(31.0)
     assert seconds_until_next_run(1719853259.5, 60) == pytest.approx(1.5)
     assert seconds_until_next_run(1719853201.0, 60) == pytest.approx(60.0)
 
 
 def test_chunks_cover_the_window_exactly() -> None:
-    assert list(crawler._chunks(0, 59 * 60, 25)) == [(0, 1440), (1500, 2940), (3000, 3540)]
-    assert list(crawler._chunks(600, 600, 1000)) == [(600, 600)]
-    assert list(crawler._chunks(660, 600, 1000)) == []  # nothing closed after the mark
+    assert list(crawl_run._chunks(0, 59 * 60, 25)) == [(0, 1440), (1500, 2940), (3000, 3540)]
+    assert list(crawl_run._chunks(600, 600, 1000)) == [(600, 600)]
+    assert list(crawl_run._chunks(660, 600, 1000)) == []  # nothing closed after the mark
 
 
 def test_gaps_are_found_between_consecutive_minutes_and_across_calls() -> None:
-    run = crawler._Run(market="asaxu", tz=HCM, previous_ts=0)
+    run = crawl_run._Run(market="asaxu", tz=HCM, previous_ts=0)
     run.see([k(60), k(240), k(300)])
     run.see([k(600)])
     assert run.gaps == [(120, 180), (360, 540)]
@@ -105,12 +106,12 @@ def test_gaps_are_found_between_consecutive_minutes_and_across_calls() -> None:
 
 
 def test_reported_gaps_are_capped_but_all_minutes_counted(caplog: Any) -> None:
-    run = crawler._Run(market="asaxu", tz=HCM)
+    run = crawl_run._Run(market="asaxu", tz=HCM)
     with caplog.at_level(logging.WARNING, logger="stockex.crawler"):
-        run.see([k(120 * i) for i in range(crawler.MAX_REPORTED_GAPS + 11)])
-    assert len(run.gaps) == crawler.MAX_REPORTED_GAPS
-    assert run.gap_minutes == crawler.MAX_REPORTED_GAPS + 10
-    assert len(caplog.records) == crawler.MAX_REPORTED_GAPS
+        run.see([k(120 * i) for i in range(crawl_run.MAX_REPORTED_GAPS + 11)])
+    assert len(run.gaps) == crawl_run.MAX_REPORTED_GAPS
+    assert run.gap_minutes == crawl_run.MAX_REPORTED_GAPS + 10
+    assert len(caplog.records) == crawl_run.MAX_REPORTED_GAPS
 
 
 def test_summary_views_carry_local_times() -> None:
