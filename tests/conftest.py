@@ -189,6 +189,28 @@ def client(app):  # type: ignore[no-untyped-def]
     return app.test_client()
 
 
+# ----------------------------------------------------------------------------- upstream
+
+
+@pytest.fixture
+def start_simulator() -> Iterator[Any]:
+    """``start_simulator(**SimulatorConfig fields) -> (Simulator, url)`` served on loopback;
+    every simulator started is shut down after the test."""
+    from stockex.tiki.simulator import Simulator, SimulatorConfig
+
+    handles = []
+
+    def start(**config: Any) -> tuple[Simulator, str]:
+        simulator = Simulator(SimulatorConfig(**config))
+        handle = simulator.serve()
+        handles.append(handle)
+        return simulator, handle.url
+
+    yield start
+    for handle in handles:
+        handle.shutdown()
+
+
 # ----------------------------------------------------------------------------- reporting
 
 _passed_by_backend: Counter[str] = Counter()

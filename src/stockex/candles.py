@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from sqlalchemy import select
-from sqlalchemy.dialects.mysql import insert as mysql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from stockex.db import upsert_rows
 from stockex.models import Candle
 from stockex.tiki import Kline
 
@@ -79,14 +78,5 @@ def _same(old: tuple[Decimal, ...], new: tuple[Decimal, ...]) -> bool:
 
 
 def _upsert(session: Session, rows: list[dict[str, object]]) -> None:
-    dialect = session.get_bind().dialect.name
-    updates = (*_VALUE_COLUMNS, "updated_at")
-    if dialect == "mysql":
-        stmt = mysql_insert(Candle)
-        stmt = stmt.on_duplicate_key_update({c: stmt.inserted[c] for c in updates})
-    else:
-        stmt = sqlite_insert(Candle)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["market_id", "time"], set_={c: stmt.excluded[c] for c in updates}
-        )
-    session.execute(stmt, rows)
+    upsert_rows(session, Candle.__table__, rows, ("market_id", "time"),
+                (*_VALUE_COLUMNS, "updated_at"))

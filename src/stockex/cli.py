@@ -107,6 +107,124 @@ def serve(host: str | None, port: int | None) -> None:
     app.run(host=host or settings.api.host, port=port or settings.api.port, threaded=True)
 
 
+@cli.command()
+@click.option("--market", "markets", multiple=True, metavar="M",
+              help="Market to crawl (repeatable; default: crawler.markets).")
+@click.option("--once", is_flag=True, help="One catch-up pass, then exit: 0 on success.")
+@click.option("--until", default=None, metavar="ISO",
+              help="Last minute to fetch (inclusive): ISO-8601 (no offset: configured "
+                   "timezone) or epoch seconds. Without --once the loop ends there.")
+@reports_errors
+def crawl(markets: tuple[str, ...], once: bool, until: str | None) -> None:
+    """Crawl Tiki-Exchange one-minute k-lines into the database.
+
+    Each pass resumes from the newest stored minute. Without --once it runs at every
+    crawler.interval_seconds boundary until SIGTERM/Ctrl-C, which finish the chunk in flight.
+    Prints one JSON summary per market run with --once.
+    """
+    import json
+    import threading
+
+    from stockex import crawler
+    from stockex.db import Database
+    from stockex.errors import UnknownMarket
+
+    settings = settings_from_env()
+    chosen = markets or settings.crawler.markets
+    for market in chosen:
+        if settings.market(market) is None:
+            raise UnknownMarket(market)
+    until_ts = crawler.parse_time(until, settings.tz) if until else None
+    stop = threading.Event()
+    restore_signals = crawler.stop_on_signals(stop)
+    bars = _ProgressBars() if sys.stderr.isatty() else None
+    try:
+        if not once:
+            crawler.run_forever(settings, markets=chosen, until=until_ts, stop=stop,
+                                on_chunk=bars.update if bars else None)
+            return
+        database = Database(settings.database.url, pool_size=2)
+        try:
+            summaries = crawler.crawl_markets(database, settings, chosen, until=until_ts,
+                                              stop=stop, on_chunk=bars.update if bars else None)
+        finally:
+            database.dispose()
+    finally:
+        if bars:
+            bars.close()
+        restore_signals()
+    for summary in summaries:
+        click.echo(json.dumps(summary.as_dict()))
+    failed = [s for s in summaries if not s.ok]
+    if failed:
+        _fail("; ".join(f"{s.market}: {s.error}" for s in failed))
+
+
+class _ProgressBars:
+    """One click progress bar per market run on a terminal, instead of per-chunk log lines."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._key: tuple[str, int] | None = None
+        logging.getLogger("stockex.crawler.progress").setLevel(logging.WARNING)
+
+    def update(self, chunk: Any) -> None:
+        key = (chunk.market, chunk.window_from)
+        if key != self._key:
+            self.close()
+            minutes = (chunk.window_to - chunk.window_from) // 60 + 1
+            self._bar = click.progressbar(length=minutes, label=chunk.market, file=sys.stderr)
+            self._bar.__enter__()
+            self._key = key
+        self._bar.update((chunk.chunk_to - chunk.chunk_from) // 60 + 1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+            self._key = None
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address.")
+@click.option("--port", type=int, default=5011, show_default=True, help="Port (0: any free).")
+@click.option("--markets", default="asaxu", show_default=True, help="Comma-separated markets.")
+@click.option("--origin", default=None,
+              help="First minute with data: epoch seconds or ISO-8601 (no offset: configured "
+                   "timezone); default 2024-01-01T00:00:00+07:00.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the price series.")
+@click.option("--max-rows", type=int, default=None, help="Cap every answer at N rows.")
+@click.option("--error-every", type=int, default=0, help="Answer every N-th request with a 5xx.")
+@click.option("--error-rate", type=float, default=0.0, help="Answer this share with a 503.")
+@click.option("--rate-limit-every", type=int, default=0,
+              help="Answer every N-th request with 429 + Retry-After.")
+@click.option("--latency", type=float, default=0.0, help="Seconds added to every answer.")
+@click.option("--slow-every", type=int, default=0, help="Delay every N-th answer ...")
+@click.option("--slow-seconds", type=float, default=0.0, help="... by this many seconds.")
+@click.option("--malformed-ts", type=int, default=None,
+              help="Serve this minute broken: high below min(open, close).")
+@click.option("--gap", "gaps", multiple=True, metavar="FROM:TO",
+              help="Epoch range (inclusive) without trades; repeatable.")
+@click.option("--serve-open-minute", is_flag=True, help="Also serve the still-open minute.")
+@reports_errors
+def sim(host: str, port: int, markets: str, origin: str | None, gaps: tuple[str, ...],
+        **faults: Any) -> None:
+    """Serve a deterministic stand-in for the Tiki-Exchange k-line endpoint (until Ctrl-C)."""
+    from stockex.crawler import parse_time
+    from stockex.tiki.simulator import DEFAULT_ORIGIN, run_simulator
+
+    config: dict[str, Any] = dict(faults)
+    config["markets"] = tuple(m.strip() for m in markets.split(",") if m.strip())
+    config["origin"] = parse_time(origin, settings_from_env().tz) if origin else DEFAULT_ORIGIN
+    try:
+        config["gaps"] = tuple(tuple(int(x) for x in g.split(":", 1)) for g in gaps)
+        run_simulator(host, port, **config)
+    except ValueError as exc:
+        _fail(f"sim: {exc}")
+    except OSError as exc:
+        _fail(f"sim: cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
 def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="stockex")
 

@@ -23,12 +23,12 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from decimal import Context, Decimal
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, String, create_engine, event
+from sqlalchemy import Engine, Integer, String, Table, create_engine, event
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -62,7 +62,7 @@ def quantize(value: Decimal) -> Decimal:
     q = value.quantize(_QUANTUM, context=_CONTEXT)
     if q != value:
         raise AmountOutOfRange(f"{value} has more than {SCALE} decimal places")
-    if abs(q) >= _MAX_AMOUNT:
+    if q.copy_abs() >= _MAX_AMOUNT:  # copy_abs is exact; abs() would round to 28 digits
         raise AmountOutOfRange(f"{value} does not fit DECIMAL(36,18)")
     return q
 
@@ -88,11 +88,14 @@ class Amount(TypeDecorator[Decimal]):
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
         if value is None:
             return None
-        number = quantize(value if isinstance(value, Decimal) else Decimal(str(value)))
+        given = value if isinstance(value, Decimal) else Decimal(str(value))
+        number = quantize(given)
         if number < 0 and not self.signed:
             raise AmountOutOfRange(f"negative amount {number}")
         if dialect.name != "sqlite":
-            return number
+            # The value as given, now known to fit: MySQL pads it to 18 places itself, and the
+            # short literal ("25012", not "25012.000000000000000000") is cheaper to send.
+            return given
         if self.signed:
             return str(number)
         whole, _, frac = f"{number:f}".partition(".")
@@ -115,6 +118,104 @@ class SignedAmount(Amount):
 
     cache_ok = True
     signed = True
+
+
+# --------------------------------------------------------------------------- bulk upserts
+
+#: Rows per statement on MySQL: ~170 bytes each, far below any max_allowed_packet.
+UPSERT_ROWS_PER_STATEMENT = 5000
+
+
+def upsert_rows(
+    session: Session,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    key: Sequence[str],
+    updates: Sequence[str],
+) -> None:
+    """Insert ``rows`` (dicts with the same keys) into ``table``; on a duplicate ``key``
+    overwrite the ``updates`` columns. Runs inside the session's transaction.
+
+    SQLite: ``INSERT ... ON CONFLICT DO UPDATE`` through SQLAlchemy's executemany.
+
+    MySQL: ``INSERT ... VALUES (...), (...) ON DUPLICATE KEY UPDATE`` with the values written
+    as literals, because per-row parameter processing (SQLAlchemy's plus the driver's
+    escaping) costs three times what the database itself needs for a crawl's bulk writes.
+    The literals are exactly what the bound path would send: integers as ``int``, amounts
+    checked by :class:`Amount`'s own rules (AmountOutOfRange for negative, too many decimals,
+    too large), anything else quoted by the driver's own escaping.
+    """
+    if not rows:
+        return
+    connection = session.connection()
+    if connection.dialect.name != "mysql":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        stmt = sqlite_insert(table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(key), set_={c: stmt.excluded[c] for c in updates}
+        )
+        session.execute(stmt, list(rows))
+        return
+    names = list(rows[0])
+    quote = connection.dialect.identifier_preparer.quote
+    driver_literal = connection.connection.dbapi_connection.escape  # type: ignore[union-attr]
+    render = [_literal_renderer(table.c[name].type, connection.dialect, driver_literal)
+              for name in names]
+    # Quoted identifiers from the table's metadata and the literals described above.
+    head = f"INSERT INTO {quote(table.name)} ({', '.join(map(quote, names))}) VALUES "  # noqa: S608
+    tail = " ON DUPLICATE KEY UPDATE " + ", ".join(
+        f"{quote(c)} = VALUES({quote(c)})" for c in updates
+    )
+    for start in range(0, len(rows), UPSERT_ROWS_PER_STATEMENT):
+        batch = rows[start : start + UPSERT_ROWS_PER_STATEMENT]
+        # Column by column (map is cheaper than a call per row), then joined row by row.
+        columns = [list(map(r, [row[n] for row in batch]))
+                   for r, n in zip(render, names, strict=True)]
+        values = "),(".join(map(",".join, zip(*columns, strict=True)))
+        # Literals only, no placeholders; PyMySQL still %-formats the text, hence no '%' in
+        # it but the doubled ones _quoted() writes.
+        connection.exec_driver_sql(f"{head}({values}){tail}")
+
+
+def _literal_renderer(
+    column_type: TypeEngine[Any], dialect: Dialect, driver_literal: Callable[[Any], str]
+) -> Callable[[Any], str]:
+    if isinstance(column_type, Amount):
+
+        def amount(value: Any) -> str:
+            if type(value) is Decimal:
+                text = str(value)
+                whole, _, fraction = text.partition(".")
+                # Plain digits within DECIMAL(36,18): >= 0, <= 18 decimals, < 10**18.
+                if (whole.isdigit() and len(whole) <= INTEGER_DIGITS
+                        and (not fraction or fraction.isdigit()) and len(fraction) <= SCALE):
+                    return text
+            if value is None:
+                return "NULL"
+            # Anything else (exponent notation, negative, too long, not a Decimal) takes the
+            # bind processor's own path: AmountOutOfRange for what the column refuses.
+            return f"{column_type.process_bind_param(value, dialect):f}"
+
+        return amount
+    if isinstance(column_type, Integer):
+        return lambda value: str(value) if type(value) is int else _quoted(driver_literal, value)
+    seen: dict[Any, str] = {}  # the same market id on every row: escape it once
+
+    def other(value: Any) -> str:
+        try:
+            return seen[value]
+        except (KeyError, TypeError):
+            text = _quoted(driver_literal, value)
+            if type(value) is str:
+                seen[value] = text
+            return text
+
+    return other
+
+
+def _quoted(driver_literal: Callable[[Any], str], value: Any) -> str:
+    return driver_literal(value).replace("%", "%%")
 
 
 def is_retryable(exc: BaseException) -> bool:

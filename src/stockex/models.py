@@ -124,10 +124,15 @@ class CrawlRun(Base):
     window_from: Mapped[int | None] = mapped_column(BigInteger)
     window_to: Mapped[int | None] = mapped_column(BigInteger)
     rows_written: Mapped[int] = mapped_column(Integer, default=0)
-    status: Mapped[str] = mapped_column(String(16))  # running | success | failed
+    status: Mapped[str] = mapped_column(String(16))  # running | success | stopped | failed
     error: Mapped[str | None] = mapped_column(Text)
     gap_minutes: Mapped[int] = mapped_column(Integer, default=0)
     gaps: Mapped[str | None] = mapped_column(Text)  # JSON [[from, to], ...], inclusive minutes
+    # The same instants as ISO-8601 in the configured timezone, for operators reading the table.
+    started_at_local: Mapped[str | None] = mapped_column(String(32))
+    finished_at_local: Mapped[str | None] = mapped_column(String(32))
+    window_from_local: Mapped[str | None] = mapped_column(String(32))
+    window_to_local: Mapped[str | None] = mapped_column(String(32))
 
 
 class User(Base):

@@ -165,6 +165,27 @@ def _parse_row(market: str, row: Any, time_from: int, time_to: int) -> Kline:
     return Kline(ts=ts, open=o, high=h, low=lo, close=c, volume=v)
 
 
+def _valid_row(row: Any, time_from: int, time_to: int) -> Kline | None:
+    """The common case, a valid row, checked in one pass; None for anything else.
+
+    The same rules as :func:`_parse_row` (which then names the problem), written for speed:
+    every backfilled minute goes through here.
+    """
+    if type(row) is not list or len(row) != 6:
+        return None
+    ts, o, h, lo, c, v = row
+    if type(ts) is not int or ts % 60 or not time_from <= ts <= time_to:
+        return None
+    for x in row:  # exact types: bool is an int subclass and must not pass for 1
+        kind = type(x)
+        if kind is not int and (kind is not Decimal or not x.is_finite()):
+            return None
+    # low <= open, close <= high, so low >= 0 makes every price non-negative
+    if lo < 0 or v < 0 or h < o or h < c or lo > o or lo > c:
+        return None
+    return Kline(ts, Decimal(o), Decimal(h), Decimal(lo), Decimal(c), Decimal(v))
+
+
 def parse_klines(market: str, body: bytes, time_from: int, time_to: int) -> list[Kline]:
     """Parse and validate a whole answer; sorted by ts, a repeated ts keeps its last row.
 
@@ -178,7 +199,10 @@ def parse_klines(market: str, body: bytes, time_from: int, time_to: int) -> list
         raise UpstreamDataError(market, None, f"body is not valid JSON: {exc}") from exc
     if not isinstance(data, list):
         raise UpstreamDataError(market, None, f"body is not a JSON array: {body[:80]!r}")
-    by_ts = {k.ts: k for k in (_parse_row(market, row, time_from, time_to) for row in data)}
+    by_ts: dict[int, Kline] = {}
+    for row in data:
+        kline = _valid_row(row, time_from, time_to) or _parse_row(market, row, time_from, time_to)
+        by_ts[kline.ts] = kline
     return [by_ts[ts] for ts in sorted(by_ts)]
 
 

@@ -1,0 +1,80 @@
+"""
+### tiki_candles — Tiki-Exchange one-minute k-lines into the stockex database
+
+Every minute, one mapped task per market in `crawler.markets` runs
+`stockex.crawler.crawl_market`: it resumes from the newest stored minute (inclusive, so a
+minute stored while still open gets its final values), fetches up to the last closed minute in
+chunks of `crawler.chunk_minutes`, upserts each chunk in one transaction and records a
+`crawl_runs` row (window, rows written, gaps, error; times also in the configured timezone).
+
+* **The window comes from the database, not from the data interval**: a failed or skipped
+  run loses nothing, the next one catches up. That is why `catchup` is off and only one run
+  is active at a time.
+* **Settings** come from the stockex configuration of the worker (`STOCKEX_CONFIG` or
+  `STOCKEX__SECTION__KEY` environment variables), e.g. `STOCKEX__DATABASE__URL` and
+  `STOCKEX__TIKI__BASE_URL`.
+* **XCom** holds only a small summary per market (status, rows written, window in UTC epoch
+  and local time, gap count).
+* **Failures** retry with exponential backoff; each failed try is logged by
+  `stockex.crawler.report_task_failure` (Slack alerts come with the operations work).
+  A long first backfill that hits `execution_timeout` simply continues in the next run.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from airflow.sdk import dag, task
+
+# Nothing here touches the database or the network: stockex is imported inside the tasks.
+
+
+def _report_failure(context: Any) -> None:
+    from stockex.crawler import report_task_failure
+
+    report_task_failure(context)
+
+
+@dag(
+    dag_id="tiki_candles",
+    schedule="* * * * *",
+    start_date=datetime(2024, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(minutes=45),
+    tags=["stockex", "tiki", "candles", "crawler"],
+    doc_md=__doc__,
+    default_args={"owner": "stockex"},
+)
+def tiki_candles() -> None:
+    @task(retries=1, retry_delay=timedelta(seconds=10))
+    def configured_markets() -> list[str]:
+        """The markets to crawl: `crawler.markets` of the stockex settings."""
+        from stockex.crawler import configured_markets as markets
+
+        return markets()
+
+    @task(
+        retries=4,
+        retry_delay=timedelta(seconds=15),
+        retry_exponential_backoff=2.0,
+        max_retry_delay=timedelta(minutes=5),
+        execution_timeout=timedelta(minutes=30),
+        on_failure_callback=_report_failure,
+        map_index_template="{{ market }}",
+        multiple_outputs=False,
+    )
+    def crawl_market(market: str) -> dict[str, Any]:
+        """One crawl run of `market`; returns the run's small summary."""
+        from airflow.sdk import get_current_context
+
+        from stockex.crawler import crawl_configured_market
+
+        get_current_context()["market"] = market  # type: ignore[typeddict-unknown-key]
+        return crawl_configured_market(market)
+
+    crawl_market.expand(market=configured_markets())
+
+
+tiki_candles()

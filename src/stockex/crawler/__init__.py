@@ -1,0 +1,62 @@
+"""Incremental crawl of Tiki-Exchange one-minute k-lines into the ``candles`` table.
+
+:func:`crawl_market` is one run for one market; every entry point (``stockex crawl``,
+``cron_jobs/crawl.py``, the ``tiki_candles`` Airflow DAG) calls it. Its contract:
+
+* **Window.** From the high-water mark — the newest stored minute of the market, else
+  ``crawler.start`` — **inclusive** (a minute stored while it was still open is fetched again
+  and ends with its final values) up to the last closed minute, or ``until`` if earlier. The
+  still-open minute is never requested, so it is never stored.
+* **Chunks.** The window is walked in chunks of ``crawler.chunk_minutes``. The upstream may
+  cut an answer short (Peatio caps k-line answers), so a chunk is paged on from the minute
+  after the last one received until the chunk is covered; an empty answer ends the chunk —
+  a gap, not the end of the crawl. Each chunk is upserted (``candles.store_minutes``) in ONE
+  transaction together with the run row's progress, so a run killed at any point leaves
+  whole chunks behind and the next run resumes from the newest stored minute.
+* **Run rows.** Every run is one ``crawl_runs`` row: ``running`` and then ``success``,
+  ``stopped`` (the stop flag was set; it finished the chunk in flight) or ``failed`` with the
+  error. The row holds the window, rows written, and the gaps — minutes missing between the
+  stored minutes the run saw (its high-water mark and every minute fetched) — as JSON
+  ``[[from, to], ...]`` (inclusive) plus their count. Times are epoch seconds (UTC); the
+  ``*_local`` columns and every log line also show them in ``settings.timezone``.
+* **Failures.** Upstream failures that outlast the client's retries, a malformed row
+  (:class:`~stockex.tiki.UpstreamDataError`) or a database error fail the run: the chunk in
+  flight is not stored, earlier chunks stay, the row says ``failed`` with the error, and
+  :class:`CrawlFailed` is raised carrying the :class:`CrawlSummary`.
+
+:func:`run_forever` is the standalone loop (cron job, ``stockex crawl`` without ``--once``):
+it runs every configured market at each interval boundary, keeps going after failed runs, and
+returns once the stop flag is set — after the chunk in flight is stored.
+
+Modules: ``run`` (one run), ``loop`` (the loop and its signals), ``summary`` (what a run
+reports), ``times`` (minutes and local time), ``airflow_tasks`` (what the DAG calls).
+"""
+
+from __future__ import annotations
+
+from stockex.crawler.airflow_tasks import (
+    configured_markets,
+    crawl_configured_market,
+    report_task_failure,
+)
+from stockex.crawler.loop import crawl_markets, run_forever, seconds_until_next_run, stop_on_signals
+from stockex.crawler.run import crawl_market
+from stockex.crawler.summary import ChunkProgress, CrawlFailed, CrawlSummary
+from stockex.crawler.times import last_closed_minute, local_iso, parse_time
+
+__all__ = [
+    "ChunkProgress",
+    "CrawlFailed",
+    "CrawlSummary",
+    "configured_markets",
+    "crawl_configured_market",
+    "crawl_market",
+    "crawl_markets",
+    "last_closed_minute",
+    "local_iso",
+    "parse_time",
+    "report_task_failure",
+    "run_forever",
+    "seconds_until_next_run",
+    "stop_on_signals",
+]

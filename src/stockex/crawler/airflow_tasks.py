@@ -1,0 +1,69 @@
+"""What the ``tiki_candles`` Airflow DAG calls: its tasks' bodies and failure callback.
+
+Kept out of the DAG file so that parsing the DAG imports nothing but Airflow.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from stockex.config import Settings, load_settings
+from stockex.crawler.run import crawl_market
+from stockex.crawler.summary import CrawlFailed
+from stockex.db import Database
+
+log = logging.getLogger("stockex.crawler")
+
+
+def configured_markets(settings: Settings | None = None) -> list[str]:
+    """``crawler.markets`` from the settings (no I/O beyond reading the config file)."""
+    return list((settings or load_settings()).crawler.markets)
+
+
+def crawl_configured_market(market: str, settings: Settings | None = None) -> dict[str, Any]:
+    """One run of ``market`` with its own database engine and client; a small summary dict.
+
+    For the Airflow task: raises :class:`CrawlFailed` (so the task retries) on failure.
+    """
+    settings = settings or load_settings()
+    db = Database(settings.database.url, pool_size=1)
+    try:
+        return crawl_market(db, settings, market).brief()
+    finally:
+        db.dispose()
+
+
+def report_task_failure(context: Mapping[str, Any]) -> str:
+    """Airflow ``on_failure_callback``: log which market's task failed and why.
+
+    Returns the message (the operations work will post it to Slack). Never raises: a broken
+    callback must not hide the original failure.
+    """
+    try:
+        ti = context.get("ti") or context.get("task_instance")
+        dag_id = getattr(ti, "dag_id", None) or getattr(context.get("dag"), "dag_id", "?")
+        task_id = getattr(ti, "task_id", "?")
+        map_index = getattr(ti, "map_index", -1)
+        try_number = getattr(ti, "try_number", "?")
+        exception = context.get("exception")
+        market = _market_of(exception, context)
+        message = (
+            f"{dag_id}.{task_id}[{map_index}] failed on try {try_number}"
+            + (f" for market {market}" if market else "")
+            + (f": {exception}" if exception is not None else "")
+        )
+    except Exception as exc:  # pragma: no cover - defensive
+        message = f"task failed (the failure report itself failed: {exc})"
+    log.error("airflow: %s", message)
+    return message
+
+
+def _market_of(exception: Any, context: Mapping[str, Any]) -> str | None:
+    if isinstance(exception, CrawlFailed):
+        return exception.summary.market
+    task = context.get("task")
+    op_kwargs = getattr(task, "op_kwargs", None) or {}
+    market = op_kwargs.get("market") if isinstance(op_kwargs, Mapping) else None
+    return str(market) if market else None

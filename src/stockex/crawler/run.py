@@ -1,0 +1,327 @@
+"""One crawl run of one market: :func:`crawl_market` (contract in :mod:`stockex.crawler`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from stockex.candles import StoreResult, store_minutes
+from stockex.config import Settings
+from stockex.crawler.summary import (
+    FAILED,
+    RUNNING,
+    STOPPED,
+    SUCCESS,
+    ChunkProgress,
+    CrawlFailed,
+    CrawlSummary,
+)
+from stockex.crawler.times import MINUTE, ceil_minute, last_closed_minute, local_iso
+from stockex.db import Database
+from stockex.errors import NotFound, UnknownMarket
+from stockex.models import Candle, CrawlRun, Market
+from stockex.tiki import Kline, TikiClient
+
+log = logging.getLogger("stockex.crawler")
+#: One line per stored chunk; the CLI silences it while it draws a progress bar instead.
+progress_log = logging.getLogger("stockex.crawler.progress")
+
+#: At most this many gap ranges are kept in a run row and logged; gap_minutes counts all.
+MAX_REPORTED_GAPS = 200
+
+
+@dataclass
+class _Run:
+    """Mutable state of a run in progress."""
+
+    market: str
+    tz: ZoneInfo
+    run_id: int = 0
+    inserted: int = 0
+    updated: int = 0
+    requests: int = 0
+    covered_to: int | None = None
+    previous_ts: int | None = None  # the newest minute seen, to find gaps
+    gaps: list[tuple[int, int]] = field(default_factory=list)
+    gap_minutes: int = 0
+
+    def see(self, klines: Sequence[Kline]) -> None:
+        """Note gaps between consecutive minutes seen (klines ascending)."""
+        previous = self.previous_ts
+        for k in klines:
+            if previous is not None and k.ts - previous > MINUTE:
+                self._gap(previous + MINUTE, k.ts - MINUTE)
+            previous = k.ts
+        self.previous_ts = previous
+
+    def _gap(self, first: int, last: int) -> None:
+        self.gap_minutes += (last - first) // MINUTE + 1
+        if len(self.gaps) < MAX_REPORTED_GAPS:
+            self.gaps.append((first, last))
+            log.warning(
+                "%s: gap of %d minute(s) %s .. %s (epoch %d .. %d)",
+                self.market, (last - first) // MINUTE + 1, local_iso(first, self.tz),
+                local_iso(last, self.tz), first, last,
+            )
+
+
+def crawl_market(
+    db: Database,
+    settings: Settings,
+    market: str,
+    *,
+    client: TikiClient | None = None,
+    until: int | None = None,
+    clock: Callable[[], float] = time.time,
+    stop: threading.Event | None = None,
+    on_chunk: Callable[[ChunkProgress], None] | None = None,
+) -> CrawlSummary:
+    """One crawl run of ``market`` (see the module docstring for the whole contract).
+
+    ``client`` defaults to one built from ``settings.tiki`` (closed at the end); pass your own
+    to tune retries. ``until`` caps the window at that minute (inclusive). ``clock`` is "now"
+    for the last closed minute and the run's timestamps.
+
+    Raises :class:`~stockex.errors.UnknownMarket` for a market not in the settings, NotFound
+    (``market_not_synced``) when ``stockex db upgrade`` has not put it in the database (no run
+    row then), and :class:`CrawlFailed` when the run fails.
+    """
+    if settings.market(market) is None:
+        raise UnknownMarket(market)
+    tz = settings.tz
+    started_at = int(clock())
+    window_from, window_to, newest = _window(db, settings, market, started_at, until)
+    run = _Run(market=market, tz=tz)
+    run.run_id = db.transaction(
+        lambda s: _open_run(s, market, started_at, window_from, window_to, tz)
+    )
+    log.info(
+        "%s: run %d crawls %s .. %s (epoch %d .. %d, %d minute(s))",
+        market, run.run_id, local_iso(window_from, tz), local_iso(window_to, tz),
+        window_from, window_to, max(0, (window_to - window_from) // MINUTE + 1),
+    )
+    own_client = client is None
+    if client is None:
+        client = TikiClient(settings.tiki.base_url, settings.tiki.timeout_seconds)
+    status, error = SUCCESS, None
+    try:
+        run.previous_ts = newest
+        _crawl_chunks(db, client, settings, run, window_from, window_to, stop, on_chunk)
+        unfinished = run.covered_to is None or run.covered_to < window_to
+        if stop is not None and stop.is_set() and window_from <= window_to and unfinished:
+            status = STOPPED
+    except BaseException as exc:
+        status, error = FAILED, _describe(exc)
+        summary = _finish(db, run, status, error, started_at, window_from, window_to, clock)
+        if isinstance(exc, Exception):
+            raise CrawlFailed(summary) from exc
+        raise  # KeyboardInterrupt, SystemExit: the run row is closed, let them through
+    finally:
+        if own_client:
+            client.close()
+    return _finish(db, run, status, error, started_at, window_from, window_to, clock)
+
+
+def _window(
+    db: Database, settings: Settings, market: str, now: int, until: int | None
+) -> tuple[int, int, int | None]:
+    """(first minute, last minute, newest stored minute or None) of this run."""
+    with db.read() as session:
+        newest = session.scalar(
+            select(func.max(Candle.time)).where(Candle.market_id == market)
+        )
+    start = newest if newest is not None else ceil_minute(settings.crawler_start_epoch)
+    end = last_closed_minute(now)
+    if until is not None:
+        end = min(end, until - until % MINUTE)
+    return int(start), end, newest
+
+
+def _open_run(
+    session: Session, market: str, started_at: int, window_from: int, window_to: int, tz: ZoneInfo
+) -> int:
+    if session.get(Market, market) is None:
+        raise NotFound(
+            f"market {market!r} is configured but not in the database; run `stockex db upgrade`",
+            code="market_not_synced",
+            details={"market": market},
+        )
+    row = CrawlRun(
+        market_id=market,
+        started_at=started_at,
+        started_at_local=local_iso(started_at, tz),
+        window_from=window_from,
+        window_from_local=local_iso(window_from, tz),
+        window_to=window_to,
+        window_to_local=local_iso(window_to, tz),
+        rows_written=0,
+        status=RUNNING,
+        gap_minutes=0,
+    )
+    session.add(row)
+    session.flush()
+    return row.id
+
+
+def _chunks(window_from: int, window_to: int, chunk_minutes: int) -> Iterable[tuple[int, int]]:
+    span = chunk_minutes * MINUTE
+    for chunk_from in range(window_from, window_to + 1, span):
+        yield chunk_from, min(chunk_from + span - MINUTE, window_to)
+
+
+def _crawl_chunks(
+    db: Database,
+    client: TikiClient,
+    settings: Settings,
+    run: _Run,
+    window_from: int,
+    window_to: int,
+    stop: threading.Event | None,
+    on_chunk: Callable[[ChunkProgress], None] | None,
+) -> None:
+    chunks = _chunks(window_from, window_to, settings.crawler.chunk_minutes)
+    for chunk_from, chunk_to, klines in _fetched(client, run, chunks):
+        if stop is not None and stop.is_set():
+            log.info("%s: stop requested; run %d ends before %s", run.market, run.run_id,
+                     local_iso(chunk_from, run.tz))
+            return
+        result = db.transaction(lambda s, k=klines: _store_chunk(s, run, k))
+        run.inserted += result.inserted
+        run.updated += result.updated
+        run.covered_to = chunk_to
+        run.see(klines)
+        progress_log.info(
+            "%s: %s .. %s: %d minute(s) fetched, %d new, %d updated",
+            run.market, local_iso(chunk_from, run.tz), local_iso(chunk_to, run.tz),
+            len(klines), result.inserted, result.updated,
+        )
+        if on_chunk is not None:
+            on_chunk(ChunkProgress(run.market, window_from, window_to, chunk_from, chunk_to,
+                                   len(klines), result.inserted, result.updated))
+
+
+def _fetched(
+    client: TikiClient, run: _Run, chunks: Iterable[tuple[int, int]]
+) -> Iterator[tuple[int, int, list[Kline]]]:
+    """``(chunk_from, chunk_to, klines)`` in order, fetching the next chunk in a helper thread
+    while the caller stores this one (the upstream and the database wait for each other less).
+
+    A fetch error surfaces when its chunk is due, so every earlier chunk has been stored by
+    then. When the caller stops early, the chunk fetched ahead is dropped (after its request
+    ends: the client is not shared between two requests).
+    """
+    remaining = iter(chunks)
+    current = next(remaining, None)
+    if current is None:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"fetch-{run.market}") as pool:
+        future = pool.submit(_fetch_chunk, client, run, *current)
+        while current is not None:
+            klines = future.result()
+            following = next(remaining, None)
+            if following is not None:
+                future = pool.submit(_fetch_chunk, client, run, *following)
+            yield current[0], current[1], klines
+            current = following
+
+
+def _fetch_chunk(client: TikiClient, run: _Run, chunk_from: int, chunk_to: int) -> list[Kline]:
+    """Every minute the upstream has in [chunk_from, chunk_to], paging past capped answers."""
+    klines: list[Kline] = []
+    cursor = chunk_from
+    while cursor <= chunk_to:
+        page = client.fetch_klines(run.market, cursor, chunk_to)
+        run.requests += 1
+        if not page:
+            break  # nothing more in this chunk: a gap (or no data yet), not the end
+        klines.extend(page)
+        cursor = page[-1].ts + MINUTE
+    return klines
+
+
+def _store_chunk(session: Session, run: _Run, klines: list[Kline]) -> StoreResult:
+    result = store_minutes(session, run.market, klines)
+    if result.written:
+        session.execute(
+            update(CrawlRun)
+            .where(CrawlRun.id == run.run_id)
+            .values(rows_written=run.inserted + run.updated + result.written)
+        )
+    return result
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    text = str(exc).strip() or type(exc).__name__
+    orig = getattr(exc, "orig", None)  # SQLAlchemy: the driver's message is the useful part
+    if orig is not None:
+        text = f"{type(exc).__name__}: {str(orig).strip()}"
+    return text.splitlines()[0][:1000]
+
+
+def _finish(
+    db: Database,
+    run: _Run,
+    status: str,
+    error: str | None,
+    started_at: int,
+    window_from: int,
+    window_to: int,
+    clock: Callable[[], float],
+) -> CrawlSummary:
+    finished_at = int(clock())
+    summary = CrawlSummary(
+        market=run.market,
+        run_id=run.run_id,
+        status=status,
+        started_at=started_at,
+        finished_at=finished_at,
+        window_from=window_from,
+        window_to=window_to,
+        covered_to=run.covered_to,
+        inserted=run.inserted,
+        updated=run.updated,
+        requests=run.requests,
+        gaps=tuple(run.gaps),
+        gap_minutes=run.gap_minutes,
+        error=error,
+        timezone=str(run.tz.key),
+    )
+
+    def close_row(session: Session) -> None:
+        row = session.get(CrawlRun, run.run_id)
+        if row is None:  # pragma: no cover - someone deleted it under us
+            return
+        row.status = status
+        row.error = error
+        row.finished_at = finished_at
+        row.finished_at_local = local_iso(finished_at, run.tz)
+        row.rows_written = summary.rows_written
+        row.gap_minutes = run.gap_minutes
+        row.gaps = json.dumps([list(g) for g in run.gaps]) if run.gaps else None
+
+    try:
+        db.transaction(close_row)
+    except Exception:
+        # The database may be what failed; the summary and the log still tell the story.
+        log.exception("%s: could not record the end of run %d", run.market, run.run_id)
+    level = logging.ERROR if status == FAILED else logging.INFO
+    log.log(
+        level,
+        "%s: run %d %s at %s: %d row(s) written (%d new, %d updated), %d request(s), "
+        "covered up to %s, %d gap minute(s)%s",
+        run.market, run.run_id, status, local_iso(finished_at, run.tz), summary.rows_written,
+        run.inserted, run.updated, run.requests, local_iso(run.covered_to, run.tz),
+        run.gap_minutes, f"; error: {error}" if error else "",
+    )
+    return summary

@@ -1,0 +1,188 @@
+"""The ``tiki_candles`` Airflow 3 DAG (issue 3, acceptance line 4).
+
+Airflow runs in subprocesses with a temporary AIRFLOW_HOME and a SQLite metadata database,
+migrated once per session: first a ``DagBag`` parse (zero import errors, the DAG's settings,
+no network at import time), then ``airflow dags test tiki_candles`` loading candles from a
+simulator on loopback into a MySQL stockex database.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from stockex.db import Database
+from stockex.models import Candle, CrawlRun
+from stockex.tiki.simulator import kline_at
+
+pytest.importorskip("airflow", reason="the airflow extra is not installed")
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+SRC = ROOT / "src"
+DAGS = ROOT / "dags"
+BIN = Path(sys.executable).parent
+
+
+def airflow_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("STOCKEX", "AIRFLOW"))}
+    env.update({
+        "PYTHONPATH": str(SRC),
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        **extra,
+    })
+    return env
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One AIRFLOW_HOME with a migrated SQLite metadata database for every Airflow test."""
+    home = tmp_path_factory.mktemp("airflow-home")
+    result = subprocess.run(  # noqa: S603
+        [str(BIN / "airflow"), "db", "migrate"], env=airflow_env(home), capture_output=True,
+        text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    yield home
+
+
+DAGBAG_PROBE = """
+import json, socket, sys
+
+def no_network(*args, **kwargs):
+    raise AssertionError("network access while importing the DAG")
+
+socket.socket.connect = no_network
+socket.create_connection = no_network
+
+from airflow.dag_processing.dagbag import DagBag
+
+bag = DagBag(dag_folder=sys.argv[1])
+dag = bag.dags.get("tiki_candles")
+out = {"import_errors": {str(k): str(v) for k, v in bag.import_errors.items()},
+       "dag_ids": sorted(bag.dags)}
+if dag is not None:
+    crawl = dag.get_task("crawl_market")
+    out.update(
+        timetable=str(getattr(dag.timetable, "summary", dag.timetable)),
+        catchup=dag.catchup,
+        max_active_runs=dag.max_active_runs,
+        dagrun_timeout=dag.dagrun_timeout.total_seconds() if dag.dagrun_timeout else None,
+        tags=sorted(dag.tags),
+        doc_md=dag.doc_md or "",
+        tasks=sorted(t.task_id for t in dag.tasks),
+        mapped=type(crawl).__name__,
+        retries=crawl.retries,
+        retry_exponential_backoff=crawl.retry_exponential_backoff,
+        execution_timeout=crawl.execution_timeout.total_seconds(),
+        on_failure_callback=[getattr(f, "__name__", str(f))
+                             for f in (crawl.on_failure_callback or [])]
+        if isinstance(crawl.on_failure_callback, list)
+        else [getattr(crawl.on_failure_callback, "__name__", "")],
+        upstream=sorted(crawl.upstream_task_ids),
+    )
+print("PROBE " + json.dumps(out))
+"""
+
+
+def test_dagbag_imports_the_dag_with_zero_errors_and_no_io(airflow_home: Path) -> None:
+    # A stockex database and upstream that cannot be reached: importing must not care.
+    env = airflow_env(
+        airflow_home,
+        STOCKEX__DATABASE__URL="mysql+pymysql://nobody:x@127.0.0.1:1/none",
+        STOCKEX__TIKI__BASE_URL="http://127.0.0.1:1",
+    )
+    started = time.monotonic()
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, "-c", DAGBAG_PROBE, str(DAGS)], env=env, capture_output=True,
+        text=True, timeout=180, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(x for x in result.stdout.splitlines() if x.startswith("PROBE "))
+    probe = json.loads(line[len("PROBE "):])
+    assert probe["import_errors"] == {}
+    assert probe["dag_ids"] == ["tiki_candles"]
+    assert "* * * * *" in probe["timetable"]
+    assert probe["catchup"] is False and probe["max_active_runs"] == 1
+    assert probe["dagrun_timeout"] and probe["execution_timeout"] < probe["dagrun_timeout"]
+    assert {"stockex", "tiki"} <= set(probe["tags"])
+    assert "newest stored minute" in probe["doc_md"]
+    assert probe["tasks"] == ["configured_markets", "crawl_market"]
+    assert probe["mapped"] == "DecoratedMappedOperator"  # .expand over the markets
+    assert probe["upstream"] == ["configured_markets"]
+    assert probe["retries"] >= 1 and probe["retry_exponential_backoff"] > 1
+    assert probe["on_failure_callback"] == ["_report_failure"]
+    assert time.monotonic() - started < 120
+
+
+def test_airflow_dags_test_loads_candles_into_the_stockex_database(
+    airflow_home: Path, mysql_database: Database, start_simulator: Any
+) -> None:
+    now_minute = int(time.time()) // 60 * 60
+    origin = now_minute - 240 * 60
+    _, url = start_simulator(origin=origin)  # the real clock: closed minutes up to now
+    env = airflow_env(
+        airflow_home,
+        STOCKEX__DATABASE__URL=mysql_database.url,
+        STOCKEX__TIKI__BASE_URL=url,
+        STOCKEX__CRAWLER__START=f"'{datetime.fromtimestamp(origin, UTC).isoformat()}'",
+        STOCKEX__CRAWLER__CHUNK_MINUTES="100",
+        STOCKEX__CRAWLER__MARKETS="[asaxu]",
+        STOCKEX__MARKETS=json.dumps([
+            {"id": "asaxu", "base": "ASA", "quote": "XU", "maker_fee": "0.001",
+             "taker_fee": "0.002"},
+            {"id": "btcvnd", "base": "BTC", "quote": "VND", "amount_precision": 6,
+             "min_amount": "0.000001"},
+        ]),
+    )
+    result = subprocess.run(  # noqa: S603
+        [str(BIN / "airflow"), "dags", "test", "tiki_candles"], env=env, capture_output=True,
+        text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+
+    with mysql_database.read() as session:
+        runs = list(session.scalars(select(CrawlRun)))
+        candles = list(session.execute(
+            select(Candle.time, Candle.open, Candle.high, Candle.low, Candle.close,
+                   Candle.volume).where(Candle.market_id == "asaxu").order_by(Candle.time)))
+    assert [(r.market_id, r.status) for r in runs] == [("asaxu", "success")]
+    run = runs[0]
+    assert run.window_from == origin and run.window_to is not None
+    assert run.window_to >= now_minute - 60
+    assert [c[0] for c in candles] == list(range(origin, run.window_to + 60, 60))
+    for row in candles:
+        assert tuple(Decimal(v) for v in row[1:]) == tuple(
+            Decimal(v) for v in kline_at("asaxu", row[0])[1:])
+
+    # Only the small summary went through XCom, once per mapped task.
+    meta = sqlite3.connect(airflow_home / "airflow.db")
+    try:
+        xcoms = meta.execute(
+            "SELECT task_id, map_index, key, value FROM xcom WHERE task_id = 'crawl_market' "
+            "AND run_id = (SELECT MAX(run_id) FROM xcom WHERE task_id = 'crawl_market')"
+        ).fetchall()
+    finally:
+        meta.close()
+    assert [(t, m, k) for t, m, k, _ in xcoms] == [("crawl_market", 0, "return_value")]
+    summary = json.loads(xcoms[0][3])
+    assert summary["status"] == "success" and summary["rows_written"] == len(candles)
+    assert summary["window_from_local"].endswith("+07:00")
+    assert len(xcoms[0][3]) < 600
