@@ -15,17 +15,23 @@ chunks of `crawler.chunk_minutes`, upserts each chunk in one transaction and rec
   `STOCKEX__TIKI__BASE_URL`.
 * **XCom** holds only a small summary per market (status, rows written, window in UTC epoch
   and local time, gap count).
-* **Failures** retry with exponential backoff; each failed try is logged by
-  `stockex.crawler.report_task_failure` (Slack alerts come with the operations work).
+* **Failures** retry with exponential backoff (`STOCKEX_DAG_RETRIES`, default 4); each failed
+  try is logged and posted to Slack (dag, task, market, try number, error) by
+  `stockex.crawler.report_task_failure`; the next success posts "resolved".
   A long first backfill that hits `execution_timeout` simply continues in the next run.
 """
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import dag, task
+
+# Retries of a failed crawl (exponential backoff from 15 s up to 5 min). Read from the
+# environment, not the database, so parsing stays free of I/O; tests set 0.
+CRAWL_RETRIES = int(os.environ.get("STOCKEX_DAG_RETRIES", "4"))
 
 # Nothing here touches the database or the network: stockex is imported inside the tasks.
 
@@ -34,6 +40,12 @@ def _report_failure(context: Any) -> None:
     from stockex.crawler import report_task_failure
 
     report_task_failure(context)
+
+
+def _report_success(context: Any) -> None:
+    from stockex.alerts import airflow_task_succeeded
+
+    airflow_task_succeeded(context)
 
 
 @dag(
@@ -56,12 +68,13 @@ def tiki_candles() -> None:
         return markets()
 
     @task(
-        retries=4,
+        retries=CRAWL_RETRIES,
         retry_delay=timedelta(seconds=15),
         retry_exponential_backoff=2.0,
         max_retry_delay=timedelta(minutes=5),
         execution_timeout=timedelta(minutes=30),
         on_failure_callback=_report_failure,
+        on_success_callback=_report_success,
         map_index_template="{{ market }}",
         multiple_outputs=False,
     )

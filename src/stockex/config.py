@@ -18,7 +18,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -269,6 +269,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     if kind is str:
         if value is None:
             return ""
+        if isinstance(value, datetime | date):
+            return value.isoformat()  # an unquoted ISO time in YAML, e.g. crawler.start
         if not isinstance(value, str):
             raise ConfigError(key, f"expected a string, got {type(value).__name__} {value!r}")
         return value

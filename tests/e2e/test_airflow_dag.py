@@ -186,3 +186,51 @@ def test_airflow_dags_test_loads_candles_into_the_stockex_database(
     assert summary["status"] == "success" and summary["rows_written"] == len(candles)
     assert summary["window_from_local"].endswith("+07:00")
     assert len(xcoms[0][3]) < 600
+
+
+def test_a_failing_upstream_fails_the_task_and_alerts_slack(
+    airflow_home: Path, mysql_database: Database, start_simulator: Any, fake_slack: Any
+) -> None:
+    """`airflow dags test tiki_candles` against an upstream answering 503 to everything: the
+    task fails, its failure callback posts dag/task/try/market to Slack, and the crawler's own
+    alert names the market and window; no message carries the database password."""
+    now_minute = int(time.time()) // 60 * 60
+    _, url = start_simulator(origin=now_minute - 30 * 60, error_rate=1.0)
+    env = airflow_env(
+        airflow_home,
+        STOCKEX_DAG_RETRIES="0",
+        STOCKEX__DATABASE__URL=mysql_database.url,
+        STOCKEX__TIKI__BASE_URL=url,
+        STOCKEX__TIKI__TIMEOUT_SECONDS="2",
+        STOCKEX__CRAWLER__START=f"'{datetime.fromtimestamp(now_minute - 1800, UTC).isoformat()}'",
+        STOCKEX__CRAWLER__MARKETS="[asaxu]",
+        STOCKEX__MARKETS=json.dumps([
+            {"id": "asaxu", "base": "ASA", "quote": "XU"},
+            {"id": "btcvnd", "base": "BTC", "quote": "VND", "amount_precision": 6,
+             "min_amount": "0.000001"},
+        ]),
+        STOCKEX__SECRET_KEY="an-airflow-test-signing-key",
+        STOCKEX__SLACK__TOKEN=fake_slack.token,
+        STOCKEX__SLACK__BASE_URL=fake_slack.api_base_url,
+        STOCKEX__SLACK__CHANNEL="'#ops'",
+    )
+    result = subprocess.run(  # noqa: S603
+        [str(BIN / "airflow"), "dags", "test", "tiki_candles"], env=env, capture_output=True,
+        text=True, timeout=300, check=False,
+    )
+    assert result.returncode != 0  # the DAG run failed, as it should
+    messages = fake_slack.wait_for(2, timeout=30)
+    texts = [m.text for m in messages]
+    task_alerts = [t for t in texts if "airflow tiki_candles.crawl_market" in t]
+    crawler_alerts = [t for t in texts if "crawler asaxu" in t]
+    assert len(task_alerts) == 1, (result.stdout + result.stderr)[-4000:]
+    assert len(crawler_alerts) == 1, texts
+    for line in ("• dag: tiki_candles", "• task: crawl_market", "• try_number: 1"):
+        assert line in task_alerts[0]
+    assert "UpstreamUnavailable" in crawler_alerts[0] or "503" in crawler_alerts[0]
+    assert "• market: asaxu" in crawler_alerts[0]
+    credentials = mysql_database.url.split("//", 1)[1].split("@", 1)[0]  # user:password
+    assert all(credentials not in m.raw for m in messages)
+    with mysql_database.read() as session:
+        runs = list(session.scalars(select(CrawlRun)))
+    assert [(r.market_id, r.status) for r in runs] == [("asaxu", "failed")]

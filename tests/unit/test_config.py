@@ -122,3 +122,9 @@ def test_replace_revalidates() -> None:
     assert s.api.port == 5999
     with pytest.raises(ConfigError, match="api.port"):
         Settings().replace(api={"port": -1})
+
+
+def test_unquoted_iso_time_is_accepted() -> None:
+    """YAML reads an unquoted ISO time as a datetime; a time key takes it as its ISO text."""
+    s = load_settings(environ={"STOCKEX__CRAWLER__START": "2024-01-01T00:00:00+07:00"})
+    assert s.crawler_start_epoch == 1704042000

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from stockex import alerts
 from stockex.config import Settings, load_settings
 from stockex.crawler.run import crawl_market
 from stockex.crawler.summary import CrawlFailed
@@ -38,7 +39,8 @@ def crawl_configured_market(market: str, settings: Settings | None = None) -> di
 def report_task_failure(context: Mapping[str, Any]) -> str:
     """Airflow ``on_failure_callback``: log which market's task failed and why.
 
-    Returns the message (the operations work will post it to Slack). Never raises: a broken
+    Returns the message, also posted to Slack (:func:`stockex.alerts.airflow_task_failed`).
+    Never raises: a broken
     callback must not hide the original failure.
     """
     try:
@@ -57,6 +59,7 @@ def report_task_failure(context: Mapping[str, Any]) -> str:
     except Exception as exc:  # pragma: no cover - defensive
         message = f"task failed (the failure report itself failed: {exc})"
     log.error("airflow: %s", message)
+    alerts.airflow_task_failed(context)  # to Slack when configured; never raises
     return message
 
 

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from stockex import alerts
 from stockex.candles import StoreResult, store_minutes
 from stockex.config import Settings
 from stockex.crawler.summary import (
@@ -123,12 +124,20 @@ def crawl_market(
         status, error = FAILED, _describe(exc)
         summary = _finish(db, run, status, error, started_at, window_from, window_to, clock)
         if isinstance(exc, Exception):
+            # After the run row is committed, never inside a transaction; never raises.
+            alerts.crawler_failed(
+                market, exc, window=(window_from, window_to), run_id=run.run_id,
+                settings=settings,
+            )
             raise CrawlFailed(summary) from exc
         raise  # KeyboardInterrupt, SystemExit: the run row is closed, let them through
     finally:
         if own_client:
             client.close()
-    return _finish(db, run, status, error, started_at, window_from, window_to, clock)
+    summary = _finish(db, run, status, error, started_at, window_from, window_to, clock)
+    if status == SUCCESS:
+        alerts.crawler_recovered(market, run_id=run.run_id, settings=settings)  # if it failed
+    return summary
 
 
 def _window(
