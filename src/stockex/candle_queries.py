@@ -1,0 +1,168 @@
+"""Reading candles and the 24 h ticker (CONTRACT §5).
+
+:func:`read_candles` answers a :class:`CandleQuery` from the one-minute table (period 1) or
+from the rollups kept by :mod:`stockex.candles` (every longer period): an index range scan of
+at most ``limit + 1`` rows, whatever the amount of history. Buckets whose start ``time`` lies
+in ``[time_from, time_to]`` (both inclusive) are returned ascending; without ``time_from``
+the newest ``limit`` of them. ``next_time_from`` is the ``time`` of the next bucket that has
+data within the range, or None.
+
+Failure cases: the rollups of a market were bucketed in another timezone than the configured
+one (the operator changed ``timezone``): 503 ``candles_rebuild_required`` naming the command
+that fixes it. Input validation happens before, in the API layer and :mod:`stockex.buckets`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal, localcontext
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from stockex.buckets import BucketClock
+from stockex.candles import SETTLE_SECONDS, SUM_CONTEXT
+from stockex.errors import DomainError
+from stockex.models import Candle, CandleRollup, CandleSeries
+
+DEFAULT_LIMIT = 500
+MAX_LIMIT = 5000
+TICKER_WINDOW = 24 * 3600
+
+CandleRow = tuple[int, Decimal, Decimal, Decimal, Decimal, Decimal]
+
+
+@dataclass(frozen=True)
+class CandleQuery:
+    """What a candles request asks for; times are epoch seconds, both ends inclusive."""
+
+    market_id: str
+    period: int = 1
+    time_from: int | None = None
+    time_to: int | None = None  # None: now
+    limit: int = DEFAULT_LIMIT
+
+    def settled(self, clock: BucketClock, now: int) -> bool:
+        """True when every bucket the answer can hold ended over SETTLE_SECONDS ago, so the
+        answer only changes with the market's revision (a late correction)."""
+        end = now if self.time_to is None else self.time_to
+        return end < clock.align(now - SETTLE_SECONDS, self.period)
+
+
+@dataclass(frozen=True)
+class CandlePage:
+    candles: list[CandleRow]
+    next_time_from: int | None
+
+
+@dataclass(frozen=True)
+class SeriesState:
+    """The rollup timezone (None before any minute was stored) and revision of a market."""
+
+    timezone: str | None
+    revision: int
+
+
+class RollupsNeedRebuild(DomainError):
+    status = 503
+    code = "candles_rebuild_required"
+
+
+def series_state(session: Session, market_id: str) -> SeriesState:
+    row = session.execute(
+        select(CandleSeries.timezone, CandleSeries.revision).where(
+            CandleSeries.market_id == market_id
+        )
+    ).one_or_none()
+    return SeriesState(None, 0) if row is None else SeriesState(row[0], int(row[1]))
+
+
+def check_timezone(state: SeriesState, query: CandleQuery, configured: str) -> None:
+    """Refuse rollups bucketed in another timezone than the configured one."""
+    if query.period > 1 and state.timezone is not None and state.timezone != configured:
+        raise RollupsNeedRebuild(
+            f"the {query.market_id} rollups are bucketed in {state.timezone} but the "
+            f"configured timezone is {configured}; run `stockex candles rebuild`",
+            details={"market": query.market_id, "rollup_timezone": state.timezone,
+                     "configured_timezone": configured},
+        )
+
+
+def read_candles(session: Session, query: CandleQuery, now: int) -> CandlePage:
+    """The page of candles ``query`` asks for (see the module docstring)."""
+    if query.period == 1:
+        table = Candle.__table__
+        where = [Candle.market_id == query.market_id]
+    else:
+        table = CandleRollup.__table__
+        where = [CandleRollup.market_id == query.market_id, CandleRollup.period == query.period]
+    time_col = table.c.time
+    time_to = now if query.time_to is None else query.time_to
+    where.append(time_col <= time_to)
+    columns = (time_col, table.c.open, table.c.high, table.c.low, table.c.close, table.c.volume)
+    if query.time_from is None:
+        stmt = select(*columns).where(*where).order_by(time_col.desc()).limit(query.limit)
+        rows = [tuple(r) for r in session.execute(stmt)]
+        rows.reverse()
+        return CandlePage(rows, None)  # type: ignore[arg-type]
+    where.append(time_col >= query.time_from)
+    stmt = select(*columns).where(*where).order_by(time_col).limit(query.limit + 1)
+    rows = [tuple(r) for r in session.execute(stmt)]
+    following = rows[query.limit][0] if len(rows) > query.limit else None
+    return CandlePage(rows[: query.limit], following)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------- ticker
+
+
+@dataclass(frozen=True)
+class Ticker:
+    """24 h statistics from the crawled minutes in ``(now - 24 h, now]``."""
+
+    market_id: str
+    at: int
+    last: Decimal | None  # close of the newest minute at or before ``at`` (maybe older)
+    last_time: int | None
+    open: Decimal | None  # open of the first minute of the window
+    high: Decimal | None
+    low: Decimal | None
+    volume: Decimal
+    price_change: Decimal | None
+    price_change_percent: Decimal | None
+
+
+def read_ticker(session: Session, market_id: str, now: int) -> Ticker:
+    """24 h open/high/low/volume and the last price; None fields when there is no data."""
+    mine = Candle.market_id == market_id
+    window = (mine, Candle.time > now - TICKER_WINDOW, Candle.time <= now)
+    newest = session.execute(
+        select(Candle.time, Candle.close).where(mine, Candle.time <= now)
+        .order_by(Candle.time.desc()).limit(1)
+    ).one_or_none()
+    first = session.execute(
+        select(Candle.open).where(*window).order_by(Candle.time).limit(1)
+    ).scalar_one_or_none()
+    if first is None:
+        last, last_time = (newest[1], newest[0]) if newest else (None, None)
+        return Ticker(market_id, now, last, last_time, None, None, None, Decimal(0), None, None)
+    extremes = select(func.max(Candle.high), func.min(Candle.low)).where(*window)
+    high, low = session.execute(extremes).one()
+    volume = _sum_volume(session, window)
+    # the window holds a minute, so there is a newest minute
+    last_time, last = newest if newest is not None else (now, first)
+    change = last - first
+    percent = None
+    if first != 0:
+        with localcontext(SUM_CONTEXT):
+            percent = (change * 100 / first).quantize(Decimal("0.01"))
+    return Ticker(market_id, now, last, last_time, first, high, low, volume, change, percent)
+
+
+def _sum_volume(session: Session, window: tuple) -> Decimal:  # type: ignore[type-arg]
+    if session.get_bind().dialect.name == "mysql":
+        # DECIMAL SUM is exact in MySQL and saves shipping 1,440 rows.
+        total = session.execute(select(func.sum(Candle.volume)).where(*window)).scalar()
+        return Decimal(total or 0)
+    # SQLite stores amounts as text; its SUM would go through floats.
+    with localcontext(SUM_CONTEXT):
+        return sum(session.execute(select(Candle.volume).where(*window)).scalars(), Decimal(0))
