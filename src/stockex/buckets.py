@@ -191,10 +191,25 @@ def _offset_table(tz: ZoneInfo) -> tuple[list[int], list[int]]:
     return transitions, offsets
 
 
-def _fixed_iso(t: int, offset: int) -> str:
-    wall = datetime(1970, 1, 1) + timedelta(seconds=t + offset)
+_CLOCK_TIMES = [f"{m // 60:02d}:{m % 60:02d}" for m in range(1440)]
+_SECONDS = [f"{s:02d}" for s in range(60)]
+
+
+@lru_cache(maxsize=4096)
+def _local_date(day: int) -> str:
+    return (datetime(1970, 1, 1) + timedelta(days=day)).date().isoformat()
+
+
+@lru_cache(maxsize=64)
+def _offset_suffix(offset: int) -> str:
     sign = "+" if offset >= 0 else "-"
     hours, rest = divmod(abs(offset), 3600)
     minutes, seconds = divmod(rest, 60)
-    suffix = f"{sign}{hours:02d}:{minutes:02d}" + (f":{seconds:02d}" if seconds else "")
-    return wall.isoformat() + suffix
+    return f"{sign}{hours:02d}:{minutes:02d}" + (f":{seconds:02d}" if seconds else "")
+
+
+def _fixed_iso(t: int, offset: int) -> str:
+    # Table lookups instead of datetime formatting: a 1,000-candle page renders 1,000 of these.
+    day, second = divmod(t + offset, DAY)
+    return (f"{_local_date(day)}T{_CLOCK_TIMES[second // 60]}:{_SECONDS[second % 60]}"
+            f"{_offset_suffix(offset)}")

@@ -195,7 +195,12 @@ def test_timezone_change_requires_rebuild(database, make_settings, three_days) -
 
     count = database.transaction(lambda s: rebuild_rollups(s, "asaxu", "UTC"))
     assert count == 3 * 1440
-    days = get(client, period=1440, time_from=0).get_json()["candles"]
+    rebuilt_at = time.monotonic()
+    # Each API process re-reads the rollup timezone at least once a second.
+    while (response := get(client, period=1440, time_from=0)).status_code == 503:
+        assert time.monotonic() - rebuilt_at < 1.5
+        time.sleep(0.05)
+    days = response.get_json()["candles"]
     assert [c["time_local"][11:] for c in days] == ["00:00:00+00:00"] * 4  # 4 UTC days
     assert sum(Decimal(c["volume"]) for c in days) == sum(m.volume for m in three_days)
 
@@ -240,3 +245,16 @@ def test_ticker_without_recent_data(client, database) -> None:  # type: ignore[n
     assert body["last"] == "101" and body["last_time"] == DAY0
     assert body["open"] is None and body["volume"] == "0"
     assert body["price_change_percent"] is None
+
+
+def test_series_states_memo_refreshes_after_max_age(database) -> None:  # type: ignore[no-untyped-def]
+    from stockex.candle_queries import SeriesStates
+
+    now = [0.0]
+    states = SeriesStates(database, max_age=1.0, clock=lambda: now[0])
+    assert states.get("asaxu").timezone is None  # nothing stored yet
+    store(database, [kline(DAY0, 100)])  # an old minute: settles, bumps the revision
+    assert states.get("asaxu").timezone is None  # memo, less than max_age old
+    now[0] = 1.0
+    state = states.get("asaxu")
+    assert state.timezone == "Asia/Ho_Chi_Minh" and state.revision == 1

@@ -68,6 +68,15 @@ def reference_candles(minutes: dict[int, Kline], period: int) -> list[dict[str, 
     return out
 
 
+def assert_canonical_strings(candles: list[dict[str, object]]) -> None:
+    """Amounts are decimal strings without exponent or trailing zeros ("25000.5")."""
+    for candle in candles:
+        for name in ("open", "high", "low", "close", "volume"):
+            value = candle[name]
+            assert isinstance(value, str)
+            assert value == format(Decimal(value).normalize(), "f"), (name, value)
+
+
 def as_numbers(candles: list[dict[str, object]]) -> list[dict[str, object]]:
     return [
         {k: (Decimal(v) if k in ("open", "high", "low", "close", "volume") else v)  # type: ignore[arg-type]
@@ -159,7 +168,8 @@ def reset(database) -> None:  # type: ignore[no-untyped-def]
 def test_api_candles_equal_reference_aggregation(app, client, database, scenario) -> None:  # type: ignore[no-untyped-def]
     reset(database)
     with app.app_context():
-        services().cache = Cache("")  # a fresh cache per example
+        services().cache = Cache("")  # a fresh cache and series memo per example
+    app.extensions.pop("stockex.series_states", None)
     # Stored out of order, in random chunks; then late corrections and late new minutes.
     klines = sorted(scenario.minutes.values(), key=lambda k: (k.ts * 7919) % 10007)
     store_in_chunks(database, klines, scenario.chunk_sizes)
@@ -178,6 +188,7 @@ def test_api_candles_equal_reference_aggregation(app, client, database, scenario
         assert body["period"] == period and body["timezone"] == "Asia/Ho_Chi_Minh"
         assert body["next_time_from"] is None
         assert as_numbers(body["candles"]) == as_numbers(expected), f"period {period}"
+        assert_canonical_strings(body["candles"])
 
         # The newest `limit` buckets when time_from is absent.
         newest = client.get(
