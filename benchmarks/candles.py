@@ -39,12 +39,11 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from stockex.buckets import clock_for
-from stockex.candles import _ranges, _read_minutes, _upsert, store_minutes
+from stockex.candles import _ranges, _read_minutes, _write_minutes, store_minutes
 from stockex.config import settings_from_mapping
 from stockex.db import Database
 from stockex.markets import sync_markets
 from stockex.migrate import upgrade
-from stockex.models import Candle
 from stockex.testing import free_port, start_mysql, start_redis
 from stockex.tiki import Kline
 
@@ -86,15 +85,12 @@ def minutes_only(session: Session, market_id: str, klines: list[Kline]) -> int:
     """The baseline: what storing cost before rollups (read the range, upsert changes)."""
     clock = clock_for(TIMEZONE)
     stored = _read_minutes(session, market_id, _ranges(clock, {k.ts for k in klines}, 1))
-    now = int(time.time())
     rows = [
-        {"market_id": market_id, "time": k.ts, "open": k.open, "high": k.high, "low": k.low,
-         "close": k.close, "volume": k.volume, "updated_at": now}
+        (k.ts, (k.open, k.high, k.low, k.close, k.volume))
         for k in klines
         if stored.get(k.ts) != (k.open, k.high, k.low, k.close, k.volume)
     ]
-    _upsert(session, Candle, rows, ("market_id", "time"),
-            ("open", "high", "low", "close", "volume", "updated_at"))
+    _write_minutes(session, market_id, rows, int(time.time()))
     return len(rows)
 
 

@@ -100,6 +100,12 @@ class Cache:
         except redis.RedisError as exc:
             self._note_down(exc)
 
+    def close(self) -> None:
+        """Close the Redis connections (the in-process cache needs nothing)."""
+        if self.redis is not None:
+            self.redis.close()
+            self.redis.connection_pool.disconnect()
+
     def ping(self) -> None:
         """Raise ``redis.RedisError`` when Redis is configured and does not answer."""
         if self.redis is not None:

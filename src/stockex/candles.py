@@ -78,7 +78,7 @@ def store_minutes(session: Session, market_id: str, klines: Sequence[Kline]) -> 
     stored = _read_minutes(session, market_id, _ranges(clock, five_minute_starts, 5))
     now = int(time.time())
     inserted = updated = 0
-    rows = []
+    rows: list[tuple[int, Values]] = []
     for ts in sorted(latest):
         k = latest[ts]
         values = (k.open, k.high, k.low, k.close, k.volume)
@@ -90,14 +90,11 @@ def store_minutes(session: Session, market_id: str, klines: Sequence[Kline]) -> 
         else:
             updated += 1
         stored[ts] = values
-        rows.append(
-            {"market_id": market_id, "time": ts, "open": k.open, "high": k.high, "low": k.low,
-             "close": k.close, "volume": k.volume, "updated_at": now}
-        )
+        rows.append((ts, values))
     if not rows:
         return StoreResult(0, 0, None, None)
-    _upsert(session, Candle, rows, ("market_id", "time"), (*_VALUE_COLUMNS, "updated_at"))
-    changed = [r["time"] for r in rows]
+    _write_minutes(session, market_id, rows, now)
+    changed = [ts for ts, _ in rows]
     _refresh_rollups(session, market_id, clock, stored, changed)
     if changed[0] < now - SETTLE_SECONDS:
         _bump_revision(session, market_id)
@@ -179,7 +176,7 @@ def _refresh_rollups(
     ]
     stored = _read_rollups(session, market_id, ranges)
     computed: dict[int, dict[int, Values]] = {1: minutes}
-    rows = []
+    rows: list[tuple[int, int, Values]] = []
     with localcontext(SUM_CONTEXT):
         for period in ROLLUP_PERIODS:
             source = SOURCE_PERIOD[period]
@@ -192,12 +189,8 @@ def _refresh_rollups(
                     groups[start].append((t, values))
             combined = {start: _combine(items) for start, items in groups.items()}
             computed[period] = combined
-            rows.extend(
-                {"market_id": market_id, "period": period, "time": start, "open": v[0],
-                 "high": v[1], "low": v[2], "close": v[3], "volume": v[4]}
-                for start, v in combined.items()
-            )
-    _upsert(session, CandleRollup, rows, ("market_id", "period", "time"), _VALUE_COLUMNS)
+            rows.extend((period, start, v) for start, v in combined.items())
+    _write_rollups(session, market_id, rows)
 
 
 def _combine(items: list[tuple[int, Values]]) -> Values:
@@ -255,53 +248,78 @@ def _batches(items: list, size: int = _RANGES_PER_QUERY) -> Iterable[list]:  # t
         yield items[i : i + size]
 
 
-def _upsert(
-    session: Session,
-    model: type[Candle] | type[CandleRollup],
-    rows: list[dict[str, object]],
-    key: tuple[str, ...],
-    updates: tuple[str, ...],
+def _write_minutes(
+    session: Session, market_id: str, rows: list[tuple[int, Values]], now: int
+) -> None:
+    if _is_mysql(session):
+        market = _market_literal(market_id)
+        literals = [f"({market},{t},{_amounts(v)},{now})" for t, v in rows]
+        _mysql_upsert(session, "candles", _MINUTE_COLUMNS, literals, _MINUTE_UPDATES)
+        return
+    stmt = sqlite_insert(Candle)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["market_id", "time"],
+        set_={c: stmt.excluded[c] for c in _MINUTE_UPDATES},
+    )
+    session.execute(stmt, [
+        {"market_id": market_id, "time": t, **dict(zip(_VALUE_COLUMNS, v, strict=True)),
+         "updated_at": now}
+        for t, v in rows
+    ])
+
+
+def _write_rollups(
+    session: Session, market_id: str, rows: list[tuple[int, int, Values]]
 ) -> None:
     if not rows:
         return
-    if session.get_bind().dialect.name == "mysql":
-        _mysql_upsert(session, model.__tablename__, rows, updates)
+    if _is_mysql(session):
+        market = _market_literal(market_id)
+        literals = [f"({market},{p},{t},{_amounts(v)})" for p, t, v in rows]
+        _mysql_upsert(session, "candle_rollups", _ROLLUP_COLUMNS, literals, _VALUE_COLUMNS)
         return
-    stmt = sqlite_insert(model)
+    stmt = sqlite_insert(CandleRollup)
     stmt = stmt.on_conflict_do_update(
-        index_elements=list(key), set_={c: stmt.excluded[c] for c in updates}
+        index_elements=["market_id", "period", "time"],
+        set_={c: stmt.excluded[c] for c in _VALUE_COLUMNS},
     )
-    session.execute(stmt, rows)
+    session.execute(stmt, [
+        {"market_id": market_id, "period": p, "time": t,
+         **dict(zip(_VALUE_COLUMNS, v, strict=True))}
+        for p, t, v in rows
+    ])
 
 
+def _is_mysql(session: Session) -> bool:
+    return session.get_bind().dialect.name == "mysql"
+
+
+# ------------------------------------------------------------- MySQL literal upserts
+#
+# The crawler's hot path. Going through SQLAlchemy's and PyMySQL's per-value processing
+# costs about as much as the database's own work, so on MySQL the rows are written as one
+# multi-row INSERT ... ON DUPLICATE KEY UPDATE with SQL literals. Safe: every value is an
+# int, a market id checked against a strict pattern, or a Decimal validated exactly as
+# stockex.db.Amount does (finite, non-negative, at most 18 decimals, below 10**18).
+
+_MINUTE_COLUMNS = ("market_id", "time", *_VALUE_COLUMNS, "updated_at")
+_MINUTE_UPDATES = (*_VALUE_COLUMNS, "updated_at")
+_ROLLUP_COLUMNS = ("market_id", "period", "time", *_VALUE_COLUMNS)
 _MARKET_ID = re.compile(r"^[a-z0-9]{1,32}$")
 _AMOUNT_LIMIT = Decimal(10) ** 18
 _AMOUNT_QUANTUM = Decimal(1).scaleb(-18)
+# Prices repeat a lot; remembering the literal of a validated value halves the cost.
+_LITERALS: dict[Decimal, str] = {}
+_MAX_LITERALS = 100_000
 
 
 def _mysql_upsert(
-    session: Session, table: str, rows: list[dict[str, object]], updates: tuple[str, ...]
+    session: Session,
+    table: str,
+    columns: tuple[str, ...],
+    literal_rows: list[str],
+    updates: tuple[str, ...],
 ) -> None:
-    """One multi-row ``INSERT ... ON DUPLICATE KEY UPDATE`` with the values written as SQL
-    literals. This is the crawler's hot path: going through SQLAlchemy's and PyMySQL's
-    per-value processing costs about as much as the database's work. Safe because every
-    value is an int, a checked market id, or a Decimal validated exactly as
-    :class:`stockex.db.Amount` does (non-negative, at most 18 decimals, below 10**18)."""
-    columns = list(rows[0])
-    literal_rows = []
-    for row in rows:
-        parts = []
-        for name in columns:
-            value = row[name]
-            if isinstance(value, Decimal):
-                parts.append(_amount_literal(value))
-            elif isinstance(value, int):
-                parts.append(str(int(value)))
-            elif isinstance(value, str) and _MARKET_ID.match(value):
-                parts.append(f"'{value}'")
-            else:
-                raise ValueError(f"unexpected value {value!r} for {table}.{name}")
-        literal_rows.append("(" + ",".join(parts) + ")")
     assignments = ",".join(f"`{c}`=VALUES(`{c}`)" for c in updates)
     sql = (
         f"INSERT INTO `{table}` ({','.join(f'`{c}`' for c in columns)}) VALUES "  # noqa: S608
@@ -315,12 +333,31 @@ def _mysql_upsert(
         cursor.close()
 
 
+def _market_literal(market_id: str) -> str:
+    if not _MARKET_ID.match(market_id):
+        raise ValueError(f"not a market id: {market_id!r}")
+    return f"'{market_id}'"
+
+
+def _amounts(values: Values) -> str:
+    return ",".join([_amount_literal(v) for v in values])
+
+
 def _amount_literal(value: Decimal) -> str:
-    if not (value.is_finite() and 0 <= value < _AMOUNT_LIMIT):
+    if not value.is_finite():
+        raise AmountOutOfRange(f"{value} is not a finite amount")
+    text = _LITERALS.get(value)
+    if text is not None:
+        return text
+    if not 0 <= value < _AMOUNT_LIMIT:
         raise AmountOutOfRange(f"{value} is not an amount in [0, 10**18)")
     if value != value.quantize(_AMOUNT_QUANTUM):
         raise AmountOutOfRange(f"{value} has more than 18 decimal places")
-    return format(value, "f")
+    text = format(value, "f")
+    if len(_LITERALS) >= _MAX_LITERALS:
+        _LITERALS.clear()
+    _LITERALS[value] = text
+    return text
 
 
 def _insert_series_if_missing(session: Session, market_id: str, timezone: str) -> None:

@@ -258,3 +258,23 @@ def test_series_states_memo_refreshes_after_max_age(database) -> None:  # type: 
     now[0] = 1.0
     state = states.get("asaxu")
     assert state.timezone == "Asia/Ho_Chi_Minh" and state.revision == 1
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [Decimal("-1"), Decimal("1.0000000000000000001"), Decimal(10) ** 18, Decimal("NaN")],
+)
+def test_invalid_amounts_write_nothing(database, bad: Decimal) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import func
+    from sqlalchemy.exc import StatementError
+
+    from stockex.db import AmountOutOfRange
+    from stockex.models import Candle
+
+    good = [kline(DAY0 + 60 * i, 100) for i in range(3)]
+    broken = Kline(DAY0 + 180, Decimal(100), Decimal(105), Decimal(95), Decimal(100), bad)
+    with pytest.raises((AmountOutOfRange, StatementError)):
+        store(database, [*good, broken])
+    with database.read() as s:
+        assert s.scalar(select(func.count()).select_from(Candle)) == 0
+        assert s.scalar(select(func.count()).select_from(CandleRollup)) == 0

@@ -48,9 +48,17 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def cached_app(database, make_settings, redis_url):  # type: ignore[no-untyped-def]
+    """An app on Redis whose open-bucket answers live at most 1 s (crawl interval)."""
     settings = make_settings(database.url, redis={"url": redis_url},
                              crawler={"interval_seconds": 1})
-    return create_app(settings, db=database)
+    app = create_app(settings, db=database)
+    yield app
+    close_cache(app)
+
+
+def close_cache(app) -> None:  # type: ignore[no-untyped-def]
+    with app.app_context():
+        services().cache.close()
 
 
 def test_repeated_request_is_answered_from_redis(cached_app, database, redis_client) -> None:  # type: ignore[no-untyped-def]
@@ -153,7 +161,8 @@ def test_redis_stopped_mid_test_still_answers(  # type: ignore[no-untyped-def]
     database, make_settings, own_redis, caplog
 ) -> None:
     settings = make_settings(database.url, redis={"url": own_redis.url})
-    client = create_app(settings, db=database).test_client()
+    app = create_app(settings, db=database)
+    client = app.test_client()
     store(database, [kline(DAY0 + 60 * i, 100 + i) for i in range(120)])
     routes = [
         f"{CANDLES}?period=60&time_from={DAY0}",
@@ -183,6 +192,7 @@ def test_redis_stopped_mid_test_still_answers(  # type: ignore[no-untyped-def]
     own_redis.start()
     assert client.get(routes[0]).status_code == 200
     assert redis_size(own_redis.url) > 0  # caching again
+    close_cache(app)
 
 
 def redis_size(url: str) -> int:

@@ -74,8 +74,8 @@ def candles(market: str) -> Response:
     ttl = keys.candles_ttl(query.settled(clock, now), svc.settings.crawler.interval_seconds)
 
     def compute() -> bytes:
-        with svc.db.read() as session:
-            page = read_candles(session, query, now)
+        with svc.db.engine.connect() as conn:
+            page = read_candles(conn, query, now)
         if fmt == "csv":
             return _candles_csv(page, clock)
         return _candles_json(spec.id, period, svc.settings.timezone, page, clock)
