@@ -243,6 +243,7 @@ def main() -> None:
     start = int(datetime(2025, 1, 1, tzinfo=tz).timestamp())
     year_end = start + minutes * 60 - 1
 
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     mysql = start_mysql()
     cache = start_redis()
     gunicorn = None
@@ -271,6 +272,9 @@ def main() -> None:
             "benchmark": "candles",
             "minutes": minutes,
             "server": "gunicorn, 2 sync workers; MariaDB and Redis on loopback",
+            "cpus": os.cpu_count(),
+            "load_average_at_start": load_at_start,
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
             "backfill_chunk_minutes": CHUNK,
             "backfill_with_rollups": with_rollups,
             "backfill_minutes_only_baseline": baseline,

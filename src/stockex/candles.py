@@ -32,13 +32,13 @@ from dataclasses import dataclass
 from decimal import Context, Decimal, localcontext
 from functools import lru_cache
 
-from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
+from sqlalchemy import BigInteger, Integer, delete, func, select, text, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from stockex.buckets import ROLLUP_PERIODS, SOURCE_PERIOD, BucketClock, clock_for
-from stockex.db import AmountOutOfRange
+from stockex.db import Amount, AmountOutOfRange
 from stockex.models import Candle, CandleRollup, CandleSeries
 from stockex.tiki import Kline
 
@@ -103,16 +103,12 @@ def store_minutes(session: Session, market_id: str, klines: Sequence[Kline]) -> 
 
 def series_timezone(session: Session, market_id: str) -> str:
     """The timezone the market's rollups use; the configured one for a market without any."""
-    found = session.execute(
-        select(CandleSeries.timezone).where(CandleSeries.market_id == market_id)
-    ).scalar_one_or_none()
+    found = session.execute(_SERIES_TIMEZONE, {"market": market_id}).scalar()
     if found is not None:
-        return found
+        return str(found)
     timezone = configured_timezone()
     _insert_series_if_missing(session, market_id, timezone)
-    return session.execute(
-        select(CandleSeries.timezone).where(CandleSeries.market_id == market_id)
-    ).scalar_one()
+    return str(session.execute(_SERIES_TIMEZONE, {"market": market_id}).scalar_one())
 
 
 @lru_cache(maxsize=1)
@@ -213,15 +209,22 @@ def _ranges(clock: BucketClock, starts: Iterable[int], period: int) -> list[tupl
     return merged
 
 
+# Reads on the hot path are plain SQL text: their OR-of-ranges shape changes from call to
+# call, and SQLAlchemy would compile (and cache) every shape anew. The ranges are ints.
+_VALUE_TYPES = {c: Amount() for c in _VALUE_COLUMNS}
+
+
 def _read_minutes(
     session: Session, market_id: str, ranges: list[tuple[int, int]]
 ) -> dict[int, Values]:
     found: dict[int, Values] = {}
-    columns = (Candle.time, *(getattr(Candle, c) for c in _VALUE_COLUMNS))
     for batch in _batches(ranges):
-        condition = or_(*(and_(Candle.time >= lo, Candle.time < hi) for lo, hi in batch))
-        query = select(*columns).where(Candle.market_id == market_id, condition)
-        for t, *values in session.execute(query):
+        condition = " OR ".join(f"(time >= {int(lo)} AND time < {int(hi)})" for lo, hi in batch)
+        query = text(
+            "SELECT time, open, high, low, close, volume FROM candles "  # noqa: S608 - ints
+            f"WHERE market_id = :market AND ({condition})"
+        ).columns(time=BigInteger(), **_VALUE_TYPES)
+        for t, *values in session.execute(query, {"market": market_id}):
             found[t] = tuple(values)  # type: ignore[assignment]
     return found
 
@@ -230,15 +233,16 @@ def _read_rollups(
     session: Session, market_id: str, ranges: list[tuple[int, int, int]]
 ) -> dict[int, dict[int, Values]]:
     found: dict[int, dict[int, Values]] = defaultdict(dict)
-    columns = (CandleRollup.period, CandleRollup.time,
-               *(getattr(CandleRollup, c) for c in _VALUE_COLUMNS))
     for batch in _batches(ranges):
-        conditions: list[ColumnElement[bool]] = [
-            and_(CandleRollup.period == p, CandleRollup.time >= lo, CandleRollup.time < hi)
+        condition = " OR ".join(
+            f"(period = {int(p)} AND time >= {int(lo)} AND time < {int(hi)})"
             for p, lo, hi in batch
-        ]
-        query = select(*columns).where(CandleRollup.market_id == market_id, or_(*conditions))
-        for period, t, *values in session.execute(query):
+        )
+        query = text(
+            "SELECT period, time, open, high, low, close, volume "  # noqa: S608 - ints
+            f"FROM candle_rollups WHERE market_id = :market AND ({condition})"
+        ).columns(period=Integer(), time=BigInteger(), **_VALUE_TYPES)
+        for period, t, *values in session.execute(query, {"market": market_id}):
             found[period][t] = tuple(values)  # type: ignore[assignment]
     return found
 
@@ -299,15 +303,13 @@ def _is_mysql(session: Session) -> bool:
 # The crawler's hot path. Going through SQLAlchemy's and PyMySQL's per-value processing
 # costs about as much as the database's own work, so on MySQL the rows are written as one
 # multi-row INSERT ... ON DUPLICATE KEY UPDATE with SQL literals. Safe: every value is an
-# int, a market id checked against a strict pattern, or a Decimal validated exactly as
+# int, a market id checked against a strict pattern, or a Decimal validated as
 # stockex.db.Amount does (finite, non-negative, at most 18 decimals, below 10**18).
 
 _MINUTE_COLUMNS = ("market_id", "time", *_VALUE_COLUMNS, "updated_at")
 _MINUTE_UPDATES = (*_VALUE_COLUMNS, "updated_at")
 _ROLLUP_COLUMNS = ("market_id", "period", "time", *_VALUE_COLUMNS)
 _MARKET_ID = re.compile(r"^[a-z0-9]{1,32}$")
-_AMOUNT_LIMIT = Decimal(10) ** 18
-_AMOUNT_QUANTUM = Decimal(1).scaleb(-18)
 # Prices repeat a lot; remembering the literal of a validated value halves the cost.
 _LITERALS: dict[Decimal, str] = {}
 _MAX_LITERALS = 100_000
@@ -349,11 +351,15 @@ def _amount_literal(value: Decimal) -> str:
     text = _LITERALS.get(value)
     if text is not None:
         return text
-    if not 0 <= value < _AMOUNT_LIMIT:
-        raise AmountOutOfRange(f"{value} is not an amount in [0, 10**18)")
-    if value != value.quantize(_AMOUNT_QUANTUM):
-        raise AmountOutOfRange(f"{value} has more than 18 decimal places")
+    # Validated on the decimal text (cheaper than Decimal arithmetic), like Amount does:
     text = format(value, "f")
+    whole, _, fraction = text.partition(".")
+    if whole.startswith("-") and value != 0:
+        raise AmountOutOfRange(f"negative amount {value}")
+    if len(whole.lstrip("-")) > 18:
+        raise AmountOutOfRange(f"{value} does not fit DECIMAL(36,18)")
+    if len(fraction.rstrip("0")) > 18:
+        raise AmountOutOfRange(f"{value} has more than 18 decimal places")
     if len(_LITERALS) >= _MAX_LITERALS:
         _LITERALS.clear()
     _LITERALS[value] = text
@@ -372,8 +378,10 @@ def _insert_series_if_missing(session: Session, market_id: str, timezone: str) -
 
 
 def _bump_revision(session: Session, market_id: str) -> None:
-    session.execute(
-        update(CandleSeries)
-        .where(CandleSeries.market_id == market_id)
-        .values(revision=CandleSeries.revision + 1)
-    )
+    session.execute(_BUMP_REVISION, {"market": market_id})
+
+
+_BUMP_REVISION = text(
+    "UPDATE candle_series SET revision = revision + 1 WHERE market_id = :market"
+)
+_SERIES_TIMEZONE = text("SELECT timezone FROM candle_series WHERE market_id = :market")
