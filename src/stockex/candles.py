@@ -46,6 +46,9 @@ _VALUE_COLUMNS = ("open", "high", "low", "close", "volume")
 #: A bucket is settled once it ended this long ago: later changes to it are corrections and
 #: bump the market's revision (so long-lived cache entries of settled answers are dropped).
 SETTLE_SECONDS = 3600
+# Writers bump the revision for minutes a little younger than that, so that a crawler whose
+# clock runs up to this much behind the API's still invalidates what the API cached.
+_CLOCK_SKEW_ALLOWANCE = 600
 # Range conditions per SELECT (keeps statements and bind parameter counts small on SQLite).
 _RANGES_PER_QUERY = 200
 _REBUILD_WINDOW = 7 * 1440 * 60
@@ -96,7 +99,7 @@ def store_minutes(session: Session, market_id: str, klines: Sequence[Kline]) -> 
     _write_minutes(session, market_id, rows, now)
     changed = [ts for ts, _ in rows]
     _refresh_rollups(session, market_id, clock, stored, changed)
-    if changed[0] < now - SETTLE_SECONDS:
+    if changed[0] < now - SETTLE_SECONDS + _CLOCK_SKEW_ALLOWANCE:
         _bump_revision(session, market_id)
     return StoreResult(inserted, updated, changed[0], changed[-1])
 

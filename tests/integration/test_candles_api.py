@@ -278,3 +278,34 @@ def test_invalid_amounts_write_nothing(database, bad: Decimal) -> None:  # type:
     with database.read() as s:
         assert s.scalar(select(func.count()).select_from(Candle)) == 0
         assert s.scalar(select(func.count()).select_from(CandleRollup)) == 0
+
+
+def test_only_changes_to_settled_buckets_bump_the_revision(database) -> None:  # type: ignore[no-untyped-def]
+    from stockex.candle_queries import series_state
+
+    def revision() -> int:
+        with database.engine.connect() as conn:
+            return series_state(conn, "asaxu").revision
+
+    now = int(time.time()) // 60 * 60
+    store(database, [kline(now - 120, 100)])  # the live edge: caches expire by TTL
+    assert revision() == 0
+    store(database, [kline(now - 120, 200)])  # corrected while young: still no bump
+    assert revision() == 0
+    store(database, [kline(now - 2 * 3600, 100)])  # settled bucket: a correction
+    assert revision() == 1
+
+
+def test_settled_answers() -> None:
+    from stockex.buckets import clock_for
+    from stockex.candle_queries import CandleQuery
+
+    clock = clock_for("Asia/Ho_Chi_Minh")
+    now = DAY0 + 10 * 86_400 + 5 * 3600  # 05:00 local
+    assert CandleQuery("asaxu", 60, time_to=now - 3 * 3600).settled(clock, now)
+    assert not CandleQuery("asaxu", 60, time_to=now - 3000).settled(clock, now)
+    assert not CandleQuery("asaxu", 60).settled(clock, now)  # up to now
+    # a day is settled an hour after it ended, not before
+    assert not CandleQuery("asaxu", 1440, time_to=now - 3 * 3600).settled(clock, now)
+    assert CandleQuery("asaxu", 1440, time_to=now - 6 * 3600).settled(clock, now)
+    assert not CandleQuery("asaxu", 1440, time_to=now - 6 * 3600).settled(clock, now - 16_200)
