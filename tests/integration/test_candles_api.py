@@ -309,3 +309,24 @@ def test_settled_answers() -> None:
     assert not CandleQuery("asaxu", 1440, time_to=now - 3 * 3600).settled(clock, now)
     assert CandleQuery("asaxu", 1440, time_to=now - 6 * 3600).settled(clock, now)
     assert not CandleQuery("asaxu", 1440, time_to=now - 6 * 3600).settled(clock, now - 16_200)
+
+
+def test_mysql_page_longer_than_group_concat_max_len(mysql_database) -> None:  # type: ignore[no-untyped-def]
+    """MySQL's default group_concat_max_len (1 KB) truncates a page: rows come one by one."""
+    from stockex.candle_queries import CandleQuery, read_candles
+
+    store(mysql_database, [kline(DAY0 + 60 * i, 1000 + i, "0.125") for i in range(300)])
+    for query in (CandleQuery("asaxu", 1, None, DAY0 + 86_400, 250),
+                  CandleQuery("asaxu", 5, DAY0 + 600, DAY0 + 86_400, 20)):
+        with mysql_database.engine.connect() as conn:
+            whole = read_candles(conn, query, DAY0 + 86_400)
+        with mysql_database.engine.connect() as conn:
+            conn.exec_driver_sql("SET SESSION group_concat_max_len = 1024")
+            try:
+                truncated = read_candles(conn, query, DAY0 + 86_400)
+            finally:
+                conn.exec_driver_sql("SET SESSION group_concat_max_len = DEFAULT")
+        assert truncated == whole
+        assert len(whole.candles) == query.limit
+        assert [c[0] for c in whole.candles] == sorted(c[0] for c in whole.candles)
+    assert whole.next_time_from == DAY0 + 600 + 20 * 300
