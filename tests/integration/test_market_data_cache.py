@@ -109,7 +109,8 @@ def test_new_minute_shows_in_open_bucket_within_one_crawl_interval(  # type: ign
         latest = client.get(CANDLES, query_string={"period": 5}).get_json()["candles"][-1]
         if latest["time"] == open_bucket and latest["high"] == "782":
             break
-        assert time.monotonic() - stored_at <= interval + 0.25, "stale beyond one interval"
+        # one interval, plus the latency of the request that sees it on a busy machine
+        assert time.monotonic() - stored_at <= interval + 0.5, "stale beyond one interval"
         time.sleep(0.05)
     assert latest["volume"] in ("7.5", str(Decimal("7.5") + Decimal(before[-1]["volume"])))
 
