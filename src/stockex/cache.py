@@ -113,15 +113,16 @@ class Cache:
         except redis.RedisError as exc:
             self._note_down(exc)
 
+    def close(self) -> None:
+        """Close the Redis connections (the in-process cache needs nothing)."""
+        if self.redis is not None:
+            self.redis.close()
+            self.redis.connection_pool.disconnect()
+
     def ping(self) -> None:
         """Raise ``redis.RedisError`` when Redis is configured and does not answer."""
         if self.redis is not None:
             self.redis.ping()
-
-    def close(self) -> None:
-        """Close the Redis connections (shutdown, tests)."""
-        if self.redis is not None:
-            self.redis.close()
 
     def _note_down(self, exc: Exception) -> None:
         if not self._redis_down:
@@ -156,3 +157,68 @@ def book_generation(cache: Cache, market_id: str) -> str:
 def invalidate_book(cache: Cache, market_id: str) -> None:
     """Call after a placement, cancel or fill has COMMITTED (never inside the transaction)."""
     cache.set(f"book-gen:{market_id}", str(time.time_ns()).encode(), BOOK_GENERATION_TTL)
+
+
+# --------------------------------------------------------------------------- market data
+#
+# Candles: the key holds the market's candle revision (bumped in the database whenever a
+# settled bucket changes, see stockex.candles) and every query parameter, with "now" for an
+# open-ended time_to. An answer whose buckets have all settled is kept for a day; one that can
+# touch the open bucket for at most one crawl interval, so a newly crawled minute shows up in
+# the open bucket no later than one interval after it was stored.
+# Ticker: at most one crawl interval.
+# Depth and trades: keyed on book_generation, so a committed placement, cancel or fill
+# (invalidate_book) retires every cached variant at once; the TTL only bounds memory.
+
+CANDLES_SETTLED_TTL = 24 * 3600.0
+BOOK_TTL = 300.0
+
+
+def candles_key(
+    market_id: str,
+    revision: int,
+    period: int,
+    time_from: int | None,
+    time_to: int | None,
+    limit: int,
+    fmt: str,
+) -> str:
+    start = "-" if time_from is None else str(time_from)
+    end = "now" if time_to is None else str(time_to)
+    return f"candles:{market_id}:r{revision}:{period}:{start}:{end}:{limit}:{fmt}"
+
+
+def candles_ttl(settled: bool, crawl_interval_seconds: float) -> float:
+    return CANDLES_SETTLED_TTL if settled else open_data_ttl(crawl_interval_seconds)
+
+
+def open_data_ttl(crawl_interval_seconds: float) -> float:
+    """How long an answer that the next crawl can change may be served from the cache."""
+    return max(0.5, float(crawl_interval_seconds))
+
+
+def ticker_key(market_id: str) -> str:
+    return f"ticker:{market_id}"
+
+
+def depth_key(cache: Cache, market_id: str, limit: int) -> str:
+    return f"depth:{market_id}:g{book_generation(cache, market_id)}:{limit}"
+
+
+def trades_key(
+    cache: Cache, market_id: str, limit: int, time_from: int | None, time_to: int | None
+) -> str:
+    start = "-" if time_from is None else str(time_from)
+    end = "now" if time_to is None else str(time_to)
+    return f"trades:{market_id}:g{book_generation(cache, market_id)}:{start}:{end}:{limit}"
+
+
+def cached(cache: Cache, key: str, ttl: float, compute: Callable[[], bytes]) -> bytes:
+    """The cached bytes under ``key``, else ``compute()``'s, stored for ``ttl`` seconds.
+    With Redis down this is just ``compute()`` (the cache logs the outage)."""
+    value = cache.get(key)
+    if value is not None:
+        return value
+    value = compute()
+    cache.set(key, value, ttl)
+    return value

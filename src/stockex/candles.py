@@ -1,26 +1,60 @@
-"""One-minute candles: storing crawled minutes (and, with the market data work, rollups and
-candle queries).
+"""Storing crawled one-minute candles and keeping the rollups of every longer period current.
 
 ``store_minutes`` is the one way minutes enter the database. It is idempotent: a minute that
 is already stored with the same values is not written again, a minute whose values changed
-(it was fetched while still open, or the upstream corrected it) is updated in place.
+(it was fetched while still open, or the upstream corrected it) is updated in place. In the
+same transaction it recomputes every rollup bucket (periods 5 .. 10080, see
+:mod:`stockex.buckets`) that holds a changed minute, so a reader never sees minutes and
+rollups disagree.
+
+Rollup maintenance is cheap enough for the crawler's hot path: only touched buckets are
+recomputed, each from the buckets of the next shorter period nested in it (5 from minutes,
+15 from 5, ..., 10080 from 1440), which needs one extra read of neighbouring buckets and one
+batched upsert per call, whatever its size.
+
+Each market has a :class:`~stockex.models.CandleSeries` row naming the timezone its rollups
+are bucketed in (created from the configured ``timezone`` with the first minutes) and a
+revision that goes up when a minute changes in a bucket that had already settled (older than
+:data:`SETTLE_SECONDS`); caches key settled answers on it. ``rebuild_rollups`` recomputes
+every rollup of a market, e.g. after the configured timezone changed.
+
+Failure cases: values that break the schema (low > high, negative, too many decimals) raise
+and roll the caller's transaction back; nothing is half-written.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Context, Decimal, localcontext
+from functools import lru_cache
 
-from sqlalchemy import select
+from sqlalchemy import BigInteger, Integer, delete, func, select, text, update
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from stockex.db import upsert_rows
-from stockex.models import Candle
+from stockex.buckets import ROLLUP_PERIODS, SOURCE_PERIOD, BucketClock, clock_for
+from stockex.db import Amount, upsert_rows
+from stockex.models import Candle, CandleRollup, CandleSeries
 from stockex.tiki import Kline
 
 _VALUE_COLUMNS = ("open", "high", "low", "close", "volume")
+#: A bucket is settled once it ended this long ago: later changes to it are corrections and
+#: bump the market's revision (so long-lived cache entries of settled answers are dropped).
+SETTLE_SECONDS = 3600
+# Writers bump the revision for minutes a little younger than that, so that a crawler whose
+# clock runs up to this much behind the API's still invalidates what the API cached.
+_CLOCK_SKEW_ALLOWANCE = 600
+# Range conditions per SELECT (keeps statements and bind parameter counts small on SQLite).
+_RANGES_PER_QUERY = 200
+_REBUILD_WINDOW = 7 * 1440 * 60
+# Sums of DECIMAL(36,18) values need more than the default 28 significant digits.
+SUM_CONTEXT = Context(prec=60)
+
+Values = tuple[Decimal, Decimal, Decimal, Decimal, Decimal]  # open, high, low, close, volume
 
 
 @dataclass(frozen=True)
@@ -36,47 +70,229 @@ class StoreResult:
 
 
 def store_minutes(session: Session, market_id: str, klines: Sequence[Kline]) -> StoreResult:
-    """Upsert ``klines`` (one market, any order) inside the caller's transaction."""
+    """Upsert ``klines`` (one market, any order; a repeated minute: the last one wins) and
+    the rollups they touch, inside the caller's transaction."""
     if not klines:
         return StoreResult(0, 0, None, None)
-    first = min(k.ts for k in klines)
-    last = max(k.ts for k in klines)
-    stored = {
-        row.time: (row.open, row.high, row.low, row.close, row.volume)
-        for row in session.execute(
-            select(Candle.time, *(getattr(Candle, c) for c in _VALUE_COLUMNS)).where(
-                Candle.market_id == market_id, Candle.time >= first, Candle.time <= last
-            )
-        )
-    }
+    clock = clock_for(series_timezone(session, market_id))
+    latest = {k.ts: k for k in klines}
+    five_minute_starts = {clock.align(ts, 5) for ts in latest}
+    stored = _read_minutes(session, market_id, _ranges(clock, five_minute_starts, 5))
     now = int(time.time())
     inserted = updated = 0
-    rows = []
-    for k in klines:
+    rows: list[tuple[int, Values]] = []
+    for ts in sorted(latest):
+        k = latest[ts]
         values = (k.open, k.high, k.low, k.close, k.volume)
-        old = stored.get(k.ts)
-        if old is not None and _same(old, values):
+        old = stored.get(ts)
+        if old is not None and old == values:
             continue
         if old is None:
             inserted += 1
         else:
             updated += 1
-        rows.append(
-            {"market_id": market_id, "time": k.ts, "open": k.open, "high": k.high, "low": k.low,
-             "close": k.close, "volume": k.volume, "updated_at": now}
-        )
-    if rows:
-        _upsert(session, rows)
-    changed = [r["time"] for r in rows]
-    return StoreResult(
-        inserted, updated, min(changed) if changed else None, max(changed) if changed else None
+        stored[ts] = values
+        rows.append((ts, values))
+    if not rows:
+        return StoreResult(0, 0, None, None)
+    _write_minutes(session, market_id, rows, now)
+    changed = [ts for ts, _ in rows]
+    _refresh_rollups(session, market_id, clock, stored, changed)
+    if changed[0] < now - SETTLE_SECONDS + _CLOCK_SKEW_ALLOWANCE:
+        _bump_revision(session, market_id)
+    return StoreResult(inserted, updated, changed[0], changed[-1])
+
+
+def series_timezone(session: Session, market_id: str) -> str:
+    """The timezone the market's rollups use; the configured one for a market without any."""
+    found = session.execute(_SERIES_TIMEZONE, {"market": market_id}).scalar()
+    if found is not None:
+        return str(found)
+    timezone = configured_timezone()
+    _insert_series_if_missing(session, market_id, timezone)
+    return str(session.execute(_SERIES_TIMEZONE, {"market": market_id}).scalar_one())
+
+
+@lru_cache(maxsize=1)
+def configured_timezone() -> str:
+    """``timezone`` from the process's configuration (the crawler and API share it)."""
+    from stockex.config import load_settings
+
+    return load_settings().timezone
+
+
+def rebuild_rollups(session: Session, market_id: str, timezone: str) -> int:
+    """Recompute every rollup of ``market_id`` in ``timezone`` from its minutes (in the
+    caller's transaction) and record that timezone; returns how many minutes were read."""
+    clock = clock_for(timezone)
+    _insert_series_if_missing(session, market_id, timezone)
+    session.execute(
+        update(CandleSeries)
+        .where(CandleSeries.market_id == market_id)
+        .values(timezone=timezone, revision=CandleSeries.revision + 1)
     )
+    session.execute(delete(CandleRollup).where(CandleRollup.market_id == market_id))
+    bounds = session.execute(
+        select(func.min(Candle.time), func.max(Candle.time)).where(Candle.market_id == market_id)
+    ).one()
+    if bounds[0] is None:
+        return 0
+    total = 0
+    window = bounds[0]
+    while window <= bounds[1]:
+        end = window + _REBUILD_WINDOW
+        edges = {clock.align(window, 5), clock.align(end - 60, 5)}
+        minutes = _read_minutes(session, market_id, _ranges(clock, edges, 5) + [(window, end)])
+        changed = sorted(t for t in minutes if window <= t < end)
+        if changed:
+            _refresh_rollups(session, market_id, clock, minutes, changed)
+            total += len(changed)
+        window = end
+    return total
 
 
-def _same(old: tuple[Decimal, ...], new: tuple[Decimal, ...]) -> bool:
-    return all(a == b for a, b in zip(old, new, strict=True))
+# ---------------------------------------------------------------------------- rollups
 
 
-def _upsert(session: Session, rows: list[dict[str, object]]) -> None:
-    upsert_rows(session, Candle.__table__, rows, ("market_id", "time"),
-                (*_VALUE_COLUMNS, "updated_at"))
+def _refresh_rollups(
+    session: Session,
+    market_id: str,
+    clock: BucketClock,
+    minutes: dict[int, Values],
+    changed: Iterable[int],
+) -> None:
+    """Recompute every rollup bucket holding a minute of ``changed``. ``minutes`` must hold
+    every minute (new values) of the five-minute buckets those minutes are in."""
+    touched: dict[int, set[int]] = {1: set(changed)}
+    for period in ROLLUP_PERIODS:
+        touched[period] = {clock.align(t, period) for t in touched[SOURCE_PERIOD[period]]}
+    ranges = [
+        (SOURCE_PERIOD[period], lo, hi)
+        for period in ROLLUP_PERIODS
+        if SOURCE_PERIOD[period] != 1
+        for lo, hi in _ranges(clock, touched[period], period)
+    ]
+    stored = _read_rollups(session, market_id, ranges)
+    computed: dict[int, dict[int, Values]] = {1: minutes}
+    rows: list[tuple[int, int, Values]] = []
+    with localcontext(SUM_CONTEXT):
+        for period in ROLLUP_PERIODS:
+            source = SOURCE_PERIOD[period]
+            pool = computed[source] if source == 1 else {**stored[source], **computed[source]}
+            wanted = touched[period]
+            groups: dict[int, list[tuple[int, Values]]] = defaultdict(list)
+            for t, values in pool.items():
+                start = clock.align(t, period)
+                if start in wanted:
+                    groups[start].append((t, values))
+            combined = {start: _combine(items) for start, items in groups.items()}
+            computed[period] = combined
+            rows.extend((period, start, v) for start, v in combined.items())
+    _write_rollups(session, market_id, rows)
+
+
+def _combine(items: list[tuple[int, Values]]) -> Values:
+    """One candle from consecutive ones: first open, max high, min low, last close, sum."""
+    items.sort(key=lambda item: item[0])
+    high = max(v[1] for _, v in items)
+    low = min(v[2] for _, v in items)
+    volume = sum((v[4] for _, v in items), Decimal(0))
+    return items[0][1][0], high, low, items[-1][1][3], volume
+
+
+def _ranges(clock: BucketClock, starts: Iterable[int], period: int) -> list[tuple[int, int]]:
+    """Merged ``[lo, hi)`` second ranges covering the buckets of ``period`` at ``starts``."""
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted((s, clock.scan_end(s, period)) for s in starts):
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return merged
+
+
+# Reads on the hot path are plain SQL text: their OR-of-ranges shape changes from call to
+# call, and SQLAlchemy would compile (and cache) every shape anew. The ranges are ints.
+_VALUE_TYPES = {c: Amount() for c in _VALUE_COLUMNS}
+
+
+def _read_minutes(
+    session: Session, market_id: str, ranges: list[tuple[int, int]]
+) -> dict[int, Values]:
+    found: dict[int, Values] = {}
+    for batch in _batches(ranges):
+        condition = " OR ".join(f"(time >= {int(lo)} AND time < {int(hi)})" for lo, hi in batch)
+        query = text(
+            "SELECT time, open, high, low, close, volume FROM candles "  # noqa: S608 - ints
+            f"WHERE market_id = :market AND ({condition})"
+        ).columns(time=BigInteger(), **_VALUE_TYPES)
+        for t, *values in session.execute(query, {"market": market_id}):
+            found[t] = tuple(values)  # type: ignore[assignment]
+    return found
+
+
+def _read_rollups(
+    session: Session, market_id: str, ranges: list[tuple[int, int, int]]
+) -> dict[int, dict[int, Values]]:
+    found: dict[int, dict[int, Values]] = defaultdict(dict)
+    for batch in _batches(ranges):
+        condition = " OR ".join(
+            f"(period = {int(p)} AND time >= {int(lo)} AND time < {int(hi)})"
+            for p, lo, hi in batch
+        )
+        query = text(
+            "SELECT period, time, open, high, low, close, volume "  # noqa: S608 - ints
+            f"FROM candle_rollups WHERE market_id = :market AND ({condition})"
+        ).columns(period=Integer(), time=BigInteger(), **_VALUE_TYPES)
+        for period, t, *values in session.execute(query, {"market": market_id}):
+            found[period][t] = tuple(values)  # type: ignore[assignment]
+    return found
+
+
+def _batches(items: list, size: int = _RANGES_PER_QUERY) -> Iterable[list]:  # type: ignore[type-arg]
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _write_minutes(
+    session: Session, market_id: str, rows: list[tuple[int, Values]], now: int
+) -> None:
+    upsert_rows(session, Candle.__table__, [
+        {"market_id": market_id, "time": t, **dict(zip(_VALUE_COLUMNS, v, strict=True)),
+         "updated_at": now}
+        for t, v in rows
+    ], ("market_id", "time"), _MINUTE_UPDATES)
+
+
+def _write_rollups(
+    session: Session, market_id: str, rows: list[tuple[int, int, Values]]
+) -> None:
+    upsert_rows(session, CandleRollup.__table__, [
+        {"market_id": market_id, "period": p, "time": t,
+         **dict(zip(_VALUE_COLUMNS, v, strict=True))}
+        for p, t, v in rows
+    ], ("market_id", "period", "time"), _VALUE_COLUMNS)
+
+
+_MINUTE_UPDATES = (*_VALUE_COLUMNS, "updated_at")
+
+
+def _insert_series_if_missing(session: Session, market_id: str, timezone: str) -> None:
+    values = {"market_id": market_id, "timezone": timezone, "revision": 0}
+    if session.get_bind().dialect.name == "mysql":
+        insert = mysql_insert(CandleSeries).values(values)
+        # not INSERT IGNORE: that would also swallow a foreign key error (unknown market)
+        stmt = insert.on_duplicate_key_update(market_id=insert.inserted.market_id)
+    else:
+        stmt = sqlite_insert(CandleSeries).values(values).on_conflict_do_nothing()
+    session.execute(stmt)
+
+
+def _bump_revision(session: Session, market_id: str) -> None:
+    session.execute(_BUMP_REVISION, {"market": market_id})
+
+
+_BUMP_REVISION = text(
+    "UPDATE candle_series SET revision = revision + 1 WHERE market_id = :market"
+)
+_SERIES_TIMEZONE = text("SELECT timezone FROM candle_series WHERE market_id = :market")

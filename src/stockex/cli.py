@@ -223,6 +223,34 @@ def sim(host: str, port: int, markets: str, origin: str | None, gaps: tuple[str,
         _fail(f"sim: {exc}")
     except OSError as exc:
         _fail(f"sim: cannot listen on {host}:{port}: {exc.strerror or exc}")
+@cli.group()
+def candles() -> None:
+    """Candle rollup commands."""
+
+
+@candles.command("rebuild")
+@click.option("--market", "markets", multiple=True, help="Market id (default: every market).")
+@reports_errors
+def candles_rebuild(markets: tuple[str, ...]) -> None:
+    """Recompute every candle rollup in the configured timezone (after changing timezone)."""
+    settings = settings_from_env()
+    from stockex.candles import rebuild_rollups
+    from stockex.db import Database
+    from stockex.errors import UnknownMarket
+
+    for market_id in markets:
+        if settings.market(market_id) is None:
+            raise UnknownMarket(market_id)
+    database = Database(settings.database.url)
+    try:
+        for market_id in markets or tuple(m.id for m in settings.markets):
+            count = database.transaction(
+                lambda s, m=market_id: rebuild_rollups(s, m, settings.timezone)
+            )
+            click.echo(f"{market_id}: rollups rebuilt from {count} minute(s) "
+                       f"in {settings.timezone}")
+    finally:
+        database.dispose()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -108,6 +108,24 @@ class CandleRollup(Base):
     volume: Mapped[Decimal] = mapped_column(Amount)
 
 
+class CandleSeries(Base):
+    """Per market: the timezone its rollups are bucketed in, and a revision counter.
+
+    ``revision`` goes up whenever stored minutes change in a bucket that had already settled
+    (see :data:`stockex.candles.SETTLE_SECONDS`), so cached candle answers that cover only
+    settled buckets can be kept for a long time and still never be stale.
+    """
+
+    __tablename__ = "candle_series"
+    __table_args__ = (MYSQL_TABLE_ARGS,)
+
+    market_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("markets.id"), primary_key=True
+    )
+    timezone: Mapped[str] = mapped_column(String(64))
+    revision: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 class CrawlRun(Base):
     """One crawl of one market: its window, what it wrote, and how it ended."""
 

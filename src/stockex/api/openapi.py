@@ -41,6 +41,13 @@ _ERROR_TEXT = {
     503: "A backing service (database, Redis) is unavailable",
 }
 
+EPOCH = {"type": "integer", "format": "int64", "description": "Unix epoch seconds (UTC)",
+         "example": 1719858240}
+LOCAL_TIME = {"type": "string", "description": "ISO-8601 in the configured timezone",
+              "example": "2024-07-02T01:24:00+07:00"}
+CANDLE_PERIODS = [1, 5, 15, 30, 60, 120, 240, 360, 720, 1440, 4320, 10080]
+CSV = "text/csv"
+
 SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
@@ -81,6 +88,91 @@ SCHEMAS: dict[str, Any] = {
             "taker_fee": ref("Decimal"),
         },
     },
+    "Candle": {
+        "type": "object",
+        "required": ["time", "time_local", "open", "high", "low", "close", "volume"],
+        "properties": {
+            "time": {**EPOCH, "description": "Bucket start, Unix epoch seconds (UTC)"},
+            "time_local": LOCAL_TIME,
+            "open": ref("Decimal"),
+            "high": ref("Decimal"),
+            "low": ref("Decimal"),
+            "close": ref("Decimal"),
+            "volume": ref("Decimal"),
+        },
+    },
+    "Candles": {
+        "type": "object",
+        "required": ["market", "period", "timezone", "candles", "next_time_from"],
+        "properties": {
+            "market": {"type": "string", "example": "asaxu"},
+            "period": {"type": "integer", "enum": CANDLE_PERIODS},
+            "timezone": {"type": "string", "example": "Asia/Ho_Chi_Minh"},
+            "candles": {"type": "array", "items": ref("Candle")},
+            "next_time_from": {
+                **EPOCH,
+                "nullable": True,
+                "description": "`time` of the next bucket with data within the requested "
+                "range (pass it as `time_from` for the next page), else null",
+            },
+        },
+    },
+    "Ticker": {
+        "type": "object",
+        "required": ["market", "at", "at_local", "last", "last_time", "last_time_local",
+                     "open", "high", "low", "volume", "price_change", "price_change_percent"],
+        "properties": {
+            "market": {"type": "string", "example": "asaxu"},
+            "at": {**EPOCH, "description": "When the statistics were computed"},
+            "at_local": LOCAL_TIME,
+            "last": {**DECIMAL, "nullable": True,
+                     "description": "Close of the newest crawled minute (null: no data)"},
+            "last_time": {**EPOCH, "nullable": True},
+            "last_time_local": {**LOCAL_TIME, "nullable": True},
+            "open": {**DECIMAL, "nullable": True,
+                     "description": "Open of the first minute of the last 24 h"},
+            "high": {**DECIMAL, "nullable": True},
+            "low": {**DECIMAL, "nullable": True},
+            "volume": {**DECIMAL, "description": "Sum over the last 24 h"},
+            "price_change": {**DECIMAL, "nullable": True, "description": "last - open"},
+            "price_change_percent": {**DECIMAL, "nullable": True,
+                                     "description": "(last - open) / open * 100, 2 decimals"},
+        },
+    },
+    "PriceLevel": {
+        "type": "array",
+        "description": "[price, amount]",
+        "items": ref("Decimal"),
+        "minItems": 2,
+        "maxItems": 2,
+        "example": ["25000", "1.5"],
+    },
+    "Depth": {
+        "type": "object",
+        "required": ["market", "timestamp", "asks", "bids"],
+        "properties": {
+            "market": {"type": "string", "example": "asaxu"},
+            "timestamp": EPOCH,
+            "asks": {"type": "array", "items": ref("PriceLevel"),
+                     "description": "Sell side, best (lowest) price first"},
+            "bids": {"type": "array", "items": ref("PriceLevel"),
+                     "description": "Buy side, best (highest) price first"},
+        },
+    },
+    "PublicTrade": {
+        "type": "object",
+        "required": ["id", "price", "amount", "total", "taker_side", "created_at",
+                     "created_at_local"],
+        "properties": {
+            "id": {"type": "integer", "format": "int64"},
+            "price": ref("Decimal"),
+            "amount": ref("Decimal"),
+            "total": ref("Decimal"),
+            "taker_side": {"type": "string", "enum": ["buy", "sell"]},
+            "created_at": EPOCH,
+            "created_at_local": LOCAL_TIME,
+        },
+    },
     "Health": {
         "type": "object",
         "required": ["status"],
@@ -97,8 +189,143 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": schema}
+
+
+MARKET_PARAM = {
+    "name": "market", "in": "path", "required": True, "description": "Market id",
+    "schema": {"type": "string", "example": "asaxu"}, "example": "asaxu",
+}
+
+
+def _time_param(name: str, end: str) -> dict[str, Any]:
+    return _query(
+        name,
+        f"{end} of the range, inclusive: Unix epoch seconds (`1719858240`) or ISO-8601 "
+        "(`2024-07-02T01:24:00+07:00`; without an offset the configured timezone is used; "
+        "`2024-07-02` is local midnight). 400 `invalid_" + name + "` when unparsable.",
+        {"type": "string"},
+    )
+
+
+def _limit_param(default: int, maximum: int) -> dict[str, Any]:
+    return _query(
+        "limit", f"How many items (1..{maximum}); 400 `invalid_limit` otherwise",
+        {"type": "integer", "minimum": 1, "maximum": maximum, "default": default},
+    )
+
+
+def _market_data_paths() -> dict[str, Any]:
+    market_data = "market data"
+    return {
+        "/api/v1/markets/{market}/candles": {
+            "get": {
+                "tags": [market_data],
+                "summary": "OHLCV candles of one period",
+                "description": (
+                    "Aggregated from the crawled one-minute candles: `time` is the bucket "
+                    "start, open = first minute's open, close = last minute's close, high = "
+                    "max, low = min, volume = sum. Only buckets holding data appear, "
+                    "ascending by `time`. Buckets whose `time` lies in [`time_from`, "
+                    "`time_to`] are returned; without `time_from`, the newest `limit` of "
+                    "them up to `time_to` (default now).\n\n"
+                    "Alignment: periods up to 1440 are aligned to local midnight "
+                    "(`floor((t + offset) / (period*60)) * period*60 - offset`), 4320 on "
+                    "local days counted from 1970-01-01, 10080 on Monday 00:00 local time.\n\n"
+                    "`format=csv` answers a `text/csv` attachment with the header row "
+                    "`time,time_local,open,high,low,close,volume` (page on with JSON's "
+                    "`next_time_from`). Answers are cached: closed buckets for long, "
+                    "anything touching the open bucket for at most one crawl interval."
+                ),
+                "operationId": "getCandles",
+                "parameters": [
+                    MARKET_PARAM,
+                    _query("period", "Bucket length in minutes; 400 `invalid_period` "
+                           "otherwise", {"type": "integer", "enum": CANDLE_PERIODS,
+                                         "default": 1}),
+                    _time_param("time_from", "Start"),
+                    _time_param("time_to", "End (default: now)"),
+                    _limit_param(500, 5000),
+                    _query("format", "`json` (default) or `csv`; 400 `invalid_format` "
+                           "otherwise", {"type": "string", "enum": ["json", "csv"],
+                                         "default": "json"}),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "Candles (400 `invalid_time_range` when time_from > "
+                                       "time_to)",
+                        "headers": {
+                            "Content-Disposition": {
+                                "description": "With format=csv: `attachment; "
+                                               "filename=\"...csv\"`",
+                                "schema": {"type": "string"},
+                            }
+                        },
+                        "content": {
+                            JSON: {"schema": ref("Candles")},
+                            CSV: {
+                                "schema": {"type": "string"},
+                                "example": "time,time_local,open,high,low,close,volume\r\n"
+                                "1719853200,2024-07-02T00:00:00+07:00,25000,25100,24900,"
+                                "25050,12.5\r\n",
+                            },
+                        },
+                    },
+                    **errors(400, 404, 503),
+                },
+            }
+        },
+        "/api/v1/markets/{market}/ticker": {
+            "get": {
+                "tags": [market_data],
+                "summary": "Last price and 24 h statistics from the crawled minutes",
+                "operationId": "getTicker",
+                "parameters": [MARKET_PARAM],
+                "responses": {"200": json_response("Ticker", ref("Ticker")),
+                              **errors(404, 503)},
+            }
+        },
+        "/api/v1/markets/{market}/depth": {
+            "get": {
+                "tags": [market_data],
+                "summary": "Order book depth of the internal book",
+                "description": "Open limit orders summed per price (remaining = amount - "
+                               "filled); asks ascending, bids descending, `limit` levels a "
+                               "side.",
+                "operationId": "getDepth",
+                "parameters": [MARKET_PARAM, _limit_param(50, 1000)],
+                "responses": {"200": json_response("Depth", ref("Depth")),
+                              **errors(400, 404, 503)},
+            }
+        },
+        "/api/v1/markets/{market}/trades": {
+            "get": {
+                "tags": [market_data],
+                "summary": "Recent internal trades, newest first",
+                "description": "Optionally within [`time_from`, `time_to`] on `created_at` "
+                               "(400 `invalid_time_range` when reversed).",
+                "operationId": "getTrades",
+                "parameters": [
+                    MARKET_PARAM,
+                    _limit_param(50, 1000),
+                    _time_param("time_from", "Start"),
+                    _time_param("time_to", "End"),
+                ],
+                "responses": {
+                    "200": json_response("Trades",
+                                         {"type": "array", "items": ref("PublicTrade")}),
+                    **errors(400, 404, 503),
+                },
+            }
+        },
+    }
+
+
 def _paths() -> dict[str, Any]:
     return {
+        **_market_data_paths(),
         "/health": {
             "get": {
                 "tags": ["service"],

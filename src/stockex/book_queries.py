@@ -1,0 +1,104 @@
+"""Public views of the internal order book: depth and recent trades (CONTRACT §5).
+
+* :func:`read_depth`: open limit orders summed per price level (remaining = amount -
+  filled_amount), asks ascending and bids descending, at most ``limit`` levels a side. It
+  reads the book in the order of ``ix_orders_book`` (market, side, status, price, id).
+* :func:`read_trades`: the market's trades, newest first, optionally within
+  ``[time_from, time_to]`` (inclusive, on ``created_at``).
+
+Arithmetic is exact: MySQL sums DECIMALs in SQL, on SQLite (amounts stored as text) the sums
+are done in Python with Decimal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal, localcontext
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from stockex.candles import SUM_CONTEXT
+from stockex.models import Order, Trade
+
+Level = tuple[Decimal, Decimal]  # price, amount
+
+
+@dataclass(frozen=True)
+class Depth:
+    asks: list[Level]
+    bids: list[Level]
+
+
+def read_depth(session: Session, market_id: str, limit: int) -> Depth:
+    return Depth(
+        asks=_side(session, market_id, "sell", limit),
+        bids=_side(session, market_id, "buy", limit),
+    )
+
+
+def _side(session: Session, market_id: str, side: str, limit: int) -> list[Level]:
+    resting = (
+        Order.market_id == market_id,
+        Order.side == side,
+        Order.status == "open",
+        Order.type == "limit",
+        Order.price.is_not(None),
+    )
+    best_first = Order.price.asc() if side == "sell" else Order.price.desc()
+    if session.get_bind().dialect.name == "mysql":
+        remaining = func.sum(Order.amount - Order.filled_amount)
+        stmt = (
+            select(Order.price, remaining.label("remaining"))
+            .where(*resting, Order.amount > Order.filled_amount)
+            .group_by(Order.price)
+            .order_by(best_first)
+            .limit(limit)
+        )
+        return [(price, Decimal(amount)) for price, amount in session.execute(stmt)]
+    levels: list[Level] = []
+    stmt = select(Order.price, Order.amount, Order.filled_amount).where(*resting)
+    with localcontext(SUM_CONTEXT):
+        for price, amount, filled in session.execute(stmt.order_by(best_first)):
+            left = amount - filled
+            if left <= 0:
+                continue
+            if levels and levels[-1][0] == price:
+                levels[-1] = (price, levels[-1][1] + left)
+            elif len(levels) == limit:
+                break
+            else:
+                levels.append((price, left))
+    return levels
+
+
+@dataclass(frozen=True)
+class PublicTrade:
+    id: int
+    price: Decimal
+    amount: Decimal
+    total: Decimal
+    taker_side: str
+    created_at: int
+
+
+def read_trades(
+    session: Session,
+    market_id: str,
+    limit: int,
+    time_from: int | None = None,
+    time_to: int | None = None,
+) -> list[PublicTrade]:
+    where = [Trade.market_id == market_id]
+    if time_from is not None:
+        where.append(Trade.created_at >= time_from)
+    if time_to is not None:
+        where.append(Trade.created_at <= time_to)
+    stmt = (
+        select(Trade.id, Trade.price, Trade.amount, Trade.total, Trade.taker_side,
+               Trade.created_at)
+        .where(*where)
+        .order_by(Trade.created_at.desc(), Trade.id.desc())
+        .limit(limit)
+    )
+    return [PublicTrade(*row) for row in session.execute(stmt)]

@@ -1,0 +1,107 @@
+"""Acceptance 4 of issue 6: the OpenAPI document validates and describes the market data
+routes completely, and Swagger UI's "Try it out" works for the candles route in a real
+headless Chromium (Debian's /usr/bin/chromium driven by Playwright)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+
+import pytest
+from openapi_spec_validator import validate
+from werkzeug.serving import make_server
+
+from stockex.api import create_app
+from stockex.candles import store_minutes
+from stockex.tiki import Kline
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+MARKET_ROUTES = ["candles", "ticker", "depth", "trades"]
+
+
+def test_openapi_document_validates_and_describes_market_data(client) -> None:  # type: ignore[no-untyped-def]
+    spec = client.get("/api/openapi.json").get_json()
+    validate(json.loads(json.dumps(spec)))
+    for route in MARKET_ROUTES:
+        operation = spec["paths"][f"/api/v1/markets/{{market}}/{route}"]["get"]
+        params = {p["name"]: p for p in operation["parameters"]}
+        assert params["market"]["in"] == "path" and params["market"]["required"]
+        assert {"200", "404"} <= set(operation["responses"])
+    candles = spec["paths"]["/api/v1/markets/{market}/candles"]["get"]
+    params = {p["name"]: p["schema"] for p in candles["parameters"]}
+    assert params["period"]["enum"] == [1, 5, 15, 30, 60, 120, 240, 360, 720, 1440, 4320, 10080]
+    assert (params["limit"]["minimum"], params["limit"]["maximum"]) == (1, 5000)
+    assert params["limit"]["default"] == 500
+    assert params["format"]["enum"] == ["json", "csv"]
+    assert {"time_from", "time_to"} <= set(params)
+    content = candles["responses"]["200"]["content"]
+    assert content["application/json"]["schema"] == {"$ref": "#/components/schemas/Candles"}
+    assert "text/csv" in content
+    assert candles["responses"]["400"] == {"$ref": "#/components/responses/E400"}
+    candle = spec["components"]["schemas"]["Candle"]
+    assert candle["required"] == ["time", "time_local", "open", "high", "low", "close",
+                                  "volume"]
+
+
+@pytest.fixture
+def served_app(database, settings) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """The app on a loopback port, in a thread; yields its base URL."""
+    now = int(time.time()) // 60 * 60
+    klines = [Kline(now - 60 * i, Decimal(100 + i), Decimal(110 + i), Decimal(90 + i),
+                    Decimal(105 + i), Decimal("0.5")) for i in range(180)]
+    database.transaction(lambda s: store_minutes(s, "asaxu", klines))
+    server = make_server("127.0.0.1", 0, create_app(settings, db=database), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(10)
+    server.server_close()
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"Chromium is not installed at "
+                    f"{CHROMIUM} (apt-get install chromium; `make test` installs it)")
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_swagger_ui_try_it_out_executes_candles(served_app: str) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            # No internet here: anything not served by the app (web fonts) is refused at once.
+            page.route(
+                "**/*",
+                lambda route: route.continue_()
+                if route.request.url.startswith(served_app) else route.abort(),
+            )
+            page.goto(f"{served_app}/api/docs", wait_until="domcontentloaded")
+            operation = page.locator("#operations-market_data-getCandles")
+            operation.locator(".opblock-summary").click()
+            operation.locator("button.try-out__btn").click()
+            operation.locator("tr[data-param-name='market'] input").fill("asaxu")
+            operation.locator("tr[data-param-name='period'] select").select_option("60")
+            operation.locator("tr[data-param-name='limit'] input").fill("2")
+            operation.locator("button.execute").click()
+
+            live = operation.locator(".live-responses-table tr.response")
+            expect(live.locator(".response-col_status").first).to_have_text(
+                "200", timeout=15_000
+            )
+            url = operation.locator(".request-url pre").inner_text()
+            assert "/api/v1/markets/asaxu/candles?" in url and "period=60" in url
+            body = json.loads(live.locator(".response-col_description pre").first
+                              .inner_text())
+            assert body["market"] == "asaxu" and body["period"] == 60
+            assert len(body["candles"]) == 2
+            assert body["candles"][-1]["time"] % 3600 == 0
+        finally:
+            browser.close()

@@ -1,0 +1,106 @@
+"""Depth and public trades from the internal order book, on SQLite and MySQL."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from stockex.models import Order, Trade, User
+
+NOW = 1_719_858_240
+
+
+def add_user(session, name: str) -> int:  # type: ignore[no-untyped-def]
+    user = User(username=name, password_hash="x", role="user", created_at=NOW)
+    session.add(user)
+    session.flush()
+    return user.id
+
+
+def order(user_id: int, side: str, price: str | None, amount: str, filled: str = "0",
+          status: str = "open", kind: str = "limit", market: str = "asaxu") -> Order:
+    return Order(
+        user_id=user_id, market_id=market, side=side, type=kind, time_in_force="GTC",
+        price=None if price is None else Decimal(price), amount=Decimal(amount),
+        filled_amount=Decimal(filled), filled_quote=Decimal(0), fee=Decimal(0),
+        fee_asset="XU", locked=Decimal(0), status=status, created_at=NOW, updated_at=NOW,
+    )
+
+
+@pytest.fixture
+def book(database):  # type: ignore[no-untyped-def]
+    def work(session) -> None:  # type: ignore[no-untyped-def]
+        alice, bob = add_user(session, "alice"), add_user(session, "bob")
+        session.add_all([
+            order(alice, "sell", "25100", "1.5"),
+            order(bob, "sell", "25100", "2", filled="0.5"),  # 1.5 left
+            order(alice, "sell", "25050", "0.001"),
+            order(bob, "sell", "25200.5", "3"),
+            order(alice, "sell", "24000", "9", status="cancelled"),
+            order(alice, "sell", "24500", "1", filled="1", status="filled"),
+            order(alice, "buy", "24900", "1"),
+            order(bob, "buy", "24950", "0.25"),
+            order(bob, "buy", "24900", "2.125", filled="0.125"),
+            order(bob, "buy", None, "5", kind="market", status="cancelled"),
+            order(alice, "buy", "30000", "1", market="btcvnd"),
+        ])
+
+    database.transaction(work)
+
+
+def test_depth_sums_open_limit_orders_per_price(client, book) -> None:  # type: ignore[no-untyped-def]
+    body = client.get("/api/v1/markets/asaxu/depth").get_json()
+    assert body["market"] == "asaxu" and isinstance(body["timestamp"], int)
+    assert body["asks"] == [["25050", "0.001"], ["25100", "3"], ["25200.5", "3"]]
+    assert body["bids"] == [["24950", "0.25"], ["24900", "3"]]
+
+
+def test_depth_limit_counts_levels(client, book) -> None:  # type: ignore[no-untyped-def]
+    body = client.get("/api/v1/markets/asaxu/depth?limit=1").get_json()
+    assert body["asks"] == [["25050", "0.001"]] and body["bids"] == [["24950", "0.25"]]
+    for bad in ("0", "1001", "x"):
+        response = client.get(f"/api/v1/markets/asaxu/depth?limit={bad}")
+        assert response.status_code == 400
+        assert response.get_json()["error"]["code"] == "invalid_limit"
+
+
+def test_empty_book(client) -> None:  # type: ignore[no-untyped-def]
+    body = client.get("/api/v1/markets/btcvnd/depth").get_json()
+    assert body["asks"] == [] and body["bids"] == []
+    assert client.get("/api/v1/markets/btcvnd/trades").get_json() == []
+
+
+@pytest.fixture
+def trades(database, book):  # type: ignore[no-untyped-def]
+    def work(session) -> None:  # type: ignore[no-untyped-def]
+        maker = session.query(Order).filter_by(side="sell", price=Decimal("25100")).first()
+        taker = session.query(Order).filter_by(side="buy", price=Decimal("24900")).first()
+        for i in range(5):
+            price, amount = Decimal(25_000 + i), Decimal("0.5")
+            session.add(Trade(
+                market_id="asaxu", price=price, amount=amount, total=price * amount,
+                maker_order_id=maker.id, taker_order_id=taker.id, maker_user_id=maker.user_id,
+                taker_user_id=taker.user_id, taker_side="buy" if i % 2 else "sell",
+                maker_fee=Decimal(0), taker_fee=Decimal(0), created_at=NOW + 60 * i,
+            ))
+
+    database.transaction(work)
+
+
+def test_trades_newest_first_with_range_and_limit(client, trades) -> None:  # type: ignore[no-untyped-def]
+    everything = client.get("/api/v1/markets/asaxu/trades").get_json()
+    assert [t["created_at"] for t in everything] == [NOW + 60 * i for i in range(4, -1, -1)]
+    newest = everything[0]
+    assert set(newest) == {"id", "price", "amount", "total", "taker_side", "created_at",
+                           "created_at_local"}
+    assert newest["price"] == "25004" and newest["amount"] == "0.5"
+    assert newest["total"] == "12502" and newest["taker_side"] == "sell"
+    assert newest["created_at_local"] == "2024-07-02T01:28:00+07:00"
+    window = client.get(
+        "/api/v1/markets/asaxu/trades",
+        query_string={"time_from": NOW + 60, "time_to": "2024-07-02T01:27:00", "limit": 2},
+    ).get_json()
+    assert [t["created_at"] for t in window] == [NOW + 180, NOW + 120]
+    bad = client.get("/api/v1/markets/asaxu/trades?time_from=10&time_to=9")
+    assert bad.get_json()["error"]["code"] == "invalid_time_range"
