@@ -36,7 +36,11 @@ class LogSender:
     log_only = True
 
     def send(self, text: str) -> None:
-        log.error("ALERT %s", text)
+        # The summary at ERROR; the traceback only at DEBUG, so a CLI's stderr stays readable.
+        summary, _, trace = text.partition("```")
+        log.error("ALERT %s", summary.rstrip())
+        if trace:
+            log.debug("ALERT traceback:\n%s", trace.rstrip("`\n"))
 
 
 def _retry_handlers() -> list[Any]:

@@ -22,6 +22,9 @@ EXIT_CONFIG = 2
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> None:
+    alerts = sys.modules.get("stockex.alerts")
+    if alerts is not None:  # let queued alerts reach the log first: our line comes last
+        alerts.flush(5.0)
     click.echo(f"stockex: {message}", err=True)
     sys.exit(code)
 

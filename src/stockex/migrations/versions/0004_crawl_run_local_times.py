@@ -1,7 +1,7 @@
 """crawl_runs: local-time (configured timezone) copies of the run's instants
 
 Revision ID: 0004
-Revises: 0001
+Revises: 0002
 Create Date: 2026-11-21 15:00:00
 """
 
