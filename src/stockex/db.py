@@ -178,6 +178,11 @@ def upsert_rows(
         connection.exec_driver_sql(f"{head}({values}){tail}")
 
 
+#: Validated amount literals by value (bounded; only plain non-negative decimals get in).
+_AMOUNT_LITERALS: dict[Decimal, str] = {}
+_MAX_AMOUNT_LITERALS = 200_000
+
+
 def _literal_renderer(
     column_type: TypeEngine[Any], dialect: Dialect, driver_literal: Callable[[Any], str]
 ) -> Callable[[Any], str]:
@@ -185,11 +190,20 @@ def _literal_renderer(
 
         def amount(value: Any) -> str:
             if type(value) is Decimal:
+                try:
+                    text = _AMOUNT_LITERALS.get(value)  # prices repeat: validate each once
+                except TypeError:  # signalling NaN: let the bind processor refuse it
+                    text = None
+                if text is not None:
+                    return text
                 text = str(value)
                 whole, _, fraction = text.partition(".")
                 # Plain digits within DECIMAL(36,18): >= 0, <= 18 decimals, < 10**18.
                 if (whole.isdigit() and len(whole) <= INTEGER_DIGITS
                         and (not fraction or fraction.isdigit()) and len(fraction) <= SCALE):
+                    if len(_AMOUNT_LITERALS) >= _MAX_AMOUNT_LITERALS:
+                        _AMOUNT_LITERALS.clear()
+                    _AMOUNT_LITERALS[value] = text
                     return text
             if value is None:
                 return "NULL"
