@@ -41,7 +41,7 @@ MARKET = {
     "id": "asaxu", "base": "ASA", "quote": "XU", "price_precision": 0, "amount_precision": 3,
     "min_amount": "0.001", "maker_fee": "0.001", "taker_fee": "0.002",
 }
-SECRET = "benchmark-secret-key-0123456789abcdef0123456789"
+SECRET = "benchmark-secret-key-0123456789abcdef0123456789"  # noqa: S105 - a throwaway server
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -255,10 +255,9 @@ def _place(session: Session, user_id: int, request: OrderRequest) -> OrderView:
         for posting in engine.fill_postings(taker, fill, market, fee_uid):
             balances.post(*posting, "trade", "trade", trade_id)
         order.fills.append(_taker_fill(trade_id, fill, order, market))
-    if taker.type == "limit" and order.status != "open" and order.locked:
-        balances.post(user_id, reserved, order.locked, -order.locked, "order_cancel",
-                      "order", order.id)
-        order.locked = ZERO
+    if taker.type == "limit" and order.status != "open":
+        leftover = unfilled_reservation(request, result)  # zero when filled
+        balances.post(user_id, reserved, leftover, -leftover, "order_cancel", "order", order.id)
     _update_makers(session, result, now)
     balances.write(session, now)
     return order
@@ -287,15 +286,16 @@ def _check_funds(
 def _taker_order(
     user_id: int, request: OrderRequest, result: engine.Match, now: int
 ) -> OrderView:
+    """The taker's order as it ends this placement; ``locked`` is what it keeps reserved."""
+    locked = ZERO
     if request.type == "market":
-        status, locked = ("filled" if result.complete else "cancelled"), ZERO
+        status = "filled" if result.complete else "cancelled"
     elif result.complete:
-        status, locked = "filled", ZERO
+        status = "filled"
+    elif request.time_in_force == "GTC":
+        status, locked = "open", unfilled_reservation(request, result)
     else:
-        price, amount = request.price or ZERO, request.amount or ZERO  # both set on limits
-        unfilled = amount - result.filled_amount
-        locked = price * unfilled if request.side == "buy" else unfilled
-        status = "open" if request.time_in_force == "GTC" else "cancelled"
+        status = "cancelled"
     market = request.market
     return OrderView(
         id=0, client_order_id=request.client_order_id, market=market.id, side=request.side,
@@ -306,6 +306,14 @@ def _taker_order(
         status=status, created_at=now, updated_at=now, locked=locked,
         request_fingerprint=request.fingerprint,
     )
+
+
+def unfilled_reservation(request: OrderRequest, result: engine.Match) -> Decimal:
+    """What a limit order reserves for its unfilled part: price x unfilled quote for a buy,
+    the unfilled base for a sell."""
+    price, amount = request.price or ZERO, request.amount or ZERO  # both set on limits
+    unfilled = amount - result.filled_amount
+    return price * unfilled if request.side == "buy" else unfilled
 
 
 def _order_row(order: OrderView, user_id: int, market_id: str) -> dict[str, Any]:
