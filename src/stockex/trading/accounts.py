@@ -22,14 +22,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from sqlalchemy import case, insert, literal, select, update
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from stockex.config import Settings
-from stockex.db import Amount, Database, SignedAmount
+from stockex.db import Database
 from stockex.errors import DomainError, InvalidInput, NotFound
 from stockex.models import Account, LedgerEntry, User
 from stockex.numbers import decimal_places, parse_decimal
+from stockex.trading.batch import Ref, WriteBatch
 
 ZERO = Decimal(0)
 ACCOUNTS = Account.__table__
@@ -89,7 +90,7 @@ class LockedBalances:
         d_locked: Decimal,
         reason: str,
         ref_type: str | None = None,
-        ref_id: int | None = None,
+        ref_id: int | Ref | None = None,
     ) -> None:
         """Change one balance (in memory until :meth:`write`) and record its ledger row."""
         if not d_available and not d_locked:
@@ -113,29 +114,27 @@ class LockedBalances:
             "ref_id": ref_id,
         })
 
-    def write(self, session: Session, now: int | None = None) -> None:
-        """Store the changed balances (one UPDATE) and the ledger rows (one INSERT)."""
+    def write(self, target: Session | WriteBatch, now: int | None = None) -> None:
+        """Store the changed balances (one UPDATE) and the ledger rows (one INSERT).
+
+        Given a :class:`WriteBatch` the statements join it (the caller flushes); given a
+        session they run at once.
+        """
         if not self.postings:
             return
+        batch = target if isinstance(target, WriteBatch) else WriteBatch(target)
         stamp = int(time.time()) if now is None else now
         changed = [a for a in self.accounts.values() if a.changed]
-        ids = [a.id for a in changed]
-        session.execute(
-            update(ACCOUNTS)
-            .where(ACCOUNTS.c.id.in_(ids))
-            .values(
-                available=case(
-                    {a.id: literal(a.available, Amount()) for a in changed}, value=ACCOUNTS.c.id
-                ),
-                locked=case(
-                    {a.id: literal(a.locked, Amount()) for a in changed}, value=ACCOUNTS.c.id
-                ),
-                updated_at=stamp,
-            )
+        batch.update_rows(
+            ACCOUNTS,
+            {a.id: {"available": a.available, "locked": a.locked} for a in changed},
+            {"updated_at": stamp},
         )
         for row in self.postings:
             row["created_at"] = stamp
-        session.execute(insert(LEDGER), self.postings)
+        batch.insert_many(LEDGER, self.postings)
+        if batch is not target:
+            batch.flush()
         for account in changed:
             account.changed = False
         self.postings = []
@@ -277,19 +276,3 @@ def balances_of(db: Database, settings: Settings, user_id: int) -> list[BalanceV
         ).all()
     found = {r.asset: BalanceView(r.asset, r.available, r.locked) for r in rows}
     return [found.get(a, BalanceView(a, ZERO, ZERO)) for a in assets]
-
-
-__all__ = [
-    "AccountState",
-    "BalanceInvariantError",
-    "BalanceView",
-    "InsufficientBalance",
-    "LockedBalances",
-    "SignedAmount",
-    "balances_of",
-    "deposit",
-    "ensure_accounts",
-    "fee_user_id",
-    "lock_balances",
-    "withdraw",
-]

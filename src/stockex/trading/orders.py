@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, bindparam, insert, or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -44,6 +44,7 @@ from stockex.trading.accounts import (
     fee_user_id,
     lock_balances,
 )
+from stockex.trading.batch import Ref, WriteBatch, is_mysql, mysql_cursor
 from stockex.trading.order_request import OrderRequest
 
 ZERO = Decimal(0)
@@ -173,6 +174,17 @@ def _repeat(db: Database, user_id: int, request: OrderRequest) -> OrderView | No
         return _with_fills(session, _view(row._mapping), user_id)
 
 
+_LOCK_MARKET_SQL = (
+    "SELECT id, (SELECT id FROM users WHERE username = 'fees' AND role = 'system') "
+    "FROM markets WHERE id = %s FOR UPDATE"
+)
+_BOOK_SQL = (  # noqa: S608 - fixed text; values are bound by the driver
+    "SELECT id, user_id, side, price, amount, filled_amount, filled_quote, fee, locked "
+    "FROM orders WHERE market_id = %s AND side = %s AND status = 'open' {price} "
+    "ORDER BY price {direction}, id LIMIT %s"
+)
+
+
 def lock_market(session: Session, market_id: str) -> int:
     """Lock the market's row (serializing its book) and return the fee account's user id."""
     fee_subquery = (
@@ -188,9 +200,46 @@ def lock_market(session: Session, market_id: str) -> int:
     return int(row[1]) if row[1] is not None else fee_user_id(session)
 
 
-def book(session: Session, market_id: str, taker: engine.Taker) -> Iterator[engine.Resting]:
+def lock_market_and_read_book(
+    session: Session, market_id: str, taker: engine.Taker
+) -> tuple[int, Iterator[engine.Resting]]:
+    """Lock the market and start reading the book the taker may trade with.
+
+    On MySQL the lock and the first page of the book are one round trip (two statements
+    in one query, run in order, so the book is read under the lock).
+    """
+    if not is_mysql(session):
+        return lock_market(session, market_id), book(session, market_id, taker)
+    maker_side = "sell" if taker.side == "buy" else "buy"
+    params: list[Any] = [market_id, maker_side]
+    price = ""
+    if taker.price is not None:
+        price = "AND price <= %s" if taker.side == "buy" else "AND price >= %s"
+        params.append(taker.price)
+    params.append(FIRST_PAGE)
+    book_sql = _BOOK_SQL.format(price=price,
+                                direction="ASC" if maker_side == "sell" else "DESC")
+    cursor = mysql_cursor(session)
+    try:
+        cursor.execute(
+            cursor.mogrify(_LOCK_MARKET_SQL, (market_id,)) + ";\n"
+            + cursor.mogrify(book_sql, params)
+        )
+        market = cursor.fetchone()
+        cursor.nextset()
+        first_page = [engine.Resting(*row) for row in cursor.fetchall()]
+    finally:
+        cursor.close()
+    if market is None:
+        raise UnknownMarket(market_id)
+    fee_uid = int(market[1]) if market[1] is not None else fee_user_id(session)
+    return fee_uid, book(session, market_id, taker, first_page)
+
+
+def book(session: Session, market_id: str, taker: engine.Taker,
+         first_page: list[engine.Resting] | None = None) -> Iterator[engine.Resting]:
     """The resting orders a taker may trade with, best price first, oldest first within a
-    price, fetched in pages as the matcher asks for more."""
+    price, fetched in pages as the matcher asks for more (``first_page`` if already read)."""
     maker_side = "sell" if taker.side == "buy" else "buy"
     query = select(*_BOOK_COLUMNS).where(
         ORDERS.c.market_id == market_id, ORDERS.c.side == maker_side, ORDERS.c.status == "open"
@@ -201,6 +250,11 @@ def book(session: Session, market_id: str, taker: engine.Taker) -> Iterator[engi
         )
     best_first = ORDERS.c.price.asc() if maker_side == "sell" else ORDERS.c.price.desc()
     page, after = FIRST_PAGE, None
+    if first_page is not None:
+        yield from first_page
+        if len(first_page) < FIRST_PAGE:
+            return
+        after, page = (first_page[-1].price, first_page[-1].id), NEXT_PAGE
     while True:
         paged = query
         if after is not None:
@@ -217,12 +271,12 @@ def book(session: Session, market_id: str, taker: engine.Taker) -> Iterator[engi
 
 def _place(session: Session, user_id: int, request: OrderRequest) -> OrderView:
     market = request.market
-    fee_uid = lock_market(session, market.id)
     taker = engine.Taker(
         user_id, request.side, request.type, request.time_in_force,
         request.price, request.amount, request.quote_amount,
     )
-    result = engine.match(taker, book(session, market.id, taker), market)
+    fee_uid, resting = lock_market_and_read_book(session, market.id, taker)
+    result = engine.match(taker, resting, market)
     if taker.time_in_force == "FOK" and not result.complete:
         raise FokNotFilled(
             "the order cannot be filled entirely right now; nothing was done",
@@ -236,30 +290,35 @@ def _place(session: Session, user_id: int, request: OrderRequest) -> OrderView:
     _check_funds(balances, taker, result, market)
 
     now = int(time.time())
+    batch = WriteBatch(session)
     order = _taker_order(user_id, request, result, now)
-    order.id = session.execute(insert(ORDERS).values(_order_row(order, user_id, market.id)))\
-        .inserted_primary_key[0]
+    order_ref = batch.insert(ORDERS, _order_row(order, user_id, market.id))
     reserved = engine.reserved_asset(taker.side, market)
     if taker.type == "limit":
         amount = taker.reservation()
-        balances.post(user_id, reserved, -amount, amount, "order_lock", "order", order.id)
+        balances.post(user_id, reserved, -amount, amount, "order_lock", "order", order_ref)
     for maker in result.self_cancelled:
         asset = engine.reserved_asset(maker.side, market)
         balances.post(maker.user_id, asset, maker.locked, -maker.locked, "order_cancel",
                       "order", maker.id)
         maker.locked = ZERO
+    trade_refs = []
     for fill in result.fills:
         engine.apply_to_maker(fill)
-        trade_id = session.execute(insert(TRADES).values(_trade_row(fill, taker, order, now)))\
-            .inserted_primary_key[0]
+        trade_ref = batch.insert(TRADES, _trade_row(fill, taker, order_ref, market.id, now))
         for posting in engine.fill_postings(taker, fill, market, fee_uid):
-            balances.post(*posting, "trade", "trade", trade_id)
-        order.fills.append(_taker_fill(trade_id, fill, order, market))
+            balances.post(*posting, "trade", "trade", trade_ref)
+        trade_refs.append(trade_ref)
     if taker.type == "limit" and order.status != "open":
         leftover = unfilled_reservation(request, result)  # zero when filled
-        balances.post(user_id, reserved, leftover, -leftover, "order_cancel", "order", order.id)
-    _update_makers(session, result, now)
-    balances.write(session, now)
+        balances.post(user_id, reserved, leftover, -leftover, "order_cancel", "order",
+                      order_ref)
+    batch.update_rows(ORDERS, _maker_changes(result), {"updated_at": now})
+    balances.write(batch, now)
+    batch.flush()
+    order.id = int(order_ref)
+    order.fills = [_taker_fill(int(ref), fill, order, market)
+                   for ref, fill in zip(trade_refs, result.fills, strict=True)]
     return order
 
 
@@ -328,10 +387,11 @@ def _order_row(order: OrderView, user_id: int, market_id: str) -> dict[str, Any]
     }
 
 
-def _trade_row(fill: engine.Fill, taker: engine.Taker, order: OrderView, now: int) -> dict:
+def _trade_row(fill: engine.Fill, taker: engine.Taker, order_ref: Ref, market_id: str,
+               now: int) -> dict[str, Any]:
     return {
-        "market_id": order.market, "price": fill.price, "amount": fill.amount,
-        "total": fill.total, "maker_order_id": fill.maker.id, "taker_order_id": order.id,
+        "market_id": market_id, "price": fill.price, "amount": fill.amount,
+        "total": fill.total, "maker_order_id": fill.maker.id, "taker_order_id": order_ref,
         "maker_user_id": fill.maker.user_id, "taker_user_id": taker.user_id,
         "taker_side": taker.side, "maker_fee": fill.maker_fee, "taker_fee": fill.taker_fee,
         "created_at": now,
@@ -347,31 +407,18 @@ def _taker_fill(trade_id: int, fill: engine.Fill, order: OrderView,
     )
 
 
-_UPDATE_MAKER = (
-    update(ORDERS)
-    .where(ORDERS.c.id == bindparam("maker_id"))
-    .values(
-        filled_amount=bindparam("filled_amount"), filled_quote=bindparam("filled_quote"),
-        fee=bindparam("fee"), locked=bindparam("locked"), status=bindparam("status"),
-        updated_at=bindparam("updated_at"),
-    )
-)
-
-
-def _update_makers(session: Session, result: engine.Match, now: int) -> None:
-    rows = []
-    for maker, cancelled in [(m, True) for m in result.self_cancelled] + [
-        (f.maker, False) for f in result.fills
-    ]:
+def _maker_changes(result: engine.Match) -> dict[int, dict[str, Any]]:
+    """The new state of every resting order this placement touched."""
+    changes: dict[int, dict[str, Any]] = {}
+    makers = [(m, True) for m in result.self_cancelled] + [(f.maker, False) for f in result.fills]
+    for maker, cancelled in makers:
         status = "cancelled" if cancelled else ("filled" if maker.remaining == 0 else "open")
-        rows.append({
-            "maker_id": maker.id, "filled_amount": maker.filled_amount,
-            "filled_quote": maker.filled_quote, "fee": maker.fee,
-            "locked": ZERO if status != "open" else maker.locked, "status": status,
-            "updated_at": now,
-        })
-    if rows:
-        session.execute(_UPDATE_MAKER, rows)
+        changes[maker.id] = {
+            "filled_amount": maker.filled_amount, "filled_quote": maker.filled_quote,
+            "fee": maker.fee, "locked": ZERO if status != "open" else maker.locked,
+            "status": status,
+        }
+    return changes
 
 
 # --------------------------------------------------------------------------- cancelling
