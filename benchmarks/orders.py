@@ -33,7 +33,7 @@ from stockex.config import settings_from_mapping
 from stockex.db import Database
 from stockex.markets import sync_markets
 from stockex.migrate import upgrade
-from stockex.testing import MySQLServer, free_port, start_mysql
+from stockex.testing import MySQLServer, free_port, start_mysql, start_redis
 from stockex.trading import accounts
 from stockex.trading.reconcile import reconcile
 
@@ -42,6 +42,20 @@ MARKET = {
     "min_amount": "0.001", "maker_fee": "0.001", "taker_fee": "0.002",
 }
 SECRET = "benchmark-secret-key-0123456789abcdef0123456789"  # noqa: S105 - a throwaway server
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its reaped and living children."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            total += cpu_seconds(int(child))
+    except (OSError, ValueError):
+        pass
+    return total
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -62,9 +76,11 @@ def summary(latencies: list[float], elapsed: float) -> dict[str, float]:
 # --------------------------------------------------------------------------- stockex via HTTP
 
 
-def prepare(server: MySQLServer, clients: int, workdir: Path) -> tuple[dict, list[str], Database]:
+def prepare(server: MySQLServer, clients: int, workdir: Path,
+            redis_url: str = "") -> tuple[dict, list[str], Database]:
     url = server.create_database("stockex_bench")
-    raw = {"secret_key": SECRET, "database": {"url": url}, "markets": [MARKET]}
+    raw = {"secret_key": SECRET, "database": {"url": url}, "markets": [MARKET],
+           "redis": {"url": redis_url}}
     settings = settings_from_mapping(raw)
     db = Database(url)
     upgrade(db)
@@ -227,15 +243,32 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes")
     parser.add_argument("--threads", type=int, default=4, help="threads per worker (gthread)")
+    parser.add_argument("--redis", action="store_true",
+                        help="configure Redis (token revocation checks go there)")
     args = parser.parse_args()
 
     server = start_mysql()
+    redis_server = start_redis() if args.redis else None
     workdir = Path(tempfile.mkdtemp(prefix="stockex-bench-"))
     process = None
     try:
-        info, tokens, db = prepare(server, args.clients, workdir)
+        info, tokens, db = prepare(server, args.clients, workdir,
+                                   redis_server.url if redis_server else "")
         process, port = serve(info["config"], args.workers, args.threads)
+        mysql_pid = server.process.pid if server.process else 0
+        cpu_before = cpu_seconds(process.pid), cpu_seconds(mysql_pid), time.process_time()
+        load_before = os.getloadavg()[0]
         orders = order_load(port, tokens, args.seconds, args.warmup)
+        cpu_after = cpu_seconds(process.pid), cpu_seconds(mysql_pid), time.process_time()
+        handled = max(1, sum(orders["statuses"].values()))
+        orders["cpu_ms_per_order"] = {
+            name: round((after - before) * 1000 / handled * args.seconds
+                        / (args.seconds + args.warmup), 3)
+            for name, before, after in zip(("api", "mysql", "clients"), cpu_before,
+                                           cpu_after, strict=True)
+        }
+        orders["machine_load_average"] = [round(load_before, 2),
+                                          round(os.getloadavg()[0], 2)]
         process.terminate()
         process.wait(30)
         process = None
@@ -244,6 +277,7 @@ def main() -> None:
         result = {
             "benchmark": "orders",
             "setup": {
+                "redis": bool(args.redis),
                 "clients": args.clients, "seconds": args.seconds,
                 "gunicorn_workers": args.workers, "threads_per_worker": args.threads,
                 "innodb_flush_log_at_trx_commit": 1, "cpus": os.cpu_count(),
@@ -260,6 +294,8 @@ def main() -> None:
         if process is not None:
             process.kill()
         server.close()
+        if redis_server is not None:
+            redis_server.close()
 
 
 if __name__ == "__main__":

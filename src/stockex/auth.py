@@ -276,9 +276,13 @@ class Revocations:
         return self._in_table(jti)
 
     def _in_table(self, jti: str) -> bool:
-        with self.db.read() as session:
-            row = session.get(RevokedToken, jti)
-            return row is not None and row.expires_at >= int(time.time())
+        # Every authenticated request comes here when Redis is not configured: plain SQL,
+        # no ORM session.
+        with self.db.engine.connect() as conn:
+            expires_at = conn.execute(
+                select(RevokedToken.expires_at).where(RevokedToken.jti == jti)
+            ).scalar()
+        return expires_at is not None and expires_at >= int(time.time())
 
     def _reload_redis(self) -> set[str]:  # only called with self.redis set
         """Redis lost its data (restart, flush): copy the unexpired revocations back."""

@@ -30,7 +30,7 @@ from stockex.db import Database
 from stockex.errors import DomainError, InvalidInput, NotFound
 from stockex.models import Account, LedgerEntry, User
 from stockex.numbers import decimal_places, parse_decimal
-from stockex.trading.batch import Ref, WriteBatch
+from stockex.trading.batch import Ref, WriteBatch, is_mysql, mysql_cursor
 
 ZERO = Decimal(0)
 ACCOUNTS = Account.__table__
@@ -154,23 +154,38 @@ def ensure_accounts(session: Session, user_ids: Iterable[int], assets: Iterable[
     session.execute(insert(ACCOUNTS).prefix_with(ignore), rows)
 
 
+_LOCK_ACCOUNTS_SQL = (
+    "SELECT id, user_id, asset, available, locked FROM accounts "
+    "WHERE user_id IN %s AND asset IN %s ORDER BY user_id, asset FOR UPDATE"
+)
+
+
 def lock_balances(
     session: Session, user_ids: Iterable[int], assets: Iterable[str]
 ) -> LockedBalances:
     """Lock the accounts of every (user, asset) — creating missing ones — and read them."""
     users = sorted(set(user_ids))
     wanted = sorted(set(assets))
+    mysql = is_mysql(session)
     for attempt in range(2):
-        rows = session.execute(
-            select(
-                ACCOUNTS.c.id, ACCOUNTS.c.user_id, ACCOUNTS.c.asset,
-                ACCOUNTS.c.available, ACCOUNTS.c.locked,
-            )
-            .where(ACCOUNTS.c.user_id.in_(users), ACCOUNTS.c.asset.in_(wanted))
-            .order_by(ACCOUNTS.c.user_id, ACCOUNTS.c.asset)
-            .with_for_update()
-        ).all()
-        found = {(r.user_id, r.asset): AccountState(*r) for r in rows}
+        if mysql:  # the hot path: skip building and compiling a statement
+            cursor = mysql_cursor(session)
+            try:
+                cursor.execute(_LOCK_ACCOUNTS_SQL, (users, wanted))
+                rows = cursor.fetchall()
+            finally:
+                cursor.close()
+        else:
+            rows = session.execute(
+                select(
+                    ACCOUNTS.c.id, ACCOUNTS.c.user_id, ACCOUNTS.c.asset,
+                    ACCOUNTS.c.available, ACCOUNTS.c.locked,
+                )
+                .where(ACCOUNTS.c.user_id.in_(users), ACCOUNTS.c.asset.in_(wanted))
+                .order_by(ACCOUNTS.c.user_id, ACCOUNTS.c.asset)
+                .with_for_update()
+            ).all()
+        found = {(r[1], r[2]): AccountState(*r) for r in rows}
         if len(found) == len(users) * len(wanted) or attempt:
             break
         ensure_accounts(session, users, wanted)
