@@ -169,12 +169,9 @@ def lock_balances(
     mysql = is_mysql(session)
     for attempt in range(2):
         if mysql:  # the hot path: skip building and compiling a statement
-            cursor = mysql_cursor(session)
-            try:
+            with mysql_cursor(session) as cursor:
                 cursor.execute(_LOCK_ACCOUNTS_SQL, (users, wanted))
                 rows = cursor.fetchall()
-            finally:
-                cursor.close()
         else:
             rows = session.execute(
                 select(

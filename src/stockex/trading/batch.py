@@ -14,10 +14,12 @@ first failing statement, and the caller's transaction then rolls everything back
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Table, case, insert, literal, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 
@@ -34,6 +36,10 @@ class Ref:
         return self.value
 
 
+def _plain(value: Any) -> Any:
+    return int(value) if isinstance(value, Ref) else value
+
+
 def _columns(table: Table, names: Iterable[str]) -> list[str]:
     """The names, each checked to be a column of ``table`` (they end up in SQL text)."""
     found = list(names)
@@ -47,9 +53,25 @@ def is_mysql(session: Session) -> bool:
     return session.get_bind().dialect.name == "mysql"
 
 
-def mysql_cursor(session: Session) -> Any:
-    """A raw PyMySQL cursor on the session's connection (inside its transaction)."""
-    return session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+@contextmanager
+def mysql_cursor(session: Session) -> Iterator[Any]:
+    """A raw PyMySQL cursor on the session's connection (inside its transaction).
+
+    Driver errors come out as SQLAlchemy's (``IntegrityError``, ``OperationalError``, ...),
+    exactly as from ``session.execute``, so that deadlocks are retried by the transaction
+    helper, duplicate keys are recognized and a lost server answers 503.
+    """
+    import pymysql
+
+    cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        yield cursor
+    except pymysql.err.Error as exc:
+        raise DBAPIError.instance(
+            getattr(cursor, "_executed", None), None, exc, pymysql.err.Error
+        ) from exc
+    finally:
+        cursor.close()
 
 
 class WriteBatch:
@@ -73,10 +95,11 @@ class WriteBatch:
 
     @staticmethod
     def _resolved(row: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: int(v) if isinstance(v, Ref) else v for k, v in row.items()}
+        return {k: _plain(v) for k, v in row.items()}
 
     def insert(self, table: Table, row: Mapping[str, Any]) -> Ref:
         """Insert one row; returns a reference to its id."""
+        _columns(table, row)
         ref = Ref(f"@stockex_id{len(self._refs)}")
         self._refs.append(ref)
         if not self.mysql:
@@ -105,11 +128,11 @@ class WriteBatch:
             f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES {values}"  # noqa: S608
         )
 
-    def update(self, table: Table, row_id: int, values: Mapping[str, Any]) -> None:
+    def update(self, table: Table, row_id: int | Ref, values: Mapping[str, Any]) -> None:
         """``UPDATE table SET ... WHERE id = row_id``."""
         if not self.mysql:
             self.session.execute(
-                update(table).where(table.c.id == row_id).values(self._resolved(values))
+                update(table).where(table.c.id == _plain(row_id)).values(self._resolved(values))
             )
             return
         assignments = ", ".join(
@@ -119,7 +142,7 @@ class WriteBatch:
             f"UPDATE {table.name} SET {assignments} WHERE id = {self._literal(row_id)}"  # noqa: S608
         )
 
-    def update_rows(self, table: Table, rows: Mapping[int, Mapping[str, Any]],
+    def update_rows(self, table: Table, rows: Mapping[Any, Mapping[str, Any]],
                     common: Mapping[str, Any] | None = None) -> None:
         """Update several rows by id in ONE statement (``SET col = CASE id WHEN ...``).
 
@@ -132,14 +155,16 @@ class WriteBatch:
         columns = _columns(table, rows[ids[0]])
         _columns(table, common)
         if not self.mysql:
+            plain = [_plain(i) for i in ids]
             values: dict[str, Any] = {
                 c: case(
-                    {i: literal(rows[i][c], table.c[c].type) for i in ids}, value=table.c.id
+                    {_plain(i): literal(_plain(rows[i][c]), table.c[c].type) for i in ids},
+                    value=table.c.id,
                 )
                 for c in columns
             }
-            values.update(common)
-            self.session.execute(update(table).where(table.c.id.in_(ids)).values(values))
+            values.update(self._resolved(common))
+            self.session.execute(update(table).where(table.c.id.in_(plain)).values(values))
             return
         assignments = [
             f"{c} = CASE id "
@@ -164,8 +189,7 @@ class WriteBatch:
         if pending:
             statements.append(f"SELECT {', '.join(r.variable for r in pending)}")
         self._statements = []
-        cursor = mysql_cursor(self.session)
-        try:
+        with mysql_cursor(self.session) as cursor:
             cursor.execute(";\n".join(statements))
             row = None
             while True:
@@ -173,8 +197,6 @@ class WriteBatch:
                     row = cursor.fetchone()
                 if not cursor.nextset():
                     break
-        finally:
-            cursor.close()
         if pending:
             if row is None:  # pragma: no cover - the SELECT always answers
                 raise RuntimeError("the batch did not return the inserted ids")

@@ -219,8 +219,7 @@ def lock_market_and_read_book(
     params.append(FIRST_PAGE)
     book_sql = _BOOK_SQL.format(price=price,
                                 direction="ASC" if maker_side == "sell" else "DESC")
-    cursor = mysql_cursor(session)
-    try:
+    with mysql_cursor(session) as cursor:
         cursor.execute(
             cursor.mogrify(_LOCK_MARKET_SQL, (market_id,)) + ";\n"
             + cursor.mogrify(book_sql, params)
@@ -228,8 +227,6 @@ def lock_market_and_read_book(
         market = cursor.fetchone()
         cursor.nextset()
         first_page = [engine.Resting(*row) for row in cursor.fetchall()]
-    finally:
-        cursor.close()
     if market is None:
         raise UnknownMarket(market_id)
     fee_uid = int(market[1]) if market[1] is not None else fee_user_id(session)

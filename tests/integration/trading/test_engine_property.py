@@ -335,7 +335,7 @@ def test_engine_matches_the_model_on_sqlite(sqlite_template: Path, make_settings
 
 
 @pytest.mark.mysql_only
-@settings(max_examples=8, deadline=None, suppress_health_check=SUPPRESS)
+@settings(max_examples=12, deadline=None, suppress_health_check=SUPPRESS)
 @given(operations=OPERATIONS)
 def test_engine_matches_the_model_on_mysql(mysql_template: Database, make_settings,  # type: ignore[no-untyped-def]
                                            operations) -> None:

@@ -175,6 +175,33 @@ def test_concurrent_repeats_of_one_client_order_id_make_one_order(  # type: igno
     assert {b.asset: b.locked for b in balance}["XU"] == D("100")
 
 
+def test_a_duplicate_that_slips_past_the_check_is_caught_by_the_unique_key(  # type: ignore[no-untyped-def]
+    exchange, monkeypatch
+) -> None:
+    """Two requests with one client_order_id, both checked before either committed: the
+    second insert hits the unique key, rolls back, and answers like a repeat."""
+    from stockex.trading import orders
+
+    exchange.user("alice", XU="10000")
+    body = {"side": "buy", "type": "limit", "price": "100", "amount": "1",
+            "client_order_id": "race"}
+    first = exchange.order("alice", **body)
+    real_repeat = orders._repeat
+    calls: list[int] = []
+
+    def late_repeat(*args):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return None if len(calls) == 1 else real_repeat(*args)  # the first check "misses"
+
+    monkeypatch.setattr(orders, "_repeat", late_repeat)
+    before = exchange.snapshot()
+    again = exchange.order("alice", expect=200, **body)
+    assert again["id"] == first["id"] and len(calls) == 2
+    conflict = exchange.order("alice", expect=409, **{**body, "price": "99"})
+    assert conflict["error"]["code"] == "duplicate_client_order_id"
+    assert exchange.snapshot() == before
+
+
 def test_lists_filters_and_paging(exchange) -> None:  # type: ignore[no-untyped-def]
     exchange.user("maker", ASA="10")
     exchange.user("taker", XU="10000")
