@@ -5,11 +5,13 @@ which retries deadlocks and lock wait timeouts):
 
 1. ``SELECT ... FOR UPDATE`` on the market's row — every placement and cancel of a market
    queues here, so the book it reads cannot change under it, with any number of API
-   processes on any number of machines sharing one MySQL;
-2. read the opposite side of the book best-first in pages and match it (``engine.match``);
-3. lock the accounts of the taker, every maker touched and the fee account in one statement,
+   processes on any number of machines sharing one MySQL — and read the opposite side of
+   the book best-first (``book.py``; one round trip on MySQL); match it (``engine.match``);
+2. lock the accounts of the taker, every maker touched and the fee account in one statement,
    in a fixed order (``accounts.lock_balances``), and check the taker's funds;
-4. write the order, the makers, the trades, and the balances with their ledger rows.
+3. write the order, the makers, the trades, and the balances with their ledger rows (on
+   MySQL in one round trip, ``batch.WriteBatch``);
+4. commit.
 
 Any rejection raises before the commit, so it changes nothing. After the commit the market's
 depth/trades caches are invalidated (``stockex.cache.invalidate_book``).
@@ -23,12 +25,11 @@ key on (user_id, client_order_id) decides).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -38,13 +39,9 @@ from stockex.db import Database
 from stockex.errors import Conflict, NotFound, UnknownMarket
 from stockex.models import Market, Order, Trade, User
 from stockex.trading import engine
-from stockex.trading.accounts import (
-    InsufficientBalance,
-    LockedBalances,
-    fee_user_id,
-    lock_balances,
-)
-from stockex.trading.batch import Ref, WriteBatch, is_mysql, mysql_cursor
+from stockex.trading.accounts import InsufficientBalance, LockedBalances, lock_balances
+from stockex.trading.batch import Ref, WriteBatch
+from stockex.trading.book import lock_market, lock_market_and_read_book
 from stockex.trading.order_request import OrderRequest
 
 ZERO = Decimal(0)
@@ -52,13 +49,6 @@ ORDERS = Order.__table__
 TRADES = Trade.__table__
 MARKETS = Market.__table__
 USERS = User.__table__
-FIRST_PAGE = 8
-NEXT_PAGE = 100
-
-_BOOK_COLUMNS = (
-    ORDERS.c.id, ORDERS.c.user_id, ORDERS.c.side, ORDERS.c.price, ORDERS.c.amount,
-    ORDERS.c.filled_amount, ORDERS.c.filled_quote, ORDERS.c.fee, ORDERS.c.locked,
-)
 
 
 @dataclass
@@ -172,98 +162,6 @@ def _repeat(db: Database, user_id: int, request: OrderRequest) -> OrderView | No
                 details={"order_id": row.id},
             )
         return _with_fills(session, _view(row._mapping), user_id)
-
-
-_LOCK_MARKET_SQL = (
-    "SELECT id, (SELECT id FROM users WHERE username = 'fees' AND role = 'system') "
-    "FROM markets WHERE id = %s FOR UPDATE"
-)
-_BOOK_SQL = (  # noqa: S608 - fixed text; values are bound by the driver
-    "SELECT id, user_id, side, price, amount, filled_amount, filled_quote, fee, locked "
-    "FROM orders WHERE market_id = %s AND side = %s AND status = 'open' {price} "
-    "ORDER BY price {direction}, id LIMIT %s"
-)
-
-
-def lock_market(session: Session, market_id: str) -> int:
-    """Lock the market's row (serializing its book) and return the fee account's user id."""
-    fee_subquery = (
-        select(USERS.c.id)
-        .where(USERS.c.username == "fees", USERS.c.role == "system")
-        .scalar_subquery()
-    )
-    row = session.execute(
-        select(MARKETS.c.id, fee_subquery).where(MARKETS.c.id == market_id).with_for_update()
-    ).first()
-    if row is None:
-        raise UnknownMarket(market_id)
-    return int(row[1]) if row[1] is not None else fee_user_id(session)
-
-
-def lock_market_and_read_book(
-    session: Session, market_id: str, taker: engine.Taker
-) -> tuple[int, Iterator[engine.Resting]]:
-    """Lock the market and start reading the book the taker may trade with.
-
-    On MySQL the lock and the first page of the book are one round trip (two statements
-    in one query, run in order, so the book is read under the lock).
-    """
-    if not is_mysql(session):
-        return lock_market(session, market_id), book(session, market_id, taker)
-    maker_side = "sell" if taker.side == "buy" else "buy"
-    params: list[Any] = [market_id, maker_side]
-    price = ""
-    if taker.price is not None:
-        price = "AND price <= %s" if taker.side == "buy" else "AND price >= %s"
-        params.append(taker.price)
-    params.append(FIRST_PAGE)
-    book_sql = _BOOK_SQL.format(price=price,
-                                direction="ASC" if maker_side == "sell" else "DESC")
-    with mysql_cursor(session) as cursor:
-        cursor.execute(
-            cursor.mogrify(_LOCK_MARKET_SQL, (market_id,)) + ";\n"
-            + cursor.mogrify(book_sql, params)
-        )
-        market = cursor.fetchone()
-        cursor.nextset()
-        first_page = [engine.Resting(*row) for row in cursor.fetchall()]
-    if market is None:
-        raise UnknownMarket(market_id)
-    fee_uid = int(market[1]) if market[1] is not None else fee_user_id(session)
-    return fee_uid, book(session, market_id, taker, first_page)
-
-
-def book(session: Session, market_id: str, taker: engine.Taker,
-         first_page: list[engine.Resting] | None = None) -> Iterator[engine.Resting]:
-    """The resting orders a taker may trade with, best price first, oldest first within a
-    price, fetched in pages as the matcher asks for more (``first_page`` if already read)."""
-    maker_side = "sell" if taker.side == "buy" else "buy"
-    query = select(*_BOOK_COLUMNS).where(
-        ORDERS.c.market_id == market_id, ORDERS.c.side == maker_side, ORDERS.c.status == "open"
-    )
-    if taker.price is not None:
-        query = query.where(
-            ORDERS.c.price <= taker.price if taker.side == "buy" else ORDERS.c.price >= taker.price
-        )
-    best_first = ORDERS.c.price.asc() if maker_side == "sell" else ORDERS.c.price.desc()
-    page, after = FIRST_PAGE, None
-    if first_page is not None:
-        yield from first_page
-        if len(first_page) < FIRST_PAGE:
-            return
-        after, page = (first_page[-1].price, first_page[-1].id), NEXT_PAGE
-    while True:
-        paged = query
-        if after is not None:
-            price, last_id = after
-            worse = ORDERS.c.price > price if maker_side == "sell" else ORDERS.c.price < price
-            paged = query.where(or_(worse, and_(ORDERS.c.price == price, ORDERS.c.id > last_id)))
-        rows = session.execute(paged.order_by(best_first, ORDERS.c.id.asc()).limit(page)).all()
-        for row in rows:
-            yield engine.Resting(*row)
-        if len(rows) < page:
-            return
-        after, page = (rows[-1].price, rows[-1].id), NEXT_PAGE
 
 
 def _place(session: Session, user_id: int, request: OrderRequest) -> OrderView:
