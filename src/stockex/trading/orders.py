@@ -37,7 +37,7 @@ from stockex.cache import Cache, invalidate_book
 from stockex.config import MarketSettings, Settings
 from stockex.db import Database
 from stockex.errors import Conflict, NotFound, UnknownMarket
-from stockex.models import Market, Order, Trade, User
+from stockex.models import Order, Trade
 from stockex.trading import engine
 from stockex.trading.accounts import InsufficientBalance, LockedBalances, lock_balances
 from stockex.trading.batch import Ref, WriteBatch
@@ -47,8 +47,6 @@ from stockex.trading.order_request import OrderRequest
 ZERO = Decimal(0)
 ORDERS = Order.__table__
 TRADES = Trade.__table__
-MARKETS = Market.__table__
-USERS = User.__table__
 
 
 @dataclass
