@@ -11,6 +11,8 @@ import pytest
 
 STOCKEX = [sys.executable, "-m", "stockex.cli"]
 
+pytestmark = pytest.mark.slow  # real processes: a few seconds each
+
 
 @pytest.fixture
 def run(tmp_path: Path):  # type: ignore[no-untyped-def]

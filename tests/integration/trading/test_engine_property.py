@@ -317,6 +317,7 @@ def run_and_compare(db: Database, config: Settings, operations: list[tuple[Any, 
 SUPPRESS = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 
 
+@pytest.mark.slow
 @settings(max_examples=100, deadline=None, suppress_health_check=SUPPRESS)
 @given(operations=OPERATIONS)
 def test_engine_matches_the_model_on_sqlite(sqlite_template: Path, make_settings,  # type: ignore[no-untyped-def]
@@ -334,6 +335,7 @@ def test_engine_matches_the_model_on_sqlite(sqlite_template: Path, make_settings
         shutil.rmtree(directory, ignore_errors=True)
 
 
+@pytest.mark.slow
 @pytest.mark.mysql_only
 @settings(max_examples=12, deadline=None, suppress_health_check=SUPPRESS)
 @given(operations=OPERATIONS)
