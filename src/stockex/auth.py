@@ -42,11 +42,11 @@ from stockex.config import Settings
 from stockex.db import Database
 from stockex.errors import Conflict, DomainError, InvalidInput, NotFound
 from stockex.models import RevokedToken, User
+from stockex.trading.accounts import FEE_USERNAME, all_assets, ensure_accounts
 
 ALGORITHM = "HS256"
 REQUIRED_CLAIMS = ("sub", "role", "iat", "exp", "jti")
 ROLES = ("user", "admin", "system")
-FEE_USERNAME = "fees"
 RESERVED_USERNAMES = frozenset({FEE_USERNAME, "system", "admin", "root"})
 USERNAME_RE = re.compile(r"^[a-z0-9_.-]{3,32}$")
 EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,189}\.[^@\s]{1,63}$")
@@ -156,8 +156,6 @@ def create_user(
         )
         session.add(user)
         session.flush()
-        from stockex.trading.accounts import ensure_accounts
-
         ensure_accounts(session, [user.id], all_assets(settings))
         return UserView(user.id, user.username, user.role, user.email)
 
@@ -165,11 +163,6 @@ def create_user(
         return db.transaction(work)
     except IntegrityError:
         raise Conflict(f"username {name!r} is taken", code="username_taken") from None
-
-
-def all_assets(settings: Settings) -> list[str]:
-    """Every asset of every configured market, sorted."""
-    return sorted({a for m in settings.markets for a in (m.base, m.quote)})
 
 
 def get_user(db: Database, user_id: int) -> UserView:

@@ -221,11 +221,16 @@ def parse_amount(value: object, field_name: str = "amount") -> Decimal:
     return number
 
 
+def all_assets(settings: Settings) -> list[str]:
+    """Every asset of every configured market, sorted."""
+    return sorted({a for m in settings.markets for a in (m.base, m.quote)})
+
+
 def _asset(settings: Settings, asset: object) -> str:
-    assets = {a for m in settings.markets for a in (m.base, m.quote)}
+    assets = all_assets(settings)
     if not isinstance(asset, str) or asset not in assets:
         raise InvalidInput(
-            f"asset must be one of {', '.join(sorted(assets))}",
+            f"asset must be one of {', '.join(assets)}",
             code="unknown_asset", details={"asset": asset},
         )
     return asset
@@ -279,7 +284,7 @@ def _transfer(db: Database, settings: Settings, username: object, asset: object,
 
 def balances_of(db: Database, settings: Settings, user_id: int) -> list[BalanceView]:
     """Every asset of every configured market (zero where the user has no account yet)."""
-    assets = sorted({a for m in settings.markets for a in (m.base, m.quote)})
+    assets = all_assets(settings)
     with db.read() as session:
         rows = session.execute(
             select(ACCOUNTS.c.asset, ACCOUNTS.c.available, ACCOUNTS.c.locked).where(

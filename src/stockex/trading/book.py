@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from stockex.errors import UnknownMarket
 from stockex.models import Market, Order, User
 from stockex.trading import engine
-from stockex.trading.accounts import fee_user_id
+from stockex.trading.accounts import FEE_USERNAME, fee_user_id
 from stockex.trading.batch import is_mysql, mysql_cursor
 
 ORDERS = Order.__table__
@@ -52,7 +52,7 @@ def lock_market(session: Session, market_id: str) -> int:
     """Lock the market's row (serializing its book) and return the fee account's user id."""
     fee_subquery = (
         select(USERS.c.id)
-        .where(USERS.c.username == "fees", USERS.c.role == "system")
+        .where(USERS.c.username == FEE_USERNAME, USERS.c.role == "system")
         .scalar_subquery()
     )
     row = session.execute(
