@@ -145,11 +145,13 @@ def make_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:
             pool_timeout=5,
             isolation_level="READ COMMITTED",
             # MULTI_STATEMENTS: stockex.trading.batch sends a placement's writes in one round
-            # trip (values always escaped by the driver, never pasted in).
+            # trip (values always escaped by the driver, never pasted in). This replaces the
+            # dialect's own client_flag, so FOUND_ROWS (which it sets for ORM row counts) is
+            # named again here.
             connect_args={
                 "charset": "utf8mb4",
                 "connect_timeout": 2,
-                "client_flag": CLIENT.MULTI_STATEMENTS,
+                "client_flag": CLIENT.MULTI_STATEMENTS | CLIENT.FOUND_ROWS,
             },
         )
     raise ValueError(f"unsupported database backend {backend!r}")

@@ -108,3 +108,19 @@ def test_a_deadlock_in_raw_statements_is_retried(mysql_database) -> None:  # typ
         t.join()
     assert errors == []
     assert len(attempts) >= 3  # someone ran twice: the deadlock was retried
+
+
+@pytest.mark.mysql_only
+def test_mysql_connections_keep_found_rows(mysql_database) -> None:  # type: ignore[no-untyped-def]
+    """Enabling multi-statements must not drop FOUND_ROWS, which SQLAlchemy relies on: an
+    UPDATE that matches a row but changes nothing still reports one row."""
+    from sqlalchemy import update
+
+    mysql_database.transaction(lambda s: _flushed(s, "same"))
+
+    def work(session):  # type: ignore[no-untyped-def]
+        return session.execute(
+            update(User).where(User.username == "same").values(role="user")
+        ).rowcount
+
+    assert mysql_database.transaction(work) == 1
