@@ -282,17 +282,19 @@ def json_body_of(schema: str) -> dict[str, Any]:
 SECURED = [{"bearerAuth": []}]
 
 
-def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+def _trading_query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "schema": schema,
             "description": description}
 
 
 def _trading_paths() -> dict[str, Any]:
-    limit = _query("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 100},
-                   "how many (400 invalid_limit outside 1..500)")
-    before = _query("before_id", {"type": "integer", "minimum": 1},
+    limit = _trading_query(
+        "limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 100},
+        "how many (400 invalid_limit outside 1..500)",
+    )
+    before = _trading_query("before_id", {"type": "integer", "minimum": 1},
                     "only ids below this one (paging)")
-    market = _query("market", {"type": "string"}, "one market (404 unknown_market)")
+    market = _trading_query("market", {"type": "string"}, "one market (404 unknown_market)")
     order_id = {"name": "order_id", "in": "path", "required": True,
                 "schema": {"type": "integer"}}
     orders = {"type": "array", "items": ref("Order")}
@@ -351,7 +353,7 @@ def _trading_paths() -> dict[str, Any]:
                 "operationId": "listOrders", "security": SECURED,
                 "parameters": [
                     market,
-                    _query("status", {"type": "string", "enum": ["open", "filled",
+                    _trading_query("status", {"type": "string", "enum": ["open", "filled",
                                                                  "cancelled"]},
                            "only this status (400 invalid_status)"),
                     limit, before,
