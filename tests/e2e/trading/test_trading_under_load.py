@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from stockex.db import Database
 from stockex.models import Account, Order
 from stockex.testing import start_mysql
+from stockex.trading.reconcile import reconcile
 
 pytestmark = [pytest.mark.slow, pytest.mark.mysql_only]
 
@@ -50,14 +51,31 @@ def assert_consistent(tools, url: str, config: Path, result) -> None:  # type: i
 
 def test_thousands_of_random_orders_through_gunicorn(tools, fresh_mysql_url, make_settings,  # type: ignore[no-untyped-def]
                                                       tmp_path: Path) -> None:
-    _, config, traders = tools.prepare_exchange(fresh_mysql_url, make_settings, USERS, tmp_path)
+    settings, config, traders = tools.prepare_exchange(fresh_mysql_url, make_settings, USERS,
+                                                       tmp_path)
     server = tools.Gunicorn(config, workers=4, threads=2)
     server.start()
     result = tools.LoadResult()
+    live_checks: list[list[str]] = []
+    done = threading.Event()
+
+    def reconcile_while_trading() -> None:
+        """reconcile reads one snapshot, so it holds even in the middle of the load."""
+        db = Database(fresh_mysql_url)
+        try:
+            while not done.wait(1.0):
+                live_checks.append([c.name for c in reconcile(db, settings) if not c.ok])
+        finally:
+            db.dispose()
+
+    checker = threading.Thread(target=reconcile_while_trading)
+    checker.start()
     started = time.monotonic()
     try:
         tools.trade_randomly(lambda: server.port, traders, THREADS, 2400, result, seed=1)
     finally:
+        done.set()
+        checker.join()
         server.stop()
     elapsed = time.monotonic() - started
     assert sum(result.statuses.values()) == 2400
@@ -66,6 +84,7 @@ def test_thousands_of_random_orders_through_gunicorn(tools, fresh_mysql_url, mak
     assert result.codes["invalid_amount"] > 0  # the odd bad request was refused, not a 500
     print(f"\n{sum(result.statuses.values()) / elapsed:.0f} requests/s; {dict(result.statuses)}"
           f"; {dict(result.codes)}")
+    assert live_checks and all(failed == [] for failed in live_checks), live_checks
     assert_consistent(tools, fresh_mysql_url, config, result)
 
 
