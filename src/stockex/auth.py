@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import jwt
 import redis
 from flask import g, request
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -53,6 +53,7 @@ EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,189}\.[^@\s]{1,63}$")
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024  # scrypt cost does not grow with length, but a body must stay sane
 
+_REVOKED_EXPIRY = select(RevokedToken.expires_at).where(RevokedToken.jti == bindparam("jti"))
 _REVOKED_KEY = KEY_PREFIX + "revoked:"
 _REVOKED_LOADED_KEY = KEY_PREFIX + "revoked-loaded"
 # A hash to compare against when the user does not exist, so that a login for an unknown
@@ -272,9 +273,7 @@ class Revocations:
         # Every authenticated request comes here when Redis is not configured: plain SQL,
         # no ORM session.
         with self.db.engine.connect() as conn:
-            expires_at = conn.execute(
-                select(RevokedToken.expires_at).where(RevokedToken.jti == jti)
-            ).scalar()
+            expires_at = conn.execute(_REVOKED_EXPIRY, {"jti": jti}).scalar()
         return expires_at is not None and expires_at >= int(time.time())
 
     def _reload_redis(self) -> set[str]:  # only called with self.redis set

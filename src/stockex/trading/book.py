@@ -101,6 +101,12 @@ def book(session: Session, market_id: str, taker: engine.Taker,
     """The resting orders a taker may trade with, best price first, oldest first within a
     price, fetched in pages as the matcher asks for more (``first_page`` if already read)."""
     maker_side = "sell" if taker.side == "buy" else "buy"
+    page, after = FIRST_PAGE, None
+    if first_page is not None:
+        yield from first_page
+        if len(first_page) < FIRST_PAGE:
+            return  # the common case: no statement to build at all
+        after, page = (first_page[-1].price, first_page[-1].id), NEXT_PAGE
     query = select(*_BOOK_COLUMNS).where(
         ORDERS.c.market_id == market_id, ORDERS.c.side == maker_side, ORDERS.c.status == "open"
     )
@@ -109,12 +115,6 @@ def book(session: Session, market_id: str, taker: engine.Taker,
             ORDERS.c.price <= taker.price if taker.side == "buy" else ORDERS.c.price >= taker.price
         )
     best_first = ORDERS.c.price.asc() if maker_side == "sell" else ORDERS.c.price.desc()
-    page, after = FIRST_PAGE, None
-    if first_page is not None:
-        yield from first_page
-        if len(first_page) < FIRST_PAGE:
-            return
-        after, page = (first_page[-1].price, first_page[-1].id), NEXT_PAGE
     while True:
         paged = query
         if after is not None:

@@ -252,3 +252,29 @@ def test_orders_need_a_token(client) -> None:  # type: ignore[no-untyped-def]
     assert response.status_code == 401
     assert response.get_json()["error"]["code"] == "missing_token"
     assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize("side", ["buy", "sell"])
+def test_a_deep_sweep_reads_the_book_page_by_page(exchange, side: str) -> None:  # type: ignore[no-untyped-def]
+    """More resting orders than one page (8), several at each price: still best price first,
+    oldest first within a price."""
+    exchange.user("maker", ASA="100", XU="1000000")
+    exchange.user("taker", ASA="100", XU="1000000")
+    maker_side = "sell" if side == "buy" else "buy"
+    placed = [
+        exchange.order("maker", side=maker_side, type="limit", price=str(100 + (i * 7) % 5),
+                       amount="1")
+        for i in range(23)
+    ]
+    ranked = sorted(placed, key=lambda o: (int(o["price"]) * (1 if side == "buy" else -1),
+                                           o["id"]))
+    sweep = exchange.order("taker", side=side, type="market", amount="21.5")
+    assert sweep["status"] == "filled" and len(sweep["fills"]) == 22
+    with exchange.db.read() as session:
+        from sqlalchemy import select
+
+        from stockex.models import Trade
+
+        makers = list(session.scalars(select(Trade.maker_order_id).order_by(Trade.id)))
+    assert makers == [o["id"] for o in ranked[:22]]
+    exchange.assert_reconciles()
