@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Table, case, insert, literal, update
@@ -88,8 +89,13 @@ class WriteBatch:
     # ----------------------------------------------------------------- building
 
     def _literal(self, value: Any) -> str:
-        if isinstance(value, Ref):
-            return value.variable
+        kind = type(value)
+        if kind is Decimal:  # the common cases first, rendered as the driver would
+            return format(value, "f")
+        if kind is int:
+            return str(value)
+        if kind is Ref:
+            return str(value.variable)
         assert self._escape is not None  # noqa: S101 - only called on MySQL
         return str(self._escape(value))
 
