@@ -256,6 +256,95 @@ def candles_rebuild(markets: tuple[str, ...]) -> None:
         database.dispose()
 
 
+@cli.group()
+def user() -> None:
+    """User accounts."""
+
+
+@user.command("create")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, required=True,
+              help="Read the password from standard input (required; never an argument).")
+@click.option("--admin", is_flag=True, help="Give the user the admin role.")
+@click.option("--email", default=None, help="An e-mail address.")
+@reports_errors
+def user_create(name: str, password_stdin: bool, admin: bool, email: str | None) -> None:
+    """Create user NAME with a password read from standard input."""
+    from stockex.auth import create_user
+    from stockex.db import Database
+
+    password = sys.stdin.read().removesuffix("\n").removesuffix("\r")
+    settings = settings_from_env()
+    database = Database(settings.database.url)
+    try:
+        created = create_user(database, settings, name, password, email=email,
+                              role="admin" if admin else "user")
+    finally:
+        database.dispose()
+    click.echo(f"created user {created.username} (id {created.id}, role {created.role})")
+
+
+def _transfer(kind: str, name: str, asset: str, amount: str) -> None:
+    from stockex.db import Database
+    from stockex.numbers import to_str
+    from stockex.trading import accounts
+
+    settings = settings_from_env()
+    database = Database(settings.database.url)
+    try:
+        use_case = accounts.deposit if kind == "deposit" else accounts.withdraw
+        balance = use_case(database, settings, name, asset, amount)
+    finally:
+        database.dispose()
+    click.echo(
+        f"{name} {balance.asset}: available {to_str(balance.available)}, "
+        f"locked {to_str(balance.locked)}"
+    )
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("asset")
+@click.argument("amount")
+@reports_errors
+def deposit(name: str, asset: str, amount: str) -> None:
+    """Credit AMOUNT of ASSET to user NAME (through the ledger)."""
+    _transfer("deposit", name, asset, amount)
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("asset")
+@click.argument("amount")
+@reports_errors
+def withdraw(name: str, asset: str, amount: str) -> None:
+    """Debit AMOUNT of ASSET from user NAME's available balance (through the ledger)."""
+    _transfer("withdraw", name, asset, amount)
+
+
+@cli.command()
+@reports_errors
+def reconcile() -> None:
+    """Check every ledger and balance invariant; exit 0 only when all hold."""
+    from stockex.db import Database
+    from stockex.trading.reconcile import reconcile as run_checks
+
+    settings = settings_from_env()
+    database = Database(settings.database.url)
+    try:
+        checks = run_checks(database, settings)
+    finally:
+        database.dispose()
+    for check in checks:
+        click.echo(f"{'ok  ' if check.ok else 'FAIL'} {check.name}")
+        for problem in check.problems:
+            click.echo(f"     {problem}")
+    failed = [c.name for c in checks if not c.ok]
+    if failed:
+        _fail(f"reconcile failed: {', '.join(failed)}")
+    click.echo("all invariants hold")
+
+
 def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="stockex")
 

@@ -85,11 +85,17 @@ def create_app(
     install_incident_alerts(app, notifier)
     register_error_handlers(app)
 
+    from stockex.api.accounts import bp as accounts_bp
+    from stockex.api.auth import bp as auth_bp
     from stockex.api.market_data import bp as market_data_bp
+    from stockex.api.orders import bp as orders_bp
     from stockex.api.service import bp as service_bp
 
     app.register_blueprint(service_bp)
     app.register_blueprint(market_data_bp, url_prefix="/api/v1")
+    app.register_blueprint(auth_bp, url_prefix="/api/v1")
+    app.register_blueprint(accounts_bp, url_prefix="/api/v1")
+    app.register_blueprint(orders_bp, url_prefix="/api/v1")
     _register_docs(app, settings)
     _sync_markets_best_effort(database, settings)
     return app

@@ -323,6 +323,150 @@ def _market_data_paths() -> dict[str, Any]:
     }
 
 
+ORDER_ERROR_CODES = (
+    "invalid_json, unknown_field, invalid_market, invalid_side, invalid_type, "
+    "invalid_time_in_force, invalid_price, invalid_amount, invalid_quote_amount, "
+    "too_many_decimals, below_min_amount, invalid_client_order_id, insufficient_balance"
+)
+
+TRADING_SCHEMAS: dict[str, Any] = {
+    "RegisterRequest": {
+        "type": "object",
+        "required": ["username", "password"],
+        "properties": {
+            "username": {"type": "string", "pattern": "^[a-z0-9_.-]{3,32}$", "example": "alice"},
+            "password": {"type": "string", "minLength": 8, "format": "password"},
+            "email": {"type": "string", "format": "email", "nullable": True},
+        },
+    },
+    "LoginRequest": {
+        "type": "object",
+        "required": ["username", "password"],
+        "properties": {
+            "username": {"type": "string"},
+            "password": {"type": "string", "format": "password"},
+        },
+    },
+    "User": {
+        "type": "object",
+        "required": ["id", "username", "role"],
+        "properties": {
+            "id": {"type": "integer"},
+            "username": {"type": "string"},
+            "role": {"type": "string", "enum": ["user", "admin"]},
+            "email": {"type": "string", "nullable": True},
+        },
+    },
+    "Token": {
+        "type": "object",
+        "required": ["access_token", "token_type", "expires_in"],
+        "properties": {
+            "access_token": {"type": "string", "description": "JWT (HS256)"},
+            "token_type": {"type": "string", "enum": ["Bearer"]},
+            "expires_in": {"type": "integer", "description": "seconds"},
+        },
+    },
+    "Balance": {
+        "type": "object",
+        "required": ["asset", "available", "locked"],
+        "properties": {
+            "asset": {"type": "string", "example": "XU"},
+            "available": ref("Decimal"),
+            "locked": ref("Decimal"),
+        },
+    },
+    "TransferRequest": {
+        "type": "object",
+        "required": ["username", "asset", "amount"],
+        "properties": {
+            "username": {"type": "string"},
+            "asset": {"type": "string", "example": "XU"},
+            "amount": ref("Decimal"),
+        },
+    },
+    "TransferResult": {
+        "type": "object",
+        "required": ["username", "asset", "available", "locked"],
+        "properties": {
+            "username": {"type": "string"},
+            "asset": {"type": "string"},
+            "available": ref("Decimal"),
+            "locked": ref("Decimal"),
+        },
+    },
+    "OrderRequest": {
+        "type": "object",
+        "required": ["market", "side", "type"],
+        "additionalProperties": False,
+        "description": (
+            "Limit orders need `price` and `amount`; market orders take no price; a market "
+            "buy gives `amount` (base) or `quote_amount` (quote to spend), never both. "
+            "`time_in_force` defaults to GTC for limit and IOC for market orders (which never "
+            "rest, so GTC is refused for them)."
+        ),
+        "properties": {
+            "market": {"type": "string", "example": "asaxu"},
+            "side": {"type": "string", "enum": ["buy", "sell"]},
+            "type": {"type": "string", "enum": ["limit", "market"]},
+            "price": ref("Decimal"),
+            "amount": ref("Decimal"),
+            "quote_amount": ref("Decimal"),
+            "time_in_force": {"type": "string", "enum": ["GTC", "IOC", "FOK"]},
+            "client_order_id": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$"},
+        },
+    },
+    "Fill": {
+        "type": "object",
+        "required": ["id", "order_id", "market", "side", "role", "price", "amount", "total",
+                     "fee", "fee_asset", "created_at", "created_at_local"],
+        "properties": {
+            "id": {"type": "integer", "description": "trade id"},
+            "order_id": {"type": "integer"},
+            "market": {"type": "string"},
+            "side": {"type": "string", "enum": ["buy", "sell"]},
+            "role": {"type": "string", "enum": ["maker", "taker"]},
+            "price": ref("Decimal"),
+            "amount": ref("Decimal"),
+            "total": ref("Decimal"),
+            "fee": ref("Decimal"),
+            "fee_asset": {"type": "string"},
+            "created_at": {"type": "integer"},
+            "created_at_local": {"type": "string", "format": "date-time"},
+        },
+    },
+    "Order": {
+        "type": "object",
+        "required": ["id", "client_order_id", "market", "side", "type", "time_in_force",
+                     "price", "amount", "quote_amount", "filled_amount", "filled_quote",
+                     "avg_price", "fee", "fee_asset", "status", "created_at", "updated_at",
+                     "fills"],
+        "properties": {
+            "id": {"type": "integer"},
+            "client_order_id": {"type": "string", "nullable": True},
+            "market": {"type": "string"},
+            "side": {"type": "string", "enum": ["buy", "sell"]},
+            "type": {"type": "string", "enum": ["limit", "market"]},
+            "time_in_force": {"type": "string", "enum": ["GTC", "IOC", "FOK"]},
+            "price": {**DECIMAL, "nullable": True},
+            "amount": {**DECIMAL, "nullable": True},
+            "quote_amount": {**DECIMAL, "nullable": True},
+            "filled_amount": ref("Decimal"),
+            "filled_quote": ref("Decimal"),
+            "avg_price": {**DECIMAL, "nullable": True},
+            "fee": ref("Decimal"),
+            "fee_asset": {"type": "string"},
+            "status": {"type": "string", "enum": ["open", "filled", "cancelled"]},
+            "created_at": {"type": "integer"},
+            "created_at_local": {"type": "string", "format": "date-time"},
+            "updated_at": {"type": "integer"},
+            "updated_at_local": {"type": "string", "format": "date-time"},
+            "fills": {"type": "array", "items": ref("Fill")},
+        },
+    },
+}
+SCHEMAS.update(TRADING_SCHEMAS)
+
+
 def _paths() -> dict[str, Any]:
     return {
         **_market_data_paths(),
@@ -358,6 +502,137 @@ def _paths() -> dict[str, Any]:
     }
 
 
+def json_body_of(schema: str) -> dict[str, Any]:
+    return {"required": True, "content": {JSON: {"schema": ref(schema)}}}
+
+
+SECURED = [{"bearerAuth": []}]
+
+
+def _trading_query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}
+
+
+def _trading_paths() -> dict[str, Any]:
+    limit = _trading_query(
+        "limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 100},
+        "how many (400 invalid_limit outside 1..500)",
+    )
+    before = _trading_query("before_id", {"type": "integer", "minimum": 1},
+                    "only ids below this one (paging)")
+    market = _trading_query("market", {"type": "string"}, "one market (404 unknown_market)")
+    order_id = {"name": "order_id", "in": "path", "required": True,
+                "schema": {"type": "integer"}}
+    orders = {"type": "array", "items": ref("Order")}
+    return {
+        "/api/v1/auth/register": {"post": {
+            "tags": ["accounts"], "summary": "Register a user", "operationId": "register",
+            "description": "400 codes: invalid_json, invalid_username, invalid_password, "
+                           "invalid_email. 409 username_taken.",
+            "requestBody": json_body_of("RegisterRequest"),
+            "responses": {"201": json_response("Created", ref("User")),
+                          **errors(400, 409, 503)},
+        }},
+        "/api/v1/auth/login": {"post": {
+            "tags": ["accounts"], "summary": "Log in: a bearer token",
+            "operationId": "login", "description": "401 invalid_credentials.",
+            "requestBody": json_body_of("LoginRequest"),
+            "responses": {"200": json_response("A token", ref("Token")),
+                          **errors(400, 401, 429, 503)},
+        }},
+        "/api/v1/auth/logout": {"post": {
+            "tags": ["accounts"], "summary": "Revoke the presented token",
+            "operationId": "logout", "security": SECURED,
+            "responses": {"204": {"description": "Revoked"}, **errors(401, 503)},
+        }},
+        "/api/v1/me": {"get": {
+            "tags": ["accounts"], "summary": "The caller", "operationId": "me",
+            "security": SECURED,
+            "responses": {"200": json_response("The user", ref("User")),
+                          **errors(401, 503)},
+        }},
+        "/api/v1/balances": {"get": {
+            "tags": ["accounts"], "summary": "The caller's balances, every asset",
+            "operationId": "balances", "security": SECURED,
+            "responses": {"200": json_response("Balances", {"type": "array",
+                                                            "items": ref("Balance")}),
+                          **errors(401, 503)},
+        }},
+        "/api/v1/orders": {
+            "post": {
+                "tags": ["trading"], "summary": "Place an order (matched at once)",
+                "operationId": "placeOrder", "security": SECURED,
+                "description": f"400 codes: {ORDER_ERROR_CODES}. 404 unknown_market. "
+                               "409 fok_not_filled, insufficient_liquidity, "
+                               "duplicate_client_order_id (same client_order_id, "
+                               "different request). A rejection changes nothing.",
+                "requestBody": json_body_of("OrderRequest"),
+                "responses": {
+                    "201": json_response("Placed, with its fills", ref("Order")),
+                    "200": json_response("The original order of a repeated client_order_id",
+                                         ref("Order")),
+                    **errors(400, 401, 404, 409, 429, 503),
+                },
+            },
+            "get": {
+                "tags": ["trading"], "summary": "The caller's orders, newest first",
+                "operationId": "listOrders", "security": SECURED,
+                "parameters": [
+                    market,
+                    _trading_query("status", {"type": "string", "enum": ["open", "filled",
+                                                                 "cancelled"]},
+                           "only this status (400 invalid_status)"),
+                    limit, before,
+                ],
+                "responses": {"200": json_response("Orders", orders),
+                              **errors(400, 401, 404, 503)},
+            },
+        },
+        "/api/v1/orders/{order_id}": {
+            "get": {
+                "tags": ["trading"], "summary": "One of the caller's orders",
+                "operationId": "getOrder", "security": SECURED, "parameters": [order_id],
+                "responses": {"200": json_response("The order", ref("Order")),
+                              **errors(401, 404, 503)},
+            },
+            "delete": {
+                "tags": ["trading"], "summary": "Cancel an open order",
+                "operationId": "cancelOrder", "security": SECURED, "parameters": [order_id],
+                "description": "Releases what the order still reserves. 404 order_not_found; "
+                               "409 order_not_open.",
+                "responses": {"200": json_response("The cancelled order", ref("Order")),
+                              **errors(401, 404, 409, 503)},
+            },
+        },
+        "/api/v1/account/trades": {"get": {
+            "tags": ["trading"], "summary": "The caller's fills, newest first",
+            "operationId": "accountTrades", "security": SECURED,
+            "parameters": [market, limit, before],
+            "responses": {"200": json_response("Fills", {"type": "array",
+                                                         "items": ref("Fill")}),
+                          **errors(400, 401, 404, 503)},
+        }},
+        "/api/v1/admin/deposits": {"post": {
+            "tags": ["admin"], "summary": "Credit a user's balance (admin)",
+            "operationId": "deposit", "security": SECURED,
+            "description": "400 invalid_amount, unknown_asset; 404 unknown_user.",
+            "requestBody": json_body_of("TransferRequest"),
+            "responses": {"200": json_response("The new balance", ref("TransferResult")),
+                          **errors(400, 401, 403, 404, 503)},
+        }},
+        "/api/v1/admin/withdrawals": {"post": {
+            "tags": ["admin"], "summary": "Debit a user's available balance (admin)",
+            "operationId": "withdraw", "security": SECURED,
+            "description": "400 invalid_amount, unknown_asset, insufficient_balance; "
+                           "404 unknown_user.",
+            "requestBody": json_body_of("TransferRequest"),
+            "responses": {"200": json_response("The new balance", ref("TransferResult")),
+                          **errors(400, 401, 403, 404, 503)},
+        }},
+    }
+
+
 def build_spec(settings: Settings) -> dict[str, Any]:
     return {
         "openapi": "3.0.3",
@@ -375,8 +650,11 @@ def build_spec(settings: Settings) -> dict[str, Any]:
         "tags": [
             {"name": "service", "description": "Liveness and readiness"},
             {"name": "market data", "description": "Public market data"},
+            {"name": "accounts", "description": "Users, tokens and balances"},
+            {"name": "trading", "description": "Orders and fills (bearer token)"},
+            {"name": "admin", "description": "Deposits and withdrawals (admin role)"},
         ],
-        "paths": with_operations_headers(_paths()),
+        "paths": with_operations_headers({**_paths(), **_trading_paths()}),
         "components": {
             "schemas": SCHEMAS,
             "responses": {

@@ -1,0 +1,309 @@
+"""Order placement throughput and latency through HTTP, beside a raw-commit baseline.
+
+Starts a private MariaDB (``innodb_flush_log_at_trx_commit=1``: every commit is durable),
+serves ``stockex.api:create_app()`` with gunicorn, and lets N concurrent HTTP clients (16 by
+default) place crossing limit orders on one market for a while (every order trades with what
+rests on the other side; the book stays shallow). Then, in the same run, the baseline: N
+threads doing with PyMySQL directly what a matched order minimally needs — one transaction
+that locks one row, updates four balance rows, inserts a trade row and commits.
+
+Prints one JSON document: orders/s, p50/p99 latency, baseline transactions/s, the ratio, and
+whether ``reconcile`` still holds afterwards.
+
+    PYTHONPATH=src python benchmarks/orders.py [--clients 16] [--seconds 20] [--workers 6]
+        [--threads 1] [--redis]
+
+On the 2-vCPU development box, 6 sync workers did best (gthread workers lose to the GIL;
+the work is CPU-bound). ``cpu_ms_per_order`` shows where the CPU goes: API processes,
+MariaDB, and this script's clients; ``machine_load_average`` shows how busy the machine was
+(other sessions share it), which moves every figure, the baseline's too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from stockex import auth
+from stockex.config import settings_from_mapping
+from stockex.db import Database
+from stockex.markets import sync_markets
+from stockex.migrate import upgrade
+from stockex.testing import MySQLServer, free_port, start_mysql, start_redis
+from stockex.trading import accounts
+from stockex.trading.reconcile import reconcile
+
+MARKET = {
+    "id": "asaxu", "base": "ASA", "quote": "XU", "price_precision": 0, "amount_precision": 3,
+    "min_amount": "0.001", "maker_fee": "0.001", "taker_fee": "0.002",
+}
+SECRET = "benchmark-secret-key-0123456789abcdef0123456789"  # noqa: S105 - a throwaway server
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its reaped and living children."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            total += cpu_seconds(int(child))
+    except (OSError, ValueError):
+        pass
+    return total
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def summary(latencies: list[float], elapsed: float) -> dict[str, float]:
+    return {
+        "count": len(latencies),
+        "per_second": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(percentile(latencies, 0.50) * 1000, 2),
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
+        "mean_ms": round(statistics.fmean(latencies) * 1000, 2) if latencies else 0.0,
+    }
+
+
+# --------------------------------------------------------------------------- stockex via HTTP
+
+
+def prepare(server: MySQLServer, clients: int, workdir: Path,
+            redis_url: str = "") -> tuple[dict, list[str], Database]:
+    url = server.create_database("stockex_bench")
+    raw = {"secret_key": SECRET, "database": {"url": url}, "markets": [MARKET],
+           "redis": {"url": redis_url}}
+    settings = settings_from_mapping(raw)
+    db = Database(url)
+    upgrade(db)
+    sync_markets(db, settings)
+    tokens = []
+    for i in range(clients):
+        user = auth.create_user(db, settings, f"trader{i:02d}", "bench-password")
+        accounts.deposit(db, settings, user.username, "ASA", "1000000")
+        accounts.deposit(db, settings, user.username, "XU", "1000000000")
+        tokens.append(auth.issue_token(settings, user.id, user.role))
+    config = workdir / "config.yaml"
+    config.write_text(json.dumps(raw))  # JSON is YAML
+    return {"config": config, "settings": settings}, tokens, db
+
+
+def serve(config: Path, workers: int, threads: int) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    env = {**os.environ, "STOCKEX_CONFIG": str(config)}
+    command = [
+        sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
+        "--workers", str(workers), "--threads", str(threads), "--worker-class",
+        "gthread" if threads > 1 else "sync", "--keep-alive", "30", "--log-level", "warning",
+        "stockex.api:create_app()",
+    ]
+    process = subprocess.Popen(command, env=env)  # noqa: S603
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                conn.close()
+                return process, port
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("gunicorn did not start")
+
+
+def order_load(port: int, tokens: list[str], seconds: float, warmup: float) -> dict:
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    lock = threading.Lock()
+    start = time.monotonic()
+    measure_from, stop_at = start + warmup, start + warmup + seconds
+
+    def client(index: int, token: str) -> None:
+        rng = random.Random(index)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        mine: list[float] = []
+        seen: dict[int, int] = {}
+        side = "buy" if index % 2 else "sell"
+        while True:
+            now = time.monotonic()
+            if now >= stop_at:
+                break
+            # Buys bid above every ask and sells ask below every bid: each order crosses.
+            price = 1000 + rng.randint(0, 5) if side == "buy" else 1000 - rng.randint(0, 5)
+            body = json.dumps({
+                "market": "asaxu", "side": side, "type": "limit", "price": str(price),
+                "amount": f"{rng.randint(100, 2000) / 1000:.3f}",
+            })
+            began = time.monotonic()
+            try:
+                conn.request("POST", "/api/v1/orders", body=body, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                status = response.status
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                status = 0
+            ended = time.monotonic()
+            if began >= measure_from:
+                seen[status] = seen.get(status, 0) + 1
+                if status == 201:
+                    mine.append(ended - began)
+            side = "sell" if side == "buy" else "buy"
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+            for key, value in seen.items():
+                statuses[key] = statuses.get(key, 0) + value
+
+    threads = [threading.Thread(target=client, args=(i, t)) for i, t in enumerate(tokens)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {**summary(latencies, seconds), "statuses": statuses}
+
+
+# --------------------------------------------------------------------------- the baseline
+
+
+def baseline(server: MySQLServer, clients: int, seconds: float) -> dict:
+    """N threads: lock a row, update four balance rows, insert a trade, commit."""
+    import pymysql
+    from sqlalchemy.engine import make_url
+
+    server.create_database("baseline")
+    u = make_url(server.url)
+
+    def connect() -> pymysql.Connection:
+        return pymysql.connect(host=u.host, port=u.port, user=u.username, password=u.password,
+                               database="baseline", autocommit=False)
+
+    setup = connect()
+    with setup.cursor() as cur:
+        cur.execute("CREATE TABLE market (id INT PRIMARY KEY) ENGINE=InnoDB")
+        cur.execute("CREATE TABLE balance (id INT PRIMARY KEY, available DECIMAL(36,18) "
+                    "NOT NULL, locked DECIMAL(36,18) NOT NULL) ENGINE=InnoDB")
+        cur.execute("CREATE TABLE trade (id BIGINT AUTO_INCREMENT PRIMARY KEY, price "
+                    "DECIMAL(36,18), amount DECIMAL(36,18), total DECIMAL(36,18), "
+                    "created_at BIGINT) ENGINE=InnoDB")
+        cur.execute("INSERT INTO market VALUES (1)")
+        cur.executemany("INSERT INTO balance VALUES (%s, 1000000, 1000000)",
+                        [(i,) for i in range(1, 2 * clients + 1)])
+    setup.commit()
+    setup.close()
+    latencies: list[float] = []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def worker(index: int) -> None:
+        rng = random.Random(index)
+        conn = connect()
+        conn.query("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        mine = []
+        while time.monotonic() < stop_at:
+            began = time.monotonic()
+            with conn.cursor() as cur:
+                cur.execute("SELECT id FROM market WHERE id = 1 FOR UPDATE")
+                ids = rng.sample(range(1, 2 * clients + 1), 4)
+                for i, account in enumerate(ids):
+                    delta = "0.001" if i % 2 else "-0.001"
+                    cur.execute("UPDATE balance SET available = available + %s, locked = "
+                                "locked WHERE id = %s", (delta, account))
+                cur.execute("INSERT INTO trade (price, amount, total, created_at) VALUES "
+                            "(1000, 1, 1000, %s)", (int(time.time()),))
+            conn.commit()
+            mine.append(time.monotonic() - began)
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return summary(latencies, seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--workers", type=int, default=6, help="gunicorn worker processes")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads per worker (1: sync workers; more: gthread)")
+    parser.add_argument("--redis", action="store_true",
+                        help="configure Redis (token revocation checks go there)")
+    args = parser.parse_args()
+
+    server = start_mysql()
+    redis_server = start_redis() if args.redis else None
+    workdir = Path(tempfile.mkdtemp(prefix="stockex-bench-"))
+    process = None
+    try:
+        info, tokens, db = prepare(server, args.clients, workdir,
+                                   redis_server.url if redis_server else "")
+        process, port = serve(info["config"], args.workers, args.threads)
+        mysql_pid = server.process.pid if server.process else 0
+        cpu_before = cpu_seconds(process.pid), cpu_seconds(mysql_pid), time.process_time()
+        load_before = os.getloadavg()[0]
+        orders = order_load(port, tokens, args.seconds, args.warmup)
+        cpu_after = cpu_seconds(process.pid), cpu_seconds(mysql_pid), time.process_time()
+        handled = max(1, sum(orders["statuses"].values()))
+        orders["cpu_ms_per_order"] = {
+            name: round((after - before) * 1000 / handled * args.seconds
+                        / (args.seconds + args.warmup), 3)
+            for name, before, after in zip(("api", "mysql", "clients"), cpu_before,
+                                           cpu_after, strict=True)
+        }
+        orders["machine_load_average"] = [round(load_before, 2),
+                                          round(os.getloadavg()[0], 2)]
+        process.terminate()
+        process.wait(30)
+        process = None
+        checks = reconcile(db, info["settings"])
+        raw = baseline(server, args.clients, args.seconds)
+        result = {
+            "benchmark": "orders",
+            "setup": {
+                "redis": bool(args.redis),
+                "clients": args.clients, "seconds": args.seconds,
+                "gunicorn_workers": args.workers, "threads_per_worker": args.threads,
+                "innodb_flush_log_at_trx_commit": 1, "cpus": os.cpu_count(),
+            },
+            "orders": orders,
+            "baseline_raw_commit": raw,
+            "ratio_orders_to_baseline": round(orders["per_second"] / raw["per_second"], 3),
+            "targets": {"orders_per_second": 500, "p99_ms": 100,
+                        "met": orders["per_second"] >= 500 and orders["p99_ms"] <= 100},
+            "reconcile_ok": all(c.ok for c in checks),
+        }
+        print(json.dumps(result, indent=2))
+    finally:
+        if process is not None:
+            process.kill()
+        server.close()
+        if redis_server is not None:
+            redis_server.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,336 @@
+"""Users, passwords and access tokens.
+
+* **Users**: usernames are 3-32 characters of ``[a-z0-9_.-]``; passwords at least 8 characters,
+  stored only as a werkzeug scrypt hash and never logged. A new user gets an account (zero
+  balance) for every asset of every configured market. ``fees`` is reserved for the system
+  account that receives trading fees.
+* **Tokens**: JWT signed with HS256 and ``secret_key``; claims ``sub`` (the user id as a
+  string), ``role``, ``iat``, ``exp`` (``api.jwt_ttl_seconds`` later) and a random ``jti``.
+  Verification pins the algorithm to HS256 (so ``alg=none`` and RS/HS confusion are refused)
+  and requires every claim. Any failure is :class:`Unauthorized` (HTTP 401).
+* **Revocation** (logout): the ``jti`` is refused until the token would have expired anyway.
+  With Redis configured the revocation lives in Redis (one round trip per request), backed by
+  the ``revoked_tokens`` table so that a Redis restart or outage never lets a revoked token
+  back in: when Redis lost its data (the ``revoked-loaded`` marker is gone) it is re-filled
+  from the table, and while Redis is unreachable the table is asked directly (a logout
+  itself then answers 503, see :meth:`Revocations.revoke`). Without Redis the table alone
+  is used.
+
+``requires_auth`` is the Flask decorator for ``Authorization: Bearer <token>`` routes.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any, TypeVar
+
+import jwt
+import redis
+from flask import g, request
+from sqlalchemy import bindparam, delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from stockex.cache import KEY_PREFIX, Cache
+from stockex.config import Settings
+from stockex.db import Database
+from stockex.errors import Conflict, DomainError, InvalidInput, NotFound
+from stockex.models import RevokedToken, User
+from stockex.trading.accounts import FEE_USERNAME, all_assets, ensure_accounts
+
+ALGORITHM = "HS256"
+REQUIRED_CLAIMS = ("sub", "role", "iat", "exp", "jti")
+ROLES = ("user", "admin", "system")
+RESERVED_USERNAMES = frozenset({FEE_USERNAME, "system", "admin", "root"})
+USERNAME_RE = re.compile(r"^[a-z0-9_.-]{3,32}$")
+EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,189}\.[^@\s]{1,63}$")
+MIN_PASSWORD = 8
+MAX_PASSWORD = 1024  # scrypt cost does not grow with length, but a body must stay sane
+
+_REVOKED_EXPIRY = select(RevokedToken.expires_at).where(RevokedToken.jti == bindparam("jti"))
+_REVOKED_KEY = KEY_PREFIX + "revoked:"
+_REVOKED_LOADED_KEY = KEY_PREFIX + "revoked-loaded"
+# A hash to compare against when the user does not exist, so that a login for an unknown
+# name costs as much as a wrong password (no user enumeration by timing).
+_DUMMY_HASH = generate_password_hash("not-a-real-password-at-all")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Unauthorized(DomainError):
+    status = 401
+    code = "invalid_token"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message, code=code, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(DomainError):
+    status = 403
+    code = "forbidden"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a verified token speaks for."""
+
+    user_id: int
+    role: str
+    jti: str
+    expires_at: int
+
+
+@dataclass(frozen=True)
+class UserView:
+    id: int
+    username: str
+    role: str
+    email: str | None
+
+
+# --------------------------------------------------------------------------- users
+
+
+def validate_username(username: object) -> str:
+    if not isinstance(username, str) or not USERNAME_RE.match(username):
+        raise InvalidInput(
+            "username must be 3-32 characters of a-z, 0-9, '_', '.', '-'",
+            code="invalid_username",
+        )
+    return username
+
+
+def validate_password(password: object) -> str:
+    if not isinstance(password, str) or not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        raise InvalidInput(
+            f"password must be a string of {MIN_PASSWORD} to {MAX_PASSWORD} characters",
+            code="invalid_password",
+        )
+    return password
+
+
+def validate_email(email: object) -> str | None:
+    if email is None or email == "":
+        return None
+    if not isinstance(email, str) or len(email) > 254 or not EMAIL_RE.match(email):
+        raise InvalidInput("email is not a valid address", code="invalid_email")
+    return email
+
+
+def hash_password(password: str) -> str:
+    return generate_password_hash(password, method="scrypt")
+
+
+def create_user(
+    db: Database,
+    settings: Settings,
+    username: object,
+    password: object,
+    *,
+    email: object = None,
+    role: str = "user",
+) -> UserView:
+    """Register a user with a zero account for every configured asset.
+
+    Raises InvalidInput (bad name, password, email), Conflict ``username_taken`` (also for
+    reserved system names).
+    """
+    name = validate_username(username)
+    secret = validate_password(password)
+    address = validate_email(email)
+    if role not in ROLES:
+        raise InvalidInput(f"role must be one of {', '.join(ROLES)}", code="invalid_role")
+    if name in RESERVED_USERNAMES and role != "system":
+        raise Conflict(f"username {name!r} is taken", code="username_taken")
+    hashed = hash_password(secret)  # slow on purpose; outside the transaction
+
+    def work(session: Session) -> UserView:
+        user = User(
+            username=name, email=address, password_hash=hashed, role=role,
+            created_at=int(time.time()),
+        )
+        session.add(user)
+        session.flush()
+        ensure_accounts(session, [user.id], all_assets(settings))
+        return UserView(user.id, user.username, user.role, user.email)
+
+    try:
+        return db.transaction(work)
+    except IntegrityError:
+        raise Conflict(f"username {name!r} is taken", code="username_taken") from None
+
+
+def get_user(db: Database, user_id: int) -> UserView:
+    with db.read() as session:
+        user = session.get(User, user_id)
+        if user is None:
+            raise NotFound("no such user", code="unknown_user")
+        return UserView(user.id, user.username, user.role, user.email)
+
+
+def authenticate(db: Database, username: object, password: object) -> UserView:
+    """The user whose password this is; Unauthorized ``invalid_credentials`` otherwise."""
+    bad = Unauthorized("wrong username or password", code="invalid_credentials")
+    if not isinstance(username, str) or not isinstance(password, str):
+        raise bad
+    with db.read() as session:
+        user = session.scalar(select(User).where(User.username == username))
+    if user is None or user.role == "system":
+        check_password_hash(_DUMMY_HASH, password)
+        raise bad
+    if not check_password_hash(user.password_hash, password):
+        raise bad
+    return UserView(user.id, user.username, user.role, user.email)
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def issue_token(settings: Settings, user_id: int, role: str, *, now: int | None = None) -> str:
+    issued = int(time.time()) if now is None else now
+    claims = {
+        "sub": str(user_id),
+        "role": role,
+        "iat": issued,
+        "exp": issued + settings.api.jwt_ttl_seconds,
+        "jti": secrets.token_hex(16),
+    }
+    return jwt.encode(claims, settings.secret_key, algorithm=ALGORITHM)
+
+
+def decode_token(settings: Settings, token: str) -> Principal:
+    """Verify signature (HS256 only), expiry and claims; Unauthorized on any problem."""
+    try:
+        claims = jwt.decode(
+            token,
+            settings.secret_key,
+            algorithms=[ALGORITHM],
+            options={"require": list(REQUIRED_CLAIMS)},
+        )
+    except jwt.ExpiredSignatureError:
+        raise Unauthorized("the token has expired", code="token_expired") from None
+    except jwt.PyJWTError:
+        raise Unauthorized("the token is not valid") from None
+    sub, role, jti = claims["sub"], claims["role"], claims["jti"]
+    if not (isinstance(sub, str) and sub.isdigit() and role in ROLES and isinstance(jti, str)):
+        raise Unauthorized("the token is not valid")
+    if role == "system" or not 0 < len(jti) <= 64:
+        raise Unauthorized("the token is not valid")
+    return Principal(int(sub), role, jti, int(claims["exp"]))
+
+
+class Revocations:
+    """Logged-out token ids; see the module docstring for where they live."""
+
+    def __init__(self, db: Database, cache: Cache) -> None:
+        self.db = db
+        self.redis = cache.redis
+
+    def revoke(self, principal: Principal, *, now: int | None = None) -> None:
+        """Refuse ``principal``'s token from now on.
+
+        With Redis configured, Redis is written first: if it is unreachable the logout fails
+        with 503 ``revocation_unavailable`` and nothing changed (otherwise Redis, once back
+        with its data, would not know this token). The table is written second; it is what
+        Redis is re-filled from after it lost its data.
+        """
+        current = int(time.time()) if now is None else now
+        if self.redis is not None:
+            try:
+                ttl = max(1, principal.expires_at - current)
+                self.redis.set(_REVOKED_KEY + principal.jti, b"1", ex=ttl)
+            except redis.RedisError:
+                raise DomainError(
+                    "cannot log out while Redis is unreachable; try again",
+                    code="revocation_unavailable", status=503,
+                ) from None
+
+        def work(session: Session) -> None:
+            session.execute(delete(RevokedToken).where(RevokedToken.expires_at < current))
+            if session.get(RevokedToken, principal.jti) is None:
+                session.add(RevokedToken(jti=principal.jti, expires_at=principal.expires_at))
+
+        self.db.transaction(work)
+
+    def is_revoked(self, jti: str) -> bool:
+        if self.redis is not None:
+            try:
+                loaded, revoked = self.redis.mget([_REVOKED_LOADED_KEY, _REVOKED_KEY + jti])
+                if loaded is not None:
+                    return revoked is not None
+                return jti in self._reload_redis()
+            except redis.RedisError:
+                pass  # ask the table instead
+        return self._in_table(jti)
+
+    def _in_table(self, jti: str) -> bool:
+        # Every authenticated request comes here when Redis is not configured: plain SQL,
+        # no ORM session.
+        with self.db.engine.connect() as conn:
+            expires_at = conn.execute(_REVOKED_EXPIRY, {"jti": jti}).scalar()
+        return expires_at is not None and expires_at >= int(time.time())
+
+    def _reload_redis(self) -> set[str]:  # only called with self.redis set
+        """Redis lost its data (restart, flush): copy the unexpired revocations back."""
+        now = int(time.time())
+        with self.db.read() as session:
+            rows = session.execute(
+                select(RevokedToken.jti, RevokedToken.expires_at).where(
+                    RevokedToken.expires_at >= now
+                )
+            ).all()
+        pipe = self.redis.pipeline(transaction=False)  # type: ignore[union-attr]
+        for jti, expires_at in rows:
+            pipe.set(_REVOKED_KEY + jti, b"1", ex=max(1, expires_at - now))
+        pipe.set(_REVOKED_LOADED_KEY, b"1")
+        pipe.execute()
+        return {jti for jti, _ in rows}
+
+
+# --------------------------------------------------------------------------- flask
+
+
+def bearer_token() -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("an 'Authorization: Bearer <token>' header is required",
+                           code="missing_token")
+    return token.strip()
+
+
+def current_principal() -> Principal:
+    principal: Principal = g.stockex_principal
+    return principal
+
+
+def requires_auth(role: str | None = None) -> Callable[[F], F]:
+    """Route decorator: verify the bearer token (401) and, if given, the role (403).
+
+    The verified :class:`Principal` is available as :func:`current_principal`.
+    """
+
+    def decorate(view: F) -> F:
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            from stockex.api import services
+
+            svc = services()
+            principal = decode_token(svc.settings, bearer_token())
+            if Revocations(svc.db, svc.cache).is_revoked(principal.jti):
+                raise Unauthorized("the token has been revoked", code="token_revoked")
+            if role is not None and principal.role != role:
+                raise Forbidden(f"this needs the {role} role")
+            g.stockex_principal = principal
+            g.user_id = principal.user_id  # read by rate limits, the access log and alerts
+            return view(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

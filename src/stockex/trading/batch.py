@@ -1,0 +1,210 @@
+"""The writes of one transaction, sent to MySQL in one round trip.
+
+A placement holds its market's lock from the first statement to the commit, so every round
+trip to the database inside it lowers the market's throughput. :class:`WriteBatch` collects
+the inserts and updates of a transaction and, on MySQL, sends them as one multi-statement
+query: ids of rows inserted earlier in the batch are carried in session variables
+(``SET @stockex_id0 = LAST_INSERT_ID()``) and read back at the end. On SQLite (in-process, no
+round trips) each write simply runs at once through SQLAlchemy.
+
+Values are escaped by the driver (``pymysql``'s ``escape``), never pasted in as text; table
+and column names come from :mod:`stockex.models`. MySQL stops a multi-statement query at the
+first failing statement, and the caller's transaction then rolls everything back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Table, case, insert, literal, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+
+class Ref:
+    """The id of a row inserted earlier in the batch; ``value`` is known after ``flush``."""
+
+    def __init__(self, variable: str) -> None:
+        self.variable = variable
+        self.value: int | None = None
+
+    def __int__(self) -> int:
+        if self.value is None:
+            raise RuntimeError("the batch has not been flushed yet")
+        return self.value
+
+
+def _plain(value: Any) -> Any:
+    return int(value) if isinstance(value, Ref) else value
+
+
+def _columns(table: Table, names: Iterable[str]) -> list[str]:
+    """The names, each checked to be a column of ``table`` (they end up in SQL text)."""
+    found = list(names)
+    for name in found:
+        if name not in table.c:
+            raise ValueError(f"{table.name} has no column {name!r}")
+    return found
+
+
+def is_mysql(session: Session) -> bool:
+    return session.get_bind().dialect.name == "mysql"
+
+
+@contextmanager
+def mysql_cursor(session: Session) -> Iterator[Any]:
+    """A raw PyMySQL cursor on the session's connection (inside its transaction).
+
+    Driver errors come out as SQLAlchemy's (``IntegrityError``, ``OperationalError``, ...),
+    exactly as from ``session.execute``, so that deadlocks are retried by the transaction
+    helper, duplicate keys are recognized and a lost server answers 503.
+    """
+    import pymysql
+
+    cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        yield cursor
+    except pymysql.err.Error as exc:
+        raise DBAPIError.instance(
+            getattr(cursor, "_executed", None), None, exc, pymysql.err.Error
+        ) from exc
+    finally:
+        cursor.close()
+
+
+class WriteBatch:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.mysql = is_mysql(session)
+        self._statements: list[str] = []
+        self._refs: list[Ref] = []
+        self._escape = (
+            session.connection().connection.driver_connection.escape  # type: ignore[union-attr]
+            if self.mysql else None
+        )
+
+    # ----------------------------------------------------------------- building
+
+    def _literal(self, value: Any) -> str:
+        kind = type(value)
+        if kind is Decimal:  # the common cases first, rendered as the driver would
+            return format(value, "f")
+        if kind is int:
+            return str(value)
+        if kind is Ref:
+            return str(value.variable)
+        assert self._escape is not None  # noqa: S101 - only called on MySQL
+        return str(self._escape(value))
+
+    @staticmethod
+    def _resolved(row: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: _plain(v) for k, v in row.items()}
+
+    def insert(self, table: Table, row: Mapping[str, Any]) -> Ref:
+        """Insert one row; returns a reference to its id."""
+        _columns(table, row)
+        ref = Ref(f"@stockex_id{len(self._refs)}")
+        self._refs.append(ref)
+        if not self.mysql:
+            result = self.session.execute(insert(table).values(self._resolved(row)))
+            ref.value = int(result.inserted_primary_key[0])
+            return ref
+        self._statements.append(
+            f"INSERT INTO {table.name} ({', '.join(_columns(table, row))}) "  # noqa: S608
+            f"VALUES ({', '.join(self._literal(v) for v in row.values())})"
+        )
+        self._statements.append(f"SET {ref.variable} = LAST_INSERT_ID()")
+        return ref
+
+    def insert_many(self, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert rows with the same columns (ids not needed)."""
+        if not rows:
+            return
+        if not self.mysql:
+            self.session.execute(insert(table), [self._resolved(r) for r in rows])
+            return
+        columns = _columns(table, rows[0])
+        values = ", ".join(
+            f"({', '.join(self._literal(r[c]) for c in columns)})" for r in rows
+        )
+        self._statements.append(
+            f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES {values}"  # noqa: S608
+        )
+
+    def update(self, table: Table, row_id: int | Ref, values: Mapping[str, Any]) -> None:
+        """``UPDATE table SET ... WHERE id = row_id``."""
+        if not self.mysql:
+            self.session.execute(
+                update(table).where(table.c.id == _plain(row_id)).values(self._resolved(values))
+            )
+            return
+        assignments = ", ".join(
+            f"{k} = {self._literal(values[k])}" for k in _columns(table, values)
+        )
+        self._statements.append(
+            f"UPDATE {table.name} SET {assignments} WHERE id = {self._literal(row_id)}"  # noqa: S608
+        )
+
+    def update_rows(self, table: Table, rows: Mapping[Any, Mapping[str, Any]],
+                    common: Mapping[str, Any] | None = None) -> None:
+        """Update several rows by id in ONE statement (``SET col = CASE id WHEN ...``).
+
+        Every row must set the same columns; ``common`` values go to all of them.
+        """
+        if not rows:
+            return
+        common = common or {}
+        ids = list(rows)
+        columns = _columns(table, rows[ids[0]])
+        _columns(table, common)
+        if not self.mysql:
+            plain = [_plain(i) for i in ids]
+            values: dict[str, Any] = {
+                c: case(
+                    {_plain(i): literal(_plain(rows[i][c]), table.c[c].type) for i in ids},
+                    value=table.c.id,
+                )
+                for c in columns
+            }
+            values.update(self._resolved(common))
+            self.session.execute(update(table).where(table.c.id.in_(plain)).values(values))
+            return
+        assignments = [
+            f"{c} = CASE id "
+            + " ".join(f"WHEN {self._literal(i)} THEN {self._literal(rows[i][c])}" for i in ids)
+            + " END"
+            for c in columns
+        ] + [f"{c} = {self._literal(v)}" for c, v in common.items()]
+        self._statements.append(
+            f"UPDATE {table.name} SET {', '.join(assignments)} "  # noqa: S608
+            f"WHERE id IN ({', '.join(self._literal(i) for i in ids)})"
+        )
+
+    # ----------------------------------------------------------------- sending
+
+    def flush(self) -> None:
+        """Send what was collected (MySQL: one round trip) and fill in every :class:`Ref`."""
+        if not self.mysql or not self._statements:
+            self._statements = []
+            return
+        pending = [r for r in self._refs if r.value is None]
+        statements = list(self._statements)
+        if pending:
+            statements.append(f"SELECT {', '.join(r.variable for r in pending)}")
+        self._statements = []
+        with mysql_cursor(self.session) as cursor:
+            cursor.execute(";\n".join(statements))
+            row = None
+            while True:
+                if cursor.description is not None:
+                    row = cursor.fetchone()
+                if not cursor.nextset():
+                    break
+        if pending:
+            if row is None:  # pragma: no cover - the SELECT always answers
+                raise RuntimeError("the batch did not return the inserted ids")
+            for ref, value in zip(pending, row, strict=True):
+                ref.value = int(value)

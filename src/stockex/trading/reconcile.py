@@ -1,0 +1,231 @@
+"""``stockex reconcile``: check every ledger and balance invariant.
+
+All checks read one consistent snapshot (REPEATABLE READ on MySQL, one read transaction on
+SQLite), so they may run while trading goes on. Each returns the problems it found (empty
+when the invariant holds):
+
+* ``ledger_matches_balances``: every account's available and locked equal the sums of its
+  ledger rows;
+* ``assets_conserved``: per asset, Σ(available + locked) over all accounts (users and the fee
+  account) equals deposits − withdrawals;
+* ``no_negative_balances``;
+* ``locked_matches_open_orders``: every user's locked balance equals what their open orders
+  reserve, and every order reserves exactly what it should (an open buy: price × unfilled
+  amount of quote; an open sell: its unfilled amount of base; any other order: nothing);
+* ``fills_match_trades``: every order's filled amount, filled quote and fee equal the sums
+  over its trades, and its status agrees with them.
+
+Sums run in SQL on MySQL (exact DECIMAL) and in Python on SQLite (where SQL would use floats).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from stockex.config import Settings
+from stockex.db import Database
+from stockex.models import Account, LedgerEntry, Order, Trade
+
+ZERO = Decimal(0)
+MAX_PROBLEMS = 20  # per check, so that a broken database does not print a novel
+
+
+@dataclass
+class Check:
+    name: str
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, problem: str) -> None:
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(problem)
+        elif len(self.problems) == MAX_PROBLEMS:
+            self.problems.append("... (more problems not shown)")
+
+
+@contextmanager
+def _snapshot(db: Database) -> Iterator[Session]:
+    with db.engine.connect() as conn:
+        if db.dialect == "mysql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            conn.exec_driver_sql("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+        with Session(bind=conn) as session:
+            yield session
+            session.rollback()
+
+
+def _sums(session: Session, keys: Sequence[Any], values: Sequence[Any], *where: Any,
+          mysql: bool, select_from: Any = None) -> dict[tuple[Any, ...], list[Decimal]]:
+    """{key tuple: [sum of each value column]} — in SQL on MySQL, in Python otherwise."""
+    if mysql:
+        query = select(*keys, *(func.sum(v) for v in values)).where(*where).group_by(*keys)
+        if select_from is not None:
+            query = query.select_from(select_from)
+        return {
+            tuple(row[: len(keys)]): [v or ZERO for v in row[len(keys):]]
+            for row in session.execute(query)
+        }
+    query = select(*keys, *values).where(*where)
+    if select_from is not None:
+        query = query.select_from(select_from)
+    totals: dict[tuple[Any, ...], list[Decimal]] = defaultdict(lambda: [ZERO] * len(values))
+    for row in session.execute(query):
+        key, sums = tuple(row[: len(keys)]), totals[tuple(row[: len(keys)])]
+        for i, value in enumerate(row[len(keys):]):
+            sums[i] += value or ZERO
+        totals[key] = sums
+    return dict(totals)
+
+
+def reconcile(db: Database, settings: Settings) -> list[Check]:
+    """Run every check (see the module docstring) and return them in order."""
+    mysql = db.dialect == "mysql"
+    with _snapshot(db) as session:
+        accounts = session.execute(
+            select(Account.id, Account.user_id, Account.asset, Account.available, Account.locked)
+        ).all()
+        checks: list[Callable[..., Check]] = [
+            _ledger_matches_balances, _assets_conserved, _no_negative_balances,
+            _locked_matches_open_orders, _fills_match_trades,
+        ]
+        return [check(session, accounts, settings, mysql) for check in checks]
+
+
+def _ledger_matches_balances(session: Session, accounts: list[Any], settings: Settings,
+                             mysql: bool) -> Check:
+    check = Check("ledger_matches_balances")
+    ledger = _sums(session, [LedgerEntry.account_id],
+                   [LedgerEntry.delta_available, LedgerEntry.delta_locked], mysql=mysql)
+    known = set()
+    for acc in accounts:
+        known.add(acc.id)
+        available, locked = ledger.get((acc.id,), [ZERO, ZERO])
+        if (available, locked) != (acc.available, acc.locked):
+            check.add(
+                f"account {acc.id} (user {acc.user_id} {acc.asset}): balance "
+                f"{acc.available}/{acc.locked} but ledger sums to {available}/{locked}"
+            )
+    for (account_id,) in ledger:
+        if account_id not in known:
+            check.add(f"ledger rows for missing account {account_id}")
+    return check
+
+
+def _assets_conserved(session: Session, accounts: list[Any], settings: Settings,
+                      mysql: bool) -> Check:
+    check = Check("assets_conserved")
+    held: dict[str, Decimal] = defaultdict(lambda: ZERO)
+    for acc in accounts:
+        held[acc.asset] += acc.available + acc.locked
+    flows = _sums(
+        session, [LedgerEntry.asset, LedgerEntry.reason], [LedgerEntry.delta_available],
+        LedgerEntry.reason.in_(("deposit", "withdrawal")), mysql=mysql,
+    )
+    external: dict[str, Decimal] = defaultdict(lambda: ZERO)
+    for (asset, _reason), (delta,) in flows.items():
+        external[asset] += delta
+    for asset in sorted(set(held) | set(external)):
+        if held[asset] != external[asset]:
+            check.add(
+                f"{asset}: accounts hold {held[asset]} but deposits - withdrawals = "
+                f"{external[asset]}"
+            )
+    return check
+
+
+def _no_negative_balances(session: Session, accounts: list[Any], settings: Settings,
+                          mysql: bool) -> Check:
+    check = Check("no_negative_balances")
+    for acc in accounts:
+        if acc.available < 0 or acc.locked < 0:
+            check.add(f"account {acc.id} is negative: {acc.available}/{acc.locked}")
+    return check
+
+
+def _locked_matches_open_orders(session: Session, accounts: list[Any], settings: Settings,
+                                mysql: bool) -> Check:
+    check = Check("locked_matches_open_orders")
+    markets = {m.id: m for m in settings.markets}
+    reserved: dict[tuple[int, str], Decimal] = defaultdict(lambda: ZERO)
+    rows = session.execute(
+        select(Order.id, Order.user_id, Order.market_id, Order.side, Order.type,
+               Order.price, Order.amount, Order.filled_amount, Order.locked, Order.status)
+        .where((Order.status == "open") | (Order.locked != ZERO))
+    )
+    for order in rows:
+        market = markets.get(order.market_id)
+        if market is None:
+            check.add(f"order {order.id} is in unconfigured market {order.market_id}")
+            continue
+        if order.status != "open":
+            check.add(f"{order.status} order {order.id} still reserves {order.locked}")
+            continue
+        if order.type != "limit" or order.price is None or order.amount is None:
+            check.add(f"order {order.id} is open but is not a limit order")
+            continue
+        unfilled = order.amount - order.filled_amount
+        expected = order.price * unfilled if order.side == "buy" else unfilled
+        if order.locked != expected or unfilled <= 0:
+            check.add(f"open order {order.id} reserves {order.locked}, expected {expected}")
+        asset = market.quote if order.side == "buy" else market.base
+        reserved[(order.user_id, asset)] += order.locked
+    seen = set()
+    for acc in accounts:
+        seen.add((acc.user_id, acc.asset))
+        if acc.locked != reserved[(acc.user_id, acc.asset)]:
+            check.add(
+                f"user {acc.user_id} {acc.asset}: locked {acc.locked} but open orders "
+                f"reserve {reserved[(acc.user_id, acc.asset)]}"
+            )
+    for key, amount in reserved.items():
+        if key not in seen and amount:
+            check.add(f"user {key[0]} {key[1]}: open orders reserve {amount} without an account")
+    return check
+
+
+def _fills_match_trades(session: Session, accounts: list[Any], settings: Settings,
+                        mysql: bool) -> Check:
+    check = Check("fills_match_trades")
+    by_order: dict[int, list[Decimal]] = defaultdict(lambda: [ZERO, ZERO, ZERO])
+    for role in ("maker", "taker"):
+        order_col = getattr(Trade, f"{role}_order_id")
+        sums = _sums(session, [order_col],
+                     [Trade.amount, Trade.total, getattr(Trade, f"{role}_fee")], mysql=mysql)
+        for (order_id,), values in sums.items():
+            totals = by_order[order_id]
+            for i, value in enumerate(values):
+                totals[i] += value
+    rows = session.execute(
+        select(Order.id, Order.type, Order.amount, Order.filled_amount, Order.filled_quote,
+               Order.fee, Order.status)
+    )
+    for order in rows:
+        amount, quote, fee = by_order.pop(order.id, [ZERO, ZERO, ZERO])
+        if (order.filled_amount, order.filled_quote, order.fee) != (amount, quote, fee):
+            check.add(
+                f"order {order.id}: filled {order.filled_amount}/{order.filled_quote} fee "
+                f"{order.fee} but its trades sum to {amount}/{quote} fee {fee}"
+            )
+        if order.amount is not None:
+            full = order.filled_amount == order.amount
+            if (order.status == "filled") != full or order.filled_amount > order.amount:
+                check.add(
+                    f"order {order.id} is {order.status} with {order.filled_amount} of "
+                    f"{order.amount} filled"
+                )
+        elif order.status == "open":
+            check.add(f"order {order.id} by quote amount is open")
+    for order_id in by_order:
+        check.add(f"trades refer to missing order {order_id}")
+    return check

@@ -1,0 +1,216 @@
+"""Register, login, logout and /me over HTTP; every bad token is a 401; revocation with the
+database alone and with Redis (also after Redis lost its data or is down)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+
+import jwt
+import pytest
+
+from stockex import auth
+
+REAL_HASH_PASSWORD = auth.hash_password  # taken before the cheap-hashing fixture patches it
+PASSWORD = "password-123"
+
+
+def register(client, name: str, password: str = PASSWORD, **extra):  # type: ignore[no-untyped-def]
+    return client.post("/api/v1/auth/register",
+                       json={"username": name, "password": password, **extra})
+
+
+def login(client, name: str, password: str = PASSWORD):  # type: ignore[no-untyped-def]
+    return client.post("/api/v1/auth/login", json={"username": name, "password": password})
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_register_login_me_logout(client) -> None:  # type: ignore[no-untyped-def]
+    created = register(client, "alice", email="alice@example.com")
+    assert created.status_code == 201
+    assert created.get_json() == {"id": created.get_json()["id"], "username": "alice",
+                                  "role": "user"}
+    response = login(client, "alice")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["token_type"] == "Bearer" and body["expires_in"] == 3600
+    me = client.get("/api/v1/me", headers=bearer(body["access_token"]))
+    assert me.get_json() == {"id": created.get_json()["id"], "username": "alice",
+                             "role": "user", "email": "alice@example.com"}
+    balances = client.get("/api/v1/balances", headers=bearer(body["access_token"])).get_json()
+    assert balances == [{"asset": a, "available": "0", "locked": "0"}
+                        for a in ("ASA", "BTC", "VND", "XU")]
+    assert client.post("/api/v1/auth/logout",
+                       headers=bearer(body["access_token"])).status_code == 204
+    again = client.get("/api/v1/me", headers=bearer(body["access_token"]))
+    assert again.status_code == 401
+    assert again.get_json()["error"]["code"] == "token_revoked"
+    fresh = login(client, "alice").get_json()["access_token"]
+    assert client.get("/api/v1/me", headers=bearer(fresh)).status_code == 200
+
+
+@pytest.mark.parametrize(("name", "password", "email", "code"), [
+    ("ab", "password-123", None, "invalid_username"),
+    ("Alice", "password-123", None, "invalid_username"),
+    ("a" * 33, "password-123", None, "invalid_username"),
+    ("al ice", "password-123", None, "invalid_username"),
+    ("alice", "short", None, "invalid_password"),
+    ("alice", 12345678, None, "invalid_password"),
+    ("alice", "password-123", "not-an-email", "invalid_email"),
+])
+def test_register_validation(client, name, password, email, code) -> None:  # type: ignore[no-untyped-def]
+    response = register(client, name, password, email=email)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == code
+
+
+def test_usernames_are_unique_and_system_names_reserved(client) -> None:  # type: ignore[no-untyped-def]
+    assert register(client, "bob.b-1_").status_code == 201
+    for name in ("bob.b-1_", "fees"):
+        response = register(client, name)
+        assert response.status_code == 409
+        assert response.get_json()["error"]["code"] == "username_taken"
+
+
+def test_login_failures_are_all_the_same_401(client) -> None:  # type: ignore[no-untyped-def]
+    register(client, "carol")
+    for name, password in (("carol", "wrong-password"), ("nobody", "password-123"),
+                           ("fees", "password-123")):
+        response = login(client, name, password)
+        assert response.status_code == 401
+        assert response.get_json()["error"]["code"] == "invalid_credentials"
+    response = client.post("/api/v1/auth/login", json={"username": ["x"], "password": None})
+    assert response.status_code == 401
+
+
+def test_passwords_are_scrypt_hashed_and_never_logged(client, database, caplog) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import select
+
+    from stockex.models import User
+
+    caplog.set_level(logging.DEBUG)
+    secret = "correct-horse-battery"
+    assert register(client, "dave", secret).status_code == 201
+    assert login(client, "dave", secret).status_code == 200
+    assert login(client, "dave", secret + "x").status_code == 401
+    assert secret not in caplog.text
+    with database.read() as session:
+        stored = session.scalar(select(User.password_hash).where(User.username == "dave"))
+    assert secret not in stored and stored.startswith("scrypt:")
+
+
+def test_production_hash_is_werkzeug_default_scrypt() -> None:
+    """The other tests hash cheaply (see conftest); production uses werkzeug's scrypt."""
+    from werkzeug.security import check_password_hash
+
+    hashed = REAL_HASH_PASSWORD("password-123")
+    assert hashed.startswith("scrypt:32768:8:1$")
+    assert check_password_hash(hashed, "password-123")
+
+
+def _b64(data: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def bad_tokens(user_id: int, secret: str) -> dict[str, str]:
+    now = int(time.time())
+    claims = {"sub": str(user_id), "role": "user", "iat": now, "exp": now + 600, "jti": "j1"}
+    good = jwt.encode(claims, secret, algorithm="HS256")
+    header, _, signature = good.split(".")
+    return {
+        "expired": jwt.encode({**claims, "iat": now - 700, "exp": now - 100}, secret,
+                              algorithm="HS256"),
+        "tampered": f"{header}.{_b64({**claims, 'role': 'admin'})}.{signature}",
+        "alg_none": f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(claims)}.",
+        "wrong_key": jwt.encode(claims, "a-different-secret-key-of-sufficient-len",
+                                algorithm="HS256"),
+        "hs512": jwt.encode(claims, secret + "-" * 40, algorithm="HS512"),
+        "garbage": "not.a.token",
+    }
+
+
+@pytest.mark.parametrize("kind", ["expired", "tampered", "alg_none", "wrong_key", "hs512",
+                                  "garbage"])
+def test_bad_tokens_get_401(client, settings, kind: str) -> None:  # type: ignore[no-untyped-def]
+    user_id = register(client, "erin").get_json()["id"]
+    token = bad_tokens(user_id, settings.secret_key)[kind]
+    for method, path in (("get", "/api/v1/me"), ("get", "/api/v1/balances"),
+                         ("post", "/api/v1/orders"), ("post", "/api/v1/auth/logout")):
+        response = getattr(client, method)(path, headers=bearer(token), json={})
+        assert response.status_code == 401, (kind, path)
+        assert response.get_json()["error"]["code"] in ("invalid_token", "token_expired")
+
+
+@pytest.mark.parametrize("header", ["", "Bearer", "Bearer ", "Basic abc", "token abc"])
+def test_missing_or_malformed_header(client, header: str) -> None:  # type: ignore[no-untyped-def]
+    response = client.get("/api/v1/me", headers={"Authorization": header} if header else {})
+    assert response.status_code == 401
+    assert response.get_json()["error"]["code"] == "missing_token"
+
+
+def test_admin_routes_need_the_admin_role(client, database, settings) -> None:  # type: ignore[no-untyped-def]
+    user = register(client, "frank").get_json()
+    admin = auth.create_user(database, settings, "boss", "password-123", role="admin")
+    body = {"username": "frank", "asset": "XU", "amount": "5"}
+    as_user = client.post("/api/v1/admin/deposits", json=body,
+                          headers=bearer(login(client, "frank").get_json()["access_token"]))
+    assert as_user.status_code == 403
+    assert as_user.get_json()["error"]["code"] == "forbidden"
+    token = auth.issue_token(settings, admin.id, admin.role)
+    response = client.post("/api/v1/admin/deposits", json=body, headers=bearer(token))
+    assert response.status_code == 200
+    assert response.get_json() == {"username": "frank", "asset": "XU", "available": "5",
+                                   "locked": "0"}
+    del user
+
+
+# ------------------------------------------------------------------------- with Redis
+
+
+@pytest.fixture
+def redis_app(database, redis_url, make_settings):  # type: ignore[no-untyped-def]
+    from stockex.api import create_app
+
+    return create_app(make_settings(database.url, redis={"url": redis_url}), db=database)
+
+
+def test_revocation_in_redis_survives_redis_losing_its_data(redis_app, redis_url) -> None:  # type: ignore[no-untyped-def]
+    import redis
+
+    client = redis_app.test_client()
+    register(client, "gina")
+    token = login(client, "gina").get_json()["access_token"]
+    other = login(client, "gina").get_json()["access_token"]
+    assert client.post("/api/v1/auth/logout", headers=bearer(token)).status_code == 204
+    store = redis.Redis.from_url(redis_url)
+    assert any(k.startswith(b"stockex:revoked:") for k in store.keys())
+    assert client.get("/api/v1/me", headers=bearer(token)).status_code == 401
+    store.flushdb()  # a Redis restart without persistence
+    assert client.get("/api/v1/me", headers=bearer(token)).status_code == 401
+    assert client.get("/api/v1/me", headers=bearer(other)).status_code == 200
+    assert store.exists("stockex:revoked-loaded")
+
+
+def test_revocation_while_redis_is_down(database, make_settings) -> None:  # type: ignore[no-untyped-def]
+    from stockex.api import create_app
+
+    up = create_app(make_settings(database.url), db=database).test_client()
+    register(up, "hank")
+    token = login(up, "hank").get_json()["access_token"]
+    assert up.post("/api/v1/auth/logout", headers=bearer(token)).status_code == 204
+    down = create_app(make_settings(database.url, redis={"url": "redis://127.0.0.1:1/0"}),
+                      db=database).test_client()
+    # Redis unreachable: the table answers
+    assert down.get("/api/v1/me", headers=bearer(token)).status_code == 401
+    fresh = login(down, "hank").get_json()["access_token"]
+    assert down.get("/api/v1/me", headers=bearer(fresh)).status_code == 200
+    # a logout that cannot reach Redis fails and leaves the token valid, rather than lying
+    response = down.post("/api/v1/auth/logout", headers=bearer(fresh))
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "revocation_unavailable"
+    assert up.get("/api/v1/me", headers=bearer(fresh)).status_code == 200

@@ -1,0 +1,105 @@
+"""Balances change only through the ledger; reconcile finds every kind of inconsistency."""
+
+from __future__ import annotations
+
+from decimal import Decimal as D
+
+import pytest
+from sqlalchemy import select, update
+
+from stockex.models import Account, LedgerEntry, Order
+from stockex.trading import accounts
+from stockex.trading.reconcile import reconcile
+
+
+def test_deposits_and_withdrawals_write_ledger_rows(exchange) -> None:  # type: ignore[no-untyped-def]
+    exchange.user("alice")
+    assert accounts.deposit(exchange.db, exchange.settings, "alice", "XU", "100.5").available \
+        == D("100.5")
+    after = accounts.withdraw(exchange.db, exchange.settings, "alice", "XU", "0.5")
+    assert (after.available, after.locked) == (D("100"), D(0))
+    with exchange.db.read() as session:
+        rows = session.execute(
+            select(LedgerEntry.reason, LedgerEntry.delta_available, LedgerEntry.delta_locked)
+            .order_by(LedgerEntry.id)
+        ).all()
+    assert rows == [("deposit", D("100.5"), D(0)), ("withdrawal", D("-0.5"), D(0))]
+    exchange.assert_reconciles()
+
+
+def test_check_constraints_refuse_negative_balances(database) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    from stockex.models import User
+
+    def work(session) -> None:  # type: ignore[no-untyped-def]
+        user = User(username="zed", password_hash="x", role="user", created_at=0)
+        session.add(user)
+        session.flush()
+        session.add(Account(user_id=user.id, asset="XU", available=D(1), locked=D(0),
+                            updated_at=0))
+        session.flush()
+        # bypass the Amount type's own refusal to show the database constraint holds
+        session.execute(update(Account).values(available=Account.available - 5))
+
+    with pytest.raises((IntegrityError, OperationalError)):
+        database.transaction(work)
+
+
+def _failed(exchange) -> dict[str, list[str]]:  # type: ignore[no-untyped-def]
+    return {c.name: c.problems for c in reconcile(exchange.db, exchange.settings) if not c.ok}
+
+
+@pytest.fixture
+def traded(exchange):  # type: ignore[no-untyped-def]
+    exchange.user("alice", ASA="10", XU="10000")
+    exchange.user("bob", ASA="10", XU="10000")
+    exchange.order("alice", side="sell", type="limit", price="100", amount="2")
+    exchange.order("bob", side="buy", type="limit", price="100", amount="1")
+    exchange.order("bob", side="buy", type="limit", price="90", amount="1")
+    exchange.assert_reconciles()
+    return exchange
+
+
+def _tamper(exchange, statement) -> None:  # type: ignore[no-untyped-def]
+    exchange.db.transaction(lambda session: session.execute(statement))
+
+
+def test_reconcile_finds_a_balance_changed_behind_the_ledger(traded) -> None:  # type: ignore[no-untyped-def]
+    alice = traded.ids["alice"]
+    _tamper(traded, update(Account).where(Account.user_id == alice, Account.asset == "XU")
+            .values(available=D("1000000")))
+    failed = _failed(traded)
+    assert set(failed) == {"ledger_matches_balances", "assets_conserved"}
+    assert "XU" in failed["assets_conserved"][0]
+
+
+def test_reconcile_finds_a_lock_without_an_order(traded) -> None:  # type: ignore[no-untyped-def]
+    bob = traded.ids["bob"]
+    with traded.db.read() as session:
+        order_id = session.scalar(select(Order.id).where(Order.user_id == bob,
+                                                         Order.status == "open"))
+    _tamper(traded, update(Order).where(Order.id == order_id).values(status="cancelled"))
+    failed = _failed(traded)
+    assert set(failed) == {"locked_matches_open_orders"}
+    assert any("still reserves" in p for p in failed["locked_matches_open_orders"])
+
+
+def test_reconcile_finds_fills_without_trades(traded) -> None:  # type: ignore[no-untyped-def]
+    alice = traded.ids["alice"]
+    _tamper(traded, update(Order).where(Order.user_id == alice)
+            .values(filled_amount=D("2"), status="filled", locked=D(0)))
+    failed = _failed(traded)
+    assert "fills_match_trades" in failed
+    assert "locked_matches_open_orders" in failed
+
+
+def test_reconcile_finds_a_ledger_row_without_a_balance(traded) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import insert
+
+    with traded.db.read() as session:
+        account = session.execute(select(Account).limit(1)).scalar_one()
+    _tamper(traded, insert(LedgerEntry).values(
+        account_id=account.id, user_id=account.user_id, asset=account.asset,
+        delta_available=D("1"), delta_locked=D(0), reason="deposit", created_at=0))
+    assert set(_failed(traded)) == {"ledger_matches_balances", "assets_conserved"}

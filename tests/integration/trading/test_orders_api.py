@@ -1,0 +1,280 @@
+"""Trading through the HTTP API on SQLite and MySQL: CONTRACT §6 semantics, one by one."""
+
+from __future__ import annotations
+
+import threading
+from decimal import Decimal as D
+
+import pytest
+
+from stockex.cache import book_generation
+
+
+def fee_balances(exchange) -> dict[str, D]:  # type: ignore[no-untyped-def]
+    from sqlalchemy import select
+
+    from stockex.models import Account, User
+
+    with exchange.db.read() as session:
+        rows = session.execute(
+            select(Account.asset, Account.locked, Account.available)
+            .join(User, User.id == Account.user_id).where(User.username == "fees")
+        ).all()
+    return {asset: available for asset, _, available in rows if available}
+
+
+def test_limit_order_rests_locks_and_cancel_releases(exchange) -> None:  # type: ignore[no-untyped-def]
+    exchange.user("alice", XU="10000")
+    order = exchange.order("alice", side="buy", type="limit", price="100", amount="2.5")
+    assert order["status"] == "open" and order["fills"] == []
+    assert order["time_in_force"] == "GTC" and order["fee_asset"] == "ASA"
+    assert exchange.balances("alice")["XU"] == ("9750", "250")
+    got = exchange.client.get(f"/api/v1/orders/{order['id']}", headers=exchange.headers("alice"))
+    assert got.status_code == 200 and got.get_json()["id"] == order["id"]
+    cancelled = exchange.client.delete(f"/api/v1/orders/{order['id']}",
+                                       headers=exchange.headers("alice"))
+    assert cancelled.status_code == 200
+    assert cancelled.get_json()["status"] == "cancelled"
+    assert exchange.balances("alice")["XU"] == ("10000", "0")
+    exchange.assert_reconciles()
+
+
+def test_price_time_priority_at_the_makers_price_with_fees(exchange) -> None:  # type: ignore[no-untyped-def]
+    exchange.user("seller1", ASA="10")
+    exchange.user("seller2", ASA="10")
+    exchange.user("buyer", XU="100000")
+    first = exchange.order("seller1", side="sell", type="limit", price="1000", amount="1")
+    second = exchange.order("seller2", side="sell", type="limit", price="1000", amount="1")
+    cheap = exchange.order("seller2", side="sell", type="limit", price="990", amount="1")
+    taker = exchange.order("buyer", side="buy", type="limit", price="1010", amount="2.5")
+    assert [(f["price"], f["amount"], f["role"]) for f in taker["fills"]] == [
+        ("990", "1", "taker"), ("1000", "1", "taker"), ("1000", "0.5", "taker")
+    ]
+    assert taker["status"] == "filled" and taker["filled_quote"] == "2490"
+    assert taker["avg_price"] == "996" and taker["fee"] == "0.005"
+    # the buyer locked 1010 x 2.5 and paid 2490: nothing stays locked
+    assert exchange.balances("buyer") == {"ASA": ("2.495", "0"), "BTC": ("0", "0"),
+                                          "VND": ("0", "0"), "XU": ("97510", "0")}
+    orders = {o["id"]: o for o in exchange.client.get(
+        "/api/v1/orders", headers=exchange.headers("seller2")).get_json()}
+    assert orders[cheap["id"]]["status"] == "filled"
+    assert orders[second["id"]]["status"] == "open"
+    assert orders[second["id"]]["filled_amount"] == "0.5"
+    seller1 = exchange.client.get(f"/api/v1/orders/{first['id']}",
+                                  headers=exchange.headers("seller1")).get_json()
+    assert seller1["status"] == "filled" and seller1["fills"][0]["role"] == "maker"
+    assert seller1["fee"] == "1" and seller1["fee_asset"] == "XU"  # 0.1% of 1000 XU
+    assert fee_balances(exchange) == {"ASA": D("0.005"), "XU": D("2.49")}  # 0.2%, 0.1%
+    exchange.assert_reconciles()
+
+
+def test_partial_fill_at_better_price_releases_the_saving(exchange) -> None:  # type: ignore[no-untyped-def]
+    exchange.user("seller", ASA="10")
+    exchange.user("buyer", XU="10000")
+    exchange.order("seller", side="sell", type="limit", price="90", amount="1")
+    order = exchange.order("buyer", side="buy", type="limit", price="100", amount="3")
+    assert order["status"] == "open" and order["filled_amount"] == "1"
+    # locked = 100 x 2 unfilled; paid 90; 10000 - 90 - 200 available
+    assert exchange.balances("buyer")["XU"] == ("9710", "200")
+    exchange.assert_reconciles()
+
+
+def test_self_trade_cancels_the_resting_order(exchange) -> None:  # type: ignore[no-untyped-def]
+    exchange.user("alice", ASA="5", XU="10000")
+    exchange.user("bob", ASA="5")
+    own = exchange.order("alice", side="sell", type="limit", price="100", amount="1")
+    other = exchange.order("bob", side="sell", type="limit", price="101", amount="1")
+    taker = exchange.order("alice", side="buy", type="limit", price="105", amount="1")
+    assert [f["price"] for f in taker["fills"]] == ["101"]
+    mine = exchange.client.get(f"/api/v1/orders/{own['id']}", headers=exchange.headers("alice"))
+    assert mine.get_json()["status"] == "cancelled"
+    assert exchange.client.get(f"/api/v1/orders/{other['id']}",
+                               headers=exchange.headers("bob")).get_json()["status"] == "filled"
+    assert exchange.balances("alice")["ASA"] == ("5.998", "0")
+    exchange.assert_reconciles()
+
+
+def test_ioc_cancels_the_rest_and_fok_fills_entirely(exchange) -> None:  # type: ignore[no-untyped-def]
+    exchange.user("seller", ASA="10")
+    exchange.user("buyer", XU="10000")
+    exchange.order("seller", side="sell", type="limit", price="100", amount="1")
+    ioc = exchange.order("buyer", side="buy", type="limit", price="100", amount="3",
+                         time_in_force="IOC")
+    assert ioc["status"] == "cancelled" and ioc["filled_amount"] == "1"
+    assert exchange.balances("buyer")["XU"] == ("9900", "0")
+    nothing = exchange.order("buyer", side="buy", type="limit", price="100", amount="1",
+                             time_in_force="IOC")
+    assert nothing["status"] == "cancelled" and nothing["fills"] == []
+    exchange.order("seller", side="sell", type="limit", price="100", amount="2")
+    fok = exchange.order("buyer", side="buy", type="limit", price="100", amount="2",
+                         time_in_force="FOK")
+    assert fok["status"] == "filled"
+    exchange.assert_reconciles()
+
+
+def test_market_orders(exchange) -> None:  # type: ignore[no-untyped-def]
+    exchange.user("maker", ASA="10", XU="10000")
+    exchange.user("taker", ASA="10", XU="10000")
+    exchange.order("maker", side="sell", type="limit", price="100", amount="1")
+    exchange.order("maker", side="sell", type="limit", price="110", amount="1")
+    by_amount = exchange.order("taker", side="buy", type="market", amount="1.5")
+    assert by_amount["status"] == "filled" and by_amount["filled_quote"] == "155"
+    assert by_amount["time_in_force"] == "IOC" and by_amount["price"] is None
+    by_quote = exchange.order("taker", side="buy", type="market", quote_amount="100")
+    assert by_quote["filled_amount"] == "0.5" and by_quote["status"] == "cancelled"
+    assert by_quote["amount"] is None and by_quote["quote_amount"] == "100"
+    exchange.order("maker", side="buy", type="limit", price="90", amount="1")
+    sell = exchange.order("taker", side="sell", type="market", amount="2")
+    assert sell["status"] == "cancelled" and sell["filled_amount"] == "1"
+    assert exchange.balances("taker")["ASA"] == ("10.996", "0")  # +1.497 +0.499 -1
+    exchange.assert_reconciles()
+
+
+def test_client_order_id_is_idempotent(exchange) -> None:  # type: ignore[no-untyped-def]
+    exchange.user("alice", XU="10000")
+    body = {"side": "buy", "type": "limit", "price": "100", "amount": "1",
+            "client_order_id": "my-1"}
+    first = exchange.order("alice", **body)
+    again = exchange.order("alice", expect=200, **{**body, "amount": "1.000"})
+    assert again["id"] == first["id"] and again["client_order_id"] == "my-1"
+    conflict = exchange.order("alice", expect=409, **{**body, "price": "101"})
+    assert conflict["error"]["code"] == "duplicate_client_order_id"
+    assert exchange.balances("alice")["XU"] == ("9900", "100")
+    exchange.user("bob", XU="10000")  # client ids are per user
+    assert exchange.order("bob", **body)["id"] != first["id"]
+
+
+@pytest.mark.mysql_only
+def test_concurrent_repeats_of_one_client_order_id_make_one_order(  # type: ignore[no-untyped-def]
+    mysql_database, make_settings
+) -> None:
+    from stockex import auth
+    from stockex.trading import accounts, orders
+    from stockex.trading.order_request import parse_order_request
+
+    settings = make_settings(mysql_database.url)
+    user = auth.create_user(mysql_database, settings, "racer", "password-123")
+    accounts.deposit(mysql_database, settings, "racer", "XU", "100000")
+    request = parse_order_request({"market": "asaxu", "side": "buy", "type": "limit",
+                                   "price": "100", "amount": "1", "client_order_id": "x"},
+                                  settings)
+    results: list[object] = []
+
+    def place() -> None:
+        results.append(orders.place_order(mysql_database, None, user.id, request))
+
+    threads = [threading.Thread(target=place) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 8
+    assert len({r.order.id for r in results}) == 1  # type: ignore[attr-defined]
+    assert sum(r.created for r in results) == 1  # type: ignore[attr-defined]
+    balance = accounts.balances_of(mysql_database, settings, user.id)
+    assert {b.asset: b.locked for b in balance}["XU"] == D("100")
+
+
+def test_a_duplicate_that_slips_past_the_check_is_caught_by_the_unique_key(  # type: ignore[no-untyped-def]
+    exchange, monkeypatch
+) -> None:
+    """Two requests with one client_order_id, both checked before either committed: the
+    second insert hits the unique key, rolls back, and answers like a repeat."""
+    from stockex.trading import orders
+
+    exchange.user("alice", XU="10000")
+    body = {"side": "buy", "type": "limit", "price": "100", "amount": "1",
+            "client_order_id": "race"}
+    first = exchange.order("alice", **body)
+    real_repeat = orders._repeat
+    calls: list[int] = []
+
+    def late_repeat(*args):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return None if len(calls) == 1 else real_repeat(*args)  # the first check "misses"
+
+    monkeypatch.setattr(orders, "_repeat", late_repeat)
+    before = exchange.snapshot()
+    again = exchange.order("alice", expect=200, **body)
+    assert again["id"] == first["id"] and len(calls) == 2
+    conflict = exchange.order("alice", expect=409, **{**body, "price": "99"})
+    assert conflict["error"]["code"] == "duplicate_client_order_id"
+    assert exchange.snapshot() == before
+
+
+def test_lists_filters_and_paging(exchange) -> None:  # type: ignore[no-untyped-def]
+    exchange.user("maker", ASA="10")
+    exchange.user("taker", XU="10000")
+    placed = [exchange.order("maker", side="sell", type="limit", price=str(100 + i), amount="1")
+              for i in range(4)]
+    exchange.order("taker", side="buy", type="limit", price="101", amount="2")
+    get = exchange.client.get
+    headers = exchange.headers("maker")
+    ids = [o["id"] for o in get("/api/v1/orders", headers=headers).get_json()]
+    assert ids == sorted((o["id"] for o in placed), reverse=True)
+    assert [o["id"] for o in get("/api/v1/orders?limit=2", headers=headers).get_json()] == ids[:2]
+    page = get(f"/api/v1/orders?before_id={ids[1]}", headers=headers).get_json()
+    assert [o["id"] for o in page] == ids[2:]
+    filled = get("/api/v1/orders?status=filled&market=asaxu", headers=headers).get_json()
+    assert {o["id"] for o in filled} == {placed[0]["id"], placed[1]["id"]}
+    assert get("/api/v1/orders?status=nope", headers=headers).status_code == 400
+    assert get("/api/v1/orders?market=nope", headers=headers).status_code == 404
+    fills = get("/api/v1/account/trades", headers=headers).get_json()
+    assert [(f["role"], f["side"], f["price"]) for f in fills] == [
+        ("maker", "sell", "101"), ("maker", "sell", "100")
+    ]
+    assert fills[0]["fee_asset"] == "XU" and fills[0]["fee"] == "0.101"
+    taker_fills = get("/api/v1/account/trades?limit=1", headers=exchange.headers("taker"))
+    assert [f["role"] for f in taker_fills.get_json()] == ["taker"]
+    older = get(f"/api/v1/account/trades?before_id={fills[0]['id']}", headers=headers)
+    assert [f["id"] for f in older.get_json()] == [fills[1]["id"]]
+    # someone else's order does not exist for you
+    other = get(f"/api/v1/orders/{placed[0]['id']}", headers=exchange.headers("taker"))
+    assert other.status_code == 404 and other.get_json()["error"]["code"] == "order_not_found"
+
+
+def test_placement_and_cancel_invalidate_the_book_cache(exchange, app) -> None:  # type: ignore[no-untyped-def]
+    from stockex.api import services
+
+    with app.app_context():
+        cache = services().cache
+    exchange.user("alice", XU="1000")
+    before = book_generation(cache, "asaxu")
+    order = exchange.order("alice", side="buy", type="limit", price="10", amount="1")
+    after_place = book_generation(cache, "asaxu")
+    assert after_place != before
+    exchange.client.delete(f"/api/v1/orders/{order['id']}", headers=exchange.headers("alice"))
+    assert book_generation(cache, "asaxu") != after_place
+
+
+def test_orders_need_a_token(client) -> None:  # type: ignore[no-untyped-def]
+    response = client.post("/api/v1/orders", json={})
+    assert response.status_code == 401
+    assert response.get_json()["error"]["code"] == "missing_token"
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize("side", ["buy", "sell"])
+def test_a_deep_sweep_reads_the_book_page_by_page(exchange, side: str) -> None:  # type: ignore[no-untyped-def]
+    """More resting orders than one page (8), several at each price: still best price first,
+    oldest first within a price."""
+    exchange.user("maker", ASA="100", XU="1000000")
+    exchange.user("taker", ASA="100", XU="1000000")
+    maker_side = "sell" if side == "buy" else "buy"
+    placed = [
+        exchange.order("maker", side=maker_side, type="limit", price=str(100 + (i * 7) % 5),
+                       amount="1")
+        for i in range(23)
+    ]
+    ranked = sorted(placed, key=lambda o: (int(o["price"]) * (1 if side == "buy" else -1),
+                                           o["id"]))
+    sweep = exchange.order("taker", side=side, type="market", amount="21.5")
+    assert sweep["status"] == "filled" and len(sweep["fills"]) == 22
+    with exchange.db.read() as session:
+        from sqlalchemy import select
+
+        from stockex.models import Trade
+
+        makers = list(session.scalars(select(Trade.maker_order_id).order_by(Trade.id)))
+    assert makers == [o["id"] for o in ranked[:22]]
+    exchange.assert_reconciles()

@@ -1,0 +1,225 @@
+"""CONTRACT §6 rejections: each answers its specific code and changes nothing at all —
+the accounts, the ledger, the orders and the trades are identical before and after."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture
+def book(exchange):  # type: ignore[no-untyped-def]
+    """A market with something on both sides, and a poor user 'carol' to be rejected."""
+    exchange.user("alice", ASA="10", XU="100000")
+    exchange.user("bob", ASA="10", XU="100000")
+    exchange.user("carol", ASA="1", XU="500")
+    exchange.order("alice", side="sell", type="limit", price="1000", amount="1")
+    exchange.order("alice", side="sell", type="limit", price="1010", amount="2")
+    exchange.order("bob", side="buy", type="limit", price="990", amount="1")
+    exchange.order("carol", side="sell", type="limit", price="1020", amount="0.5")
+    return exchange
+
+
+LIMIT_BUY = {"market": "asaxu", "side": "buy", "type": "limit", "price": "100", "amount": "1"}
+
+INVALID: list[tuple[str, dict[str, Any], int, str]] = [
+    ("unknown market", {**LIMIT_BUY, "market": "nope"}, 404, "unknown_market"),
+    ("market missing", {k: v for k, v in LIMIT_BUY.items() if k != "market"}, 400,
+     "invalid_market"),
+    ("bad side", {**LIMIT_BUY, "side": "hold"}, 400, "invalid_side"),
+    ("no side", {k: v for k, v in LIMIT_BUY.items() if k != "side"}, 400, "invalid_side"),
+    ("bad type", {**LIMIT_BUY, "type": "stop"}, 400, "invalid_type"),
+    ("bad tif", {**LIMIT_BUY, "time_in_force": "GTD"}, 400, "invalid_time_in_force"),
+    ("market GTC", {"market": "asaxu", "side": "buy", "type": "market", "amount": "1",
+                    "time_in_force": "GTC"}, 400, "invalid_time_in_force"),
+    ("no price", {k: v for k, v in LIMIT_BUY.items() if k != "price"}, 400, "invalid_price"),
+    ("zero price", {**LIMIT_BUY, "price": "0"}, 400, "invalid_price"),
+    ("negative price", {**LIMIT_BUY, "price": "-5"}, 400, "invalid_price"),
+    ("text price", {**LIMIT_BUY, "price": "cheap"}, 400, "invalid_price"),
+    ("float price", {**LIMIT_BUY, "price": 100.5}, 400, "invalid_price"),
+    ("NaN price", {**LIMIT_BUY, "price": "NaN"}, 400, "invalid_price"),
+    ("price on market", {"market": "asaxu", "side": "sell", "type": "market", "amount": "1",
+                         "price": "100"}, 400, "invalid_price"),
+    ("no amount", {k: v for k, v in LIMIT_BUY.items() if k != "amount"}, 400,
+     "invalid_amount"),
+    ("zero amount", {**LIMIT_BUY, "amount": "0"}, 400, "invalid_amount"),
+    ("negative amount", {**LIMIT_BUY, "amount": "-1"}, 400, "invalid_amount"),
+    ("text amount", {**LIMIT_BUY, "amount": "lots"}, 400, "invalid_amount"),
+    ("infinite amount", {**LIMIT_BUY, "amount": "Infinity"}, 400, "invalid_amount"),
+    ("huge value", {**LIMIT_BUY, "price": "999999999999", "amount": "9999999"}, 400,
+     "invalid_amount"),
+    ("both amounts", {"market": "asaxu", "side": "buy", "type": "market", "amount": "1",
+                      "quote_amount": "10"}, 400, "invalid_amount"),
+    ("quote on limit", {**LIMIT_BUY, "quote_amount": "10"}, 400, "invalid_quote_amount"),
+    ("quote on sell", {"market": "asaxu", "side": "sell", "type": "market",
+                       "quote_amount": "10"}, 400, "invalid_quote_amount"),
+    ("bad quote", {"market": "asaxu", "side": "buy", "type": "market", "quote_amount": "x"},
+     400, "invalid_quote_amount"),
+    ("price decimals", {**LIMIT_BUY, "price": "100.5"}, 400, "too_many_decimals"),
+    ("amount decimals", {**LIMIT_BUY, "amount": "1.0001"}, 400, "too_many_decimals"),
+    ("quote decimals", {"market": "asaxu", "side": "buy", "type": "market",
+                        "quote_amount": "1.0001"}, 400, "too_many_decimals"),
+    ("below min", {"market": "btcvnd", "side": "buy", "type": "limit", "price": "1",
+                   "amount": "0.0000001"}, 400, "too_many_decimals"),
+    ("below min amount", {**LIMIT_BUY, "amount": "0.0001"}, 400, "too_many_decimals"),
+    ("client id", {**LIMIT_BUY, "client_order_id": "has space"}, 400,
+     "invalid_client_order_id"),
+    ("client id type", {**LIMIT_BUY, "client_order_id": 5}, 400, "invalid_client_order_id"),
+    ("unknown field", {**LIMIT_BUY, "quantity": "1"}, 400, "unknown_field"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "code"), [c[1:] for c in INVALID],
+                         ids=[c[0] for c in INVALID])
+def test_invalid_orders(book, body: dict[str, Any], status: int, code: str) -> None:  # type: ignore[no-untyped-def]
+    before = book.snapshot()
+    response = book.client.post("/api/v1/orders", json=body, headers=book.headers("carol"))
+    assert response.status_code == status, response.get_json()
+    assert response.get_json()["error"]["code"] == code
+    assert book.snapshot() == before
+
+
+def test_below_min_amount(exchange, make_settings, database) -> None:  # type: ignore[no-untyped-def]
+    from stockex.api import create_app
+
+    settings = make_settings(database.url, markets=[
+        {"id": "asaxu", "base": "ASA", "quote": "XU", "price_precision": 0,
+         "amount_precision": 3, "min_amount": "0.5"}])
+    exchange.client = create_app(settings, db=database).test_client()
+    exchange.settings = settings
+    exchange.user("carol", XU="1000")
+    before = exchange.snapshot()
+    error = exchange.order("carol", expect=400, **{**LIMIT_BUY, "amount": "0.499"})["error"]
+    assert error["code"] == "below_min_amount"
+    assert error["details"] == {"amount": "0.499", "min_amount": "0.5"}
+    assert exchange.snapshot() == before
+
+
+def test_not_json(book) -> None:  # type: ignore[no-untyped-def]
+    before = book.snapshot()
+    for data in (b"{nope", b"[1, 2]", b""):
+        response = book.client.post("/api/v1/orders", data=data, headers=book.headers("carol"),
+                                     content_type="application/json")
+        assert response.status_code == 400
+        assert response.get_json()["error"]["code"] == "invalid_json"
+    assert book.snapshot() == before
+
+
+STATEFUL: list[tuple[str, dict[str, Any], int, str]] = [
+    ("limit buy beyond XU", {**LIMIT_BUY, "price": "1000", "amount": "0.6"}, 400,
+     "insufficient_balance"),
+    ("limit sell beyond ASA (0.5 is locked)", {"market": "asaxu", "side": "sell",
+                                               "type": "limit", "price": "2000",
+                                               "amount": "0.6"}, 400, "insufficient_balance"),
+    ("market sell beyond ASA", {"market": "asaxu", "side": "sell", "type": "market",
+                                "amount": "0.6"}, 400, "insufficient_balance"),
+    ("market buy by quote beyond XU", {"market": "asaxu", "side": "buy", "type": "market",
+                                       "quote_amount": "501"}, 400, "insufficient_balance"),
+    ("market buy by amount costing beyond XU", {"market": "asaxu", "side": "buy",
+                                                "type": "market", "amount": "0.6"}, 400,
+     "insufficient_balance"),
+    ("FOK limit not fillable", {**LIMIT_BUY, "price": "1000", "amount": "0.4",
+                                "time_in_force": "FOK", "side": "sell"}, 409,
+     "fok_not_filled"),
+    ("FOK limit beyond the book at its price", {"market": "asaxu", "side": "buy",
+                                                "type": "limit", "price": "1000",
+                                                "amount": "0.45", "time_in_force": "FOK"},
+     201, ""),
+    ("FOK market beyond the book", {"market": "asaxu", "side": "sell", "type": "market",
+                                    "amount": "0.5", "time_in_force": "FOK"}, 201, ""),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "code"), [c[1:] for c in STATEFUL],
+                         ids=[c[0] for c in STATEFUL])
+def test_stateful_rejections(book, body: dict[str, Any], status: int, code: str) -> None:  # type: ignore[no-untyped-def]
+    before = book.snapshot()
+    response = book.client.post("/api/v1/orders", json=body, headers=book.headers("carol"))
+    assert response.status_code == status, response.get_json()
+    if status == 201:  # the control cases: the same shape of order does go through
+        assert book.snapshot() != before
+        book.assert_reconciles()
+        return
+    assert response.get_json()["error"]["code"] == code
+    assert book.snapshot() == before
+
+
+def test_fok_beyond_the_book(book) -> None:  # type: ignore[no-untyped-def]
+    before = book.snapshot()
+    for body in (
+        {"market": "asaxu", "side": "buy", "type": "limit", "price": "1010", "amount": "4",
+         "time_in_force": "FOK"},
+        {"market": "asaxu", "side": "sell", "type": "market", "amount": "1.5",
+         "time_in_force": "FOK"},
+    ):
+        response = book.client.post("/api/v1/orders", json=body, headers=book.headers("alice"))
+        assert response.status_code == 409
+        assert response.get_json()["error"]["code"] == "fok_not_filled"
+    assert book.snapshot() == before
+
+
+def test_insufficient_liquidity(exchange) -> None:  # type: ignore[no-untyped-def]
+    exchange.user("dave", ASA="5", XU="5000")
+    before = exchange.snapshot()
+    for body in ({"side": "buy", "type": "market", "amount": "1"},
+                 {"side": "buy", "type": "market", "quote_amount": "100"},
+                 {"side": "sell", "type": "market", "amount": "1"}):
+        error = exchange.order("dave", expect=409, **body)["error"]
+        assert error["code"] == "insufficient_liquidity"
+    assert exchange.snapshot() == before
+    # only the user's own order rests: it would be cancelled, but nothing is recorded
+    exchange.order("dave", side="sell", type="limit", price="100", amount="1")
+    before = exchange.snapshot()
+    error = exchange.order("dave", expect=409, side="buy", type="market", amount="1")["error"]
+    assert error["code"] == "insufficient_liquidity"
+    assert exchange.snapshot() == before
+
+
+def test_cancel_rejections(book) -> None:  # type: ignore[no-untyped-def]
+    mine = book.order("carol", side="buy", type="limit", price="10", amount="1")
+    book.client.delete(f"/api/v1/orders/{mine['id']}", headers=book.headers("carol"))
+    filled = book.order("carol", side="buy", type="limit", price="1000", amount="0.4")
+    assert filled["status"] == "filled"
+    before = book.snapshot()
+    for order_id in (mine["id"], filled["id"]):
+        response = book.client.delete(f"/api/v1/orders/{order_id}",
+                                      headers=book.headers("carol"))
+        assert response.status_code == 409
+        assert response.get_json()["error"]["code"] == "order_not_open"
+    alices = book.client.get("/api/v1/orders", headers=book.headers("alice")).get_json()
+    for path in (f"/api/v1/orders/{alices[0]['id']}", "/api/v1/orders/999999"):
+        response = book.client.delete(path, headers=book.headers("carol"))
+        assert response.status_code == 404
+        assert response.get_json()["error"]["code"] == "order_not_found"
+    assert book.snapshot() == before
+
+
+def test_duplicate_client_order_id_changes_nothing(book) -> None:  # type: ignore[no-untyped-def]
+    book.order("carol", side="buy", type="limit", price="10", amount="1", client_order_id="c1")
+    before = book.snapshot()
+    error = book.order("carol", expect=409, side="buy", type="limit", price="11", amount="1",
+                       client_order_id="c1")["error"]
+    assert error["code"] == "duplicate_client_order_id"
+    assert book.snapshot() == before
+
+
+def test_withdrawal_rejections(book) -> None:  # type: ignore[no-untyped-def]
+    admin = book.user("root1", admin=True)
+    before = book.snapshot()
+    cases = [
+        ({"username": "carol", "asset": "XU", "amount": "500.01"}, 400, "insufficient_balance"),
+        ({"username": "carol", "asset": "ASA", "amount": "0.6"}, 400, "insufficient_balance"),
+        ({"username": "nobody", "asset": "XU", "amount": "1"}, 404, "unknown_user"),
+        ({"username": "carol", "asset": "DOGE", "amount": "1"}, 400, "unknown_asset"),
+        ({"username": "carol", "asset": "XU", "amount": "-1"}, 400, "invalid_amount"),
+        ({"username": "carol", "asset": "XU", "amount": "1e-19"}, 400, "invalid_amount"),
+    ]
+    for body, status, code in cases:
+        response = book.client.post("/api/v1/admin/withdrawals", json=body, headers=admin)
+        assert response.status_code == status, (body, response.get_json())
+        assert response.get_json()["error"]["code"] == code
+    response = book.client.post("/api/v1/admin/deposits", json=cases[0][0],
+                                headers=book.headers("carol"))
+    assert response.status_code == 403
+    assert book.snapshot() == before

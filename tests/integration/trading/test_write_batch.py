@@ -1,0 +1,126 @@
+"""WriteBatch: a transaction's writes in one round trip on MySQL, plain statements on SQLite;
+driver errors surface as SQLAlchemy errors (so retries and error pages work as usual)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from stockex.models import Account, LedgerEntry, User
+from stockex.trading.batch import WriteBatch, mysql_cursor
+
+USERS = User.__table__
+
+
+def user_row(name: str) -> dict:
+    return {"username": name, "email": None, "password_hash": "x", "role": "user",
+            "created_at": 0}
+
+
+def test_refs_carry_ids_between_statements(database) -> None:  # type: ignore[no-untyped-def]
+    def work(session):  # type: ignore[no-untyped-def]
+        batch = WriteBatch(session)
+        first = batch.insert(USERS, user_row("one"))
+        second = batch.insert(USERS, user_row("two"))
+        account = batch.insert(Account.__table__, {"user_id": second, "asset": "XU",
+                                                   "available": 5, "locked": 0,
+                                                   "updated_at": 0})
+        batch.insert_many(LedgerEntry.__table__, [
+            {"account_id": account, "user_id": second, "asset": "XU", "delta_available": 5,
+             "delta_locked": 0, "reason": "deposit", "ref_type": "user", "ref_id": first,
+             "created_at": 0},
+        ])
+        batch.update_rows(USERS, {first: {"email": "a@b.cd"}}, {"created_at": 7})
+        batch.flush()
+        return int(first), int(second), int(account)
+
+    first, second, account = database.transaction(work)
+    with database.read() as session:
+        ledger = session.execute(select(LedgerEntry.account_id, LedgerEntry.ref_id)).one()
+        users = session.execute(select(User.id, User.email, User.created_at)
+                                .order_by(User.id)).all()
+    assert ledger == (account, first)
+    assert users == [(first, "a@b.cd", 7), (second, None, 0)]
+
+
+def test_unknown_columns_are_refused(database) -> None:  # type: ignore[no-untyped-def]
+    def work(session):  # type: ignore[no-untyped-def]
+        WriteBatch(session).insert(USERS, {"username; DROP TABLE users": "x"})
+
+    with pytest.raises(ValueError, match="no column"):
+        database.transaction(work)
+
+
+def test_a_failing_statement_rolls_back_the_whole_batch(database) -> None:  # type: ignore[no-untyped-def]
+    database.transaction(lambda s: _flushed(s, "taken"))
+
+    def work(session):  # type: ignore[no-untyped-def]
+        batch = WriteBatch(session)
+        batch.insert(USERS, user_row("fresh"))
+        batch.insert(USERS, user_row("taken"))  # duplicate username
+        batch.flush()
+
+    with pytest.raises(IntegrityError):
+        database.transaction(work)
+    with database.read() as session:
+        assert list(session.scalars(select(User.username))) == ["taken"]
+
+
+def _flushed(session, name: str) -> None:  # type: ignore[no-untyped-def]
+    batch = WriteBatch(session)
+    batch.insert(USERS, user_row(name))
+    batch.flush()
+
+
+@pytest.mark.mysql_only
+def test_a_deadlock_in_raw_statements_is_retried(mysql_database) -> None:  # type: ignore[no-untyped-def]
+    mysql_database.transaction(lambda s: _flushed(s, "a") or _flushed(s, "b"))
+    with mysql_database.read() as session:
+        ids = list(session.scalars(select(User.id).order_by(User.id)))
+    barrier = threading.Barrier(2, timeout=10)
+    attempts: list[int] = []
+    errors: list[BaseException] = []
+
+    def lock_both(order: list[int]) -> None:
+        first_try = [True]
+
+        def work(session):  # type: ignore[no-untyped-def]
+            attempts.append(1)
+            with mysql_cursor(session) as cursor:
+                cursor.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (order[0],))
+                if first_try[0]:
+                    first_try[0] = False
+                    barrier.wait()  # both hold their first row: one of them must deadlock
+                cursor.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (order[1],))
+
+        try:
+            mysql_database.transaction(work)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=lock_both, args=(o,)) for o in (ids, ids[::-1])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(attempts) >= 3  # someone ran twice: the deadlock was retried
+
+
+@pytest.mark.mysql_only
+def test_mysql_connections_keep_found_rows(mysql_database) -> None:  # type: ignore[no-untyped-def]
+    """Enabling multi-statements must not drop FOUND_ROWS, which SQLAlchemy relies on: an
+    UPDATE that matches a row but changes nothing still reports one row."""
+    from sqlalchemy import update
+
+    mysql_database.transaction(lambda s: _flushed(s, "same"))
+
+    def work(session):  # type: ignore[no-untyped-def]
+        return session.execute(
+            update(User).where(User.username == "same").values(role="user")
+        ).rowcount
+
+    assert mysql_database.transaction(work) == 1

@@ -1,0 +1,98 @@
+"""The matching engine as pure functions: priority, maker price, self-trade, fees, postings."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from decimal import Decimal as D
+
+from stockex.config import MarketSettings
+from stockex.trading.engine import Resting, Taker, apply_to_maker, fill_postings, match
+
+MARKET = MarketSettings(id="asaxu", base="ASA", quote="XU", price_precision=0,
+                        amount_precision=3, min_amount=D("0.001"), maker_fee=D("0.001"),
+                        taker_fee=D("0.002"))
+FEES = 99
+
+
+def ask(order_id: int, user: int, price: str, amount: str, filled: str = "0") -> Resting:
+    unfilled = D(amount) - D(filled)
+    return Resting(order_id, user, "sell", D(price), D(amount), D(filled), D(0), D(0), unfilled)
+
+
+def bid(order_id: int, user: int, price: str, amount: str) -> Resting:
+    return Resting(order_id, user, "buy", D(price), D(amount), D(0), D(0), D(0),
+                   D(price) * D(amount))
+
+
+def test_best_price_then_oldest_first_at_the_makers_price() -> None:
+    book = [ask(3, 2, "99", "1"), ask(1, 3, "100", "1"), ask(2, 4, "100", "1")]
+    taker = Taker(1, "buy", "limit", "GTC", D("105"), D("2.5"))
+    result = match(taker, book, MARKET)
+    assert [(f.maker.id, f.price, f.amount) for f in result.fills] == [
+        (3, D("99"), D("1")), (1, D("100"), D("1")), (2, D("100"), D("0.5"))
+    ]
+    assert result.filled_amount == D("2.5")
+    assert result.filled_quote == D("249")
+    assert result.complete
+
+
+def test_limit_stops_at_its_price() -> None:
+    book = [ask(1, 2, "100", "1"), ask(2, 2, "101", "1")]
+    result = match(Taker(1, "buy", "limit", "GTC", D("100"), D("5")), book, MARKET)
+    assert [f.maker.id for f in result.fills] == [1]
+    assert not result.complete
+
+
+def test_own_resting_orders_are_cancelled_and_matching_goes_on() -> None:
+    book = [ask(1, 7, "100", "1"), ask(2, 2, "100", "1")]
+    result = match(Taker(7, "buy", "limit", "GTC", D("100"), D("1")), book, MARKET)
+    assert [m.id for m in result.self_cancelled] == [1]
+    assert [f.maker.id for f in result.fills] == [2]
+
+
+def test_market_buy_by_quote_buys_whole_steps_only() -> None:
+    book = [ask(1, 2, "3", "1"), ask(2, 2, "7", "10")]
+    result = match(Taker(1, "buy", "market", "IOC", None, None, D("10")), book, MARKET)
+    # 1 @ 3 = 3, then 7 XU left buys 1.000 @ 7
+    assert [(f.price, f.amount) for f in result.fills] == [(D("3"), D("1")), (D("7"), D("1"))]
+    assert result.complete
+    thin = match(Taker(1, "buy", "market", "IOC", None, None, D("100")), [ask(1, 2, "3", "1")],
+                 MARKET)
+    assert thin.filled_quote == D("3") and not thin.complete
+
+
+def test_fees_come_from_what_each_side_receives() -> None:
+    taker = Taker(1, "buy", "limit", "GTC", D("110"), D("2"))
+    maker = ask(5, 2, "100", "2")
+    fill = match(taker, [maker], MARKET).fills[0]
+    assert fill.taker_fee == D("0.004")  # 0.2% of 2 ASA bought
+    assert fill.maker_fee == D("0.2")  # 0.1% of 200 XU sold for
+    deltas: dict[tuple[int, str], list[D]] = defaultdict(lambda: [D(0), D(0)])
+    for user, asset, d_available, d_locked in fill_postings(taker, fill, MARKET, FEES):
+        deltas[(user, asset)][0] += d_available
+        deltas[(user, asset)][1] += d_locked
+    # the buyer locked 110 x 2 and pays 100 x 2: the 20 saved is released at once
+    assert deltas[(1, "XU")] == [D("20"), D("-220")]
+    assert deltas[(1, "ASA")] == [D("1.996"), D(0)]
+    assert deltas[(2, "ASA")] == [D(0), D("-2")]
+    assert deltas[(2, "XU")] == [D("199.8"), D(0)]
+    assert deltas[(FEES, "ASA")] == [D("0.004"), D(0)]
+    assert deltas[(FEES, "XU")] == [D("0.2"), D(0)]
+    for asset in ("ASA", "XU"):  # a fill moves assets between accounts, creates none
+        assert sum(sum(v) for (u, a), v in deltas.items() if a == asset) == 0
+
+
+def test_a_resting_buy_keeps_price_times_unfilled_locked() -> None:
+    maker = bid(1, 2, "100", "3")
+    fill = match(Taker(1, "sell", "limit", "GTC", D("90"), D("1.25")), [maker], MARKET).fills[0]
+    apply_to_maker(fill)
+    assert maker.filled_amount == D("1.25")
+    assert maker.locked == D("100") * (D("3") - D("1.25"))
+
+
+def test_sell_taker_postings_balance_out() -> None:
+    taker = Taker(1, "sell", "market", "IOC", None, D("1"))
+    fill = match(taker, [bid(1, 2, "100", "3")], MARKET).fills[0]
+    postings = fill_postings(taker, fill, MARKET, FEES)
+    for asset in ("ASA", "XU"):
+        assert sum(p[2] + p[3] for p in postings if p[1] == asset) == 0
