@@ -85,8 +85,10 @@ def summary(latencies: list[float], elapsed: float) -> dict[str, float]:
 def prepare(server: MySQLServer, clients: int, workdir: Path,
             redis_url: str = "") -> tuple[dict, list[str], Database]:
     url = server.create_database("stockex_bench")
+    # The per-user order limit (api.order_rate_limit) is switched off: this measures the
+    # engine's throughput, and each client would otherwise be held to that limit.
     raw = {"secret_key": SECRET, "database": {"url": url}, "markets": [MARKET],
-           "redis": {"url": redis_url}}
+           "redis": {"url": redis_url}, "api": {"order_rate_limit": ""}}
     settings = settings_from_mapping(raw)
     db = Database(url)
     upgrade(db)
