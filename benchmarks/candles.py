@@ -44,7 +44,7 @@ from stockex.config import settings_from_mapping
 from stockex.db import Database
 from stockex.markets import sync_markets
 from stockex.migrate import upgrade
-from stockex.testing import free_port, start_mysql, start_redis
+from stockex.testing import free_port, start_mysql, start_redis, wait_for_http
 from stockex.tiki import Kline
 
 TIMEZONE = "Asia/Ho_Chi_Minh"
@@ -122,15 +122,8 @@ def start_gunicorn(db_url: str, redis_url: str, port: int) -> subprocess.Popen[b
          "--log-level", "warning", "stockex.api:create_app()"],
         env=env, cwd=ROOT,
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if http_get(port, "/health")[0] == 200:
-                return process
-        except OSError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("gunicorn did not start")
+    wait_for_http(f"http://127.0.0.1:{port}/health", process, 30, "gunicorn")
+    return process
 
 
 def http_get(port: int, path: str) -> tuple[int, bytes]:

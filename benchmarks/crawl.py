@@ -34,7 +34,6 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -45,7 +44,7 @@ from stockex.crawler import crawl_market
 from stockex.db import Database
 from stockex.markets import sync_markets
 from stockex.migrate import upgrade
-from stockex.testing import free_port, start_mysql
+from stockex.testing import free_port, start_mysql, wait_for_http
 from stockex.tiki import TikiClient
 from stockex.tiki.simulator import kline_at
 
@@ -65,17 +64,9 @@ def start_simulator(origin: int) -> tuple[subprocess.Popen[bytes], str]:
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            probe = f"{url}/rally/markets/asaxu/klines?period=1&time_from={origin}&time_to={origin}"
-            with urllib.request.urlopen(probe, timeout=2) as response:  # noqa: S310 - loopback
-                response.read()
-            return process, url
-        except OSError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("the simulator did not start")
+    probe = f"{url}/rally/markets/asaxu/klines?period=1&time_from={origin}&time_to={origin}"
+    wait_for_http(probe, process, 30, "the simulator")
+    return process, url
 
 
 def baseline_insert(

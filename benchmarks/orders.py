@@ -39,7 +39,7 @@ from stockex.config import settings_from_mapping
 from stockex.db import Database
 from stockex.markets import sync_markets
 from stockex.migrate import upgrade
-from stockex.testing import MySQLServer, free_port, start_mysql, start_redis
+from stockex.testing import MySQLServer, free_port, start_mysql, start_redis, wait_for_http
 from stockex.trading import accounts
 from stockex.trading.reconcile import reconcile
 
@@ -114,18 +114,8 @@ def serve(config: Path, workers: int, threads: int) -> tuple[subprocess.Popen[by
         "stockex.api:create_app()",
     ]
     process = subprocess.Popen(command, env=env)  # noqa: S603
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/health")
-            if conn.getresponse().status == 200:
-                conn.close()
-                return process, port
-        except OSError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("gunicorn did not start")
+    wait_for_http(f"http://127.0.0.1:{port}/health", process, 60, "gunicorn")
+    return process, port
 
 
 def order_load(port: int, tokens: list[str], seconds: float, warmup: float) -> dict:

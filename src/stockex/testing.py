@@ -65,6 +65,22 @@ def _wait_for(check, timeout: float, what: str, log: Path | None = None) -> None
     raise ServerUnavailable(f"{what} did not start within {timeout:.0f}s: {last}{tail}")
 
 
+def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float, what: str) -> None:
+    """Poll ``url`` until it answers 200; on timeout kill ``process`` and raise
+    :class:`ServerUnavailable` (benchmarks start gunicorn and the simulator this way)."""
+    import urllib.request
+
+    def check() -> None:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+            response.read()
+
+    try:
+        _wait_for(check, timeout, what)
+    except ServerUnavailable:
+        process.kill()
+        raise
+
+
 @dataclass
 class MySQLServer:
     """A server plus the URL prefix ``mysql+pymysql://user:pass@host:port`` to reach it."""

@@ -48,20 +48,14 @@ def http() -> Iterator[requests.Session]:
 
 
 @pytest.fixture
-def start_sim() -> Iterator[Any]:
-    """Start simulators on free ports; every one is shut down after the test."""
-    handles = []
+def start_sim(start_simulator: Any) -> Any:
+    """conftest's ``start_simulator`` with this module's fixed clock as the default."""
 
     def start(**config: Any) -> tuple[Simulator, str]:
         config.setdefault("clock", FakeClock(ORIGIN + 30 * 86_400))
-        sim = Simulator(SimulatorConfig(**config))
-        handle = sim.serve()
-        handles.append(handle)
-        return sim, handle.url
+        return start_simulator(**config)  # type: ignore[no-any-return]
 
-    yield start
-    for handle in handles:
-        handle.shutdown()
+    return start
 
 
 def get_klines(
