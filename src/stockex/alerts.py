@@ -444,7 +444,9 @@ def _window_text(window: tuple[int, int], settings: Settings) -> str:
     return f"{start} .. {end} ({int(window[0])}..{int(window[1])})"
 
 
-def _airflow_fields(context: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+def airflow_fields(context: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``("airflow <dag>.<task>[<map index>]", {dag, task, try_number, run_id, ...})`` from an
+    Airflow callback context; missing parts read ``?`` or None."""
     ti = context.get("ti") or context.get("task_instance")
     dag_id = getattr(ti, "dag_id", None) or getattr(context.get("dag"), "dag_id", None) or "?"
     task_id = getattr(ti, "task_id", None) or getattr(context.get("task"), "task_id", None) or "?"
@@ -469,7 +471,7 @@ def _airflow_fields(context: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
 def airflow_task_failed(context: Mapping[str, Any], settings: Settings | None = None) -> None:
     """Airflow ``on_failure_callback``: alert with dag/task/try, then wait for delivery."""
     try:
-        source, fields = _airflow_fields(context)
+        source, fields = airflow_fields(context)
         error = context.get("exception")
         if not isinstance(error, BaseException):
             error = AirflowTaskFailed(str(error) if error else "the task failed")
@@ -483,7 +485,7 @@ def airflow_task_failed(context: Mapping[str, Any], settings: Settings | None = 
 def airflow_task_succeeded(context: Mapping[str, Any], settings: Settings | None = None) -> None:
     """Airflow ``on_success_callback``: resolves that task's open incident, if any."""
     try:
-        source, fields = _airflow_fields(context)
+        source, fields = airflow_fields(context)
         notifier = _notifier(settings)
         notifier.resolve(source, service=SERVICE_AIRFLOW, context=fields)
         notifier.flush(AIRFLOW_FLUSH_SECONDS)

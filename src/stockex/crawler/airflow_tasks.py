@@ -40,19 +40,15 @@ def report_task_failure(context: Mapping[str, Any]) -> str:
     """Airflow ``on_failure_callback``: log which market's task failed and why.
 
     Returns the message, also posted to Slack (:func:`stockex.alerts.airflow_task_failed`).
-    Never raises: a broken
-    callback must not hide the original failure.
+    Never raises: a broken callback must not hide the original failure.
     """
     try:
-        ti = context.get("ti") or context.get("task_instance")
-        dag_id = getattr(ti, "dag_id", None) or getattr(context.get("dag"), "dag_id", "?")
-        task_id = getattr(ti, "task_id", "?")
-        map_index = getattr(ti, "map_index", -1)
-        try_number = getattr(ti, "try_number", "?")
+        where, fields = alerts.airflow_fields(context)
+        try_number = fields["try_number"] if fields["try_number"] is not None else "?"
         exception = context.get("exception")
         market = _market_of(exception, context)
         message = (
-            f"{dag_id}.{task_id}[{map_index}] failed on try {try_number}"
+            f"{where.removeprefix('airflow ')} failed on try {try_number}"
             + (f" for market {market}" if market else "")
             + (f": {exception}" if exception is not None else "")
         )
