@@ -69,12 +69,16 @@ class StoreResult:
         return self.inserted + self.updated
 
 
-def store_minutes(session: Session, market_id: str, klines: Sequence[Kline]) -> StoreResult:
+def store_minutes(
+    session: Session, market_id: str, klines: Sequence[Kline], *, timezone: str | None = None
+) -> StoreResult:
     """Upsert ``klines`` (one market, any order; a repeated minute: the last one wins) and
-    the rollups they touch, inside the caller's transaction."""
+    the rollups they touch, inside the caller's transaction. ``timezone`` (the caller's
+    configured one) is recorded for a market's first rollups; without it the process's
+    configuration is read."""
     if not klines:
         return StoreResult(0, 0, None, None)
-    clock = clock_for(series_timezone(session, market_id))
+    clock = clock_for(series_timezone(session, market_id, timezone))
     latest = {k.ts: k for k in klines}
     five_minute_starts = {clock.align(ts, 5) for ts in latest}
     stored = _read_minutes(session, market_id, _ranges(clock, five_minute_starts, 5))
@@ -103,12 +107,13 @@ def store_minutes(session: Session, market_id: str, klines: Sequence[Kline]) -> 
     return StoreResult(inserted, updated, changed[0], changed[-1])
 
 
-def series_timezone(session: Session, market_id: str) -> str:
-    """The timezone the market's rollups use; the configured one for a market without any."""
+def series_timezone(session: Session, market_id: str, configured: str | None = None) -> str:
+    """The timezone the market's rollups use; for a market without any, ``configured`` (else
+    the process's configuration), which is recorded."""
     found = session.execute(_SERIES_TIMEZONE, {"market": market_id}).scalar()
     if found is not None:
         return str(found)
-    timezone = configured_timezone()
+    timezone = configured or configured_timezone()
     _insert_series_if_missing(session, market_id, timezone)
     return str(session.execute(_SERIES_TIMEZONE, {"market": market_id}).scalar_one())
 

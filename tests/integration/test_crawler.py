@@ -509,3 +509,21 @@ def test_the_loop_with_until_ends_by_itself(
     assert same_values(stored(database), expected(minute(0), minute(149)))
     with database.read() as session:
         assert session.scalar(select(func.count()).select_from(CrawlRun)) == 1
+
+
+def test_rollups_use_the_crawlers_configured_timezone(
+    database: Database, make_settings: Any, start_simulator: Any
+) -> None:
+    """The crawler hands its own settings' timezone to store_minutes; the process's
+    configuration (Asia/Ho_Chi_Minh by default) is not consulted."""
+    from stockex.candles import series_timezone
+
+    now = FakeClock(minute(30))
+    _, url = start_simulator(clock=now)
+    settings = make_settings(
+        database.url, timezone="UTC", tiki={"base_url": url, "timeout_seconds": 2},
+        crawler={"start": iso(ORIGIN), "markets": ["asaxu"]},
+    )
+    crawl_market(database, settings, "asaxu", client=fast_client(url), clock=now)
+    with database.read() as session:
+        assert series_timezone(session, "asaxu") == "UTC"

@@ -258,7 +258,7 @@ def _fetch_chunk(client: TikiClient, run: _Run, chunk_from: int, chunk_to: int) 
 
 
 def _store_chunk(session: Session, run: _Run, klines: list[Kline]) -> StoreResult:
-    result = store_minutes(session, run.market, klines)
+    result = store_minutes(session, run.market, klines, timezone=run.tz.key)
     if result.written:
         session.execute(
             update(CrawlRun)
