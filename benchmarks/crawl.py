@@ -44,7 +44,7 @@ from stockex.crawler import crawl_market
 from stockex.db import Database
 from stockex.markets import sync_markets
 from stockex.migrate import upgrade
-from stockex.testing import free_port, start_mysql, wait_for_http
+from stockex.testing import free_port, process_cpu_seconds, start_mysql, wait_for_http
 from stockex.tiki import TikiClient
 from stockex.tiki.simulator import kline_at
 
@@ -109,8 +109,8 @@ def verify(db: Database, origin: int, minutes: int) -> None:
             assert tuple(Decimal(v) for v in row) == tuple(Decimal(v) for v in expected), ts
 
 
-def crawl_once(server: Any, url: str, origin: int, until: int, args: argparse.Namespace,
-               repetition: int) -> dict[str, Any]:
+def crawl_once(server: Any, sim: subprocess.Popen[bytes], url: str, origin: int, until: int,
+               args: argparse.Namespace, repetition: int) -> dict[str, Any]:
     """One full backfill into a fresh database, then the baseline on the same rows."""
     name = f"stockex_bench_{repetition}"
     db_url = server.create_database(name)
@@ -125,6 +125,8 @@ def crawl_once(server: Any, url: str, origin: int, until: int, args: argparse.Na
         upgrade(db)
         sync_markets(db, settings)
         with TikiClient(url, timeout=30) as client:
+            mysqld_started = process_cpu_seconds(server.process.pid)
+            sim_started = process_cpu_seconds(sim.pid)
             started, cpu_started = time.perf_counter(), time.process_time()
             if args.profile:
                 import cProfile
@@ -138,6 +140,8 @@ def crawl_once(server: Any, url: str, origin: int, until: int, args: argparse.Na
                 summary = crawl_market(db, settings, "asaxu", client=client, until=until)
             crawl_seconds = time.perf_counter() - started
             crawl_cpu = time.process_time() - cpu_started
+            mysqld_cpu = process_cpu_seconds(server.process.pid) - mysqld_started
+            sim_cpu = process_cpu_seconds(sim.pid) - sim_started
         assert summary.status == "success" and summary.inserted == args.minutes, summary
         verify(db, origin, args.minutes)
         with db.engine.connect() as conn:
@@ -154,6 +158,8 @@ def crawl_once(server: Any, url: str, origin: int, until: int, args: argparse.Na
         "crawl_seconds": round(crawl_seconds, 2),
         "crawl_candles_per_s": round(args.minutes / crawl_seconds),
         "crawl_cpu_us_per_candle": round(crawl_cpu / args.minutes * 1e6, 1),
+        "crawl_mysqld_cpu_us_per_candle": round(mysqld_cpu / args.minutes * 1e6, 1),
+        "crawl_simulator_cpu_us_per_candle": round(sim_cpu / args.minutes * 1e6, 1),
         "requests": summary.requests,
         "baseline_seconds": round(baseline_seconds, 2),
         "baseline_candles_per_s": round(args.minutes / baseline_seconds),
@@ -181,7 +187,7 @@ def main() -> None:
     server = start_mysql()
     sim, url = start_simulator(origin)
     try:
-        runs = [crawl_once(server, url, origin, until, args, i) for i in range(args.repeat)]
+        runs = [crawl_once(server, sim, url, origin, until, args, i) for i in range(args.repeat)]
     finally:
         sim.terminate()
         sim.wait(10)

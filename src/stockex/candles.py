@@ -30,6 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Context, Decimal, localcontext
 from functools import lru_cache
+from operator import itemgetter
 
 from sqlalchemy import BigInteger, Integer, delete, func, select, text, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
@@ -80,14 +81,13 @@ def store_minutes(
         return StoreResult(0, 0, None, None)
     clock = clock_for(series_timezone(session, market_id, timezone))
     latest = {k.ts: k for k in klines}
-    five_minute_starts = {clock.align(ts, 5) for ts in latest}
+    five_minute_starts = set(clock.align_many(list(latest), 5))
     stored = _read_minutes(session, market_id, _ranges(clock, five_minute_starts, 5))
     now = int(time.time())
     inserted = updated = 0
     rows: list[tuple[int, Values]] = []
     for ts in sorted(latest):
-        k = latest[ts]
-        values = (k.open, k.high, k.low, k.close, k.volume)
+        values = latest[ts][1:]
         old = stored.get(ts)
         if old is not None and old == values:
             continue
@@ -170,7 +170,7 @@ def _refresh_rollups(
     every minute (new values) of the five-minute buckets those minutes are in."""
     touched: dict[int, set[int]] = {1: set(changed)}
     for period in ROLLUP_PERIODS:
-        touched[period] = {clock.align(t, period) for t in touched[SOURCE_PERIOD[period]]}
+        touched[period] = set(clock.align_many(list(touched[SOURCE_PERIOD[period]]), period))
     ranges = [
         (SOURCE_PERIOD[period], lo, hi)
         for period in ROLLUP_PERIODS
@@ -184,25 +184,34 @@ def _refresh_rollups(
         for period in ROLLUP_PERIODS:
             source = SOURCE_PERIOD[period]
             pool = computed[source] if source == 1 else {**stored[source], **computed[source]}
-            wanted = touched[period]
-            groups: dict[int, list[tuple[int, Values]]] = defaultdict(list)
-            for t, values in pool.items():
-                start = clock.align(t, period)
-                if start in wanted:
-                    groups[start].append((t, values))
-            combined = {start: _combine(items) for start, items in groups.items()}
+            combined = _combine_buckets(clock, period, pool, touched[period])
             computed[period] = combined
             rows.extend((period, start, v) for start, v in combined.items())
     _write_rollups(session, market_id, rows)
 
 
-def _combine(items: list[tuple[int, Values]]) -> Values:
-    """One candle from consecutive ones: first open, max high, min low, last close, sum."""
-    items.sort(key=lambda item: item[0])
-    high = max(v[1] for _, v in items)
-    low = min(v[2] for _, v in items)
-    volume = sum((v[4] for _, v in items), Decimal(0))
-    return items[0][1][0], high, low, items[-1][1][3], volume
+def _combine_buckets(
+    clock: BucketClock, period: int, pool: dict[int, Values], wanted: set[int]
+) -> dict[int, Values]:
+    """The ``period`` candles starting at ``wanted``, each combined from the candles of
+    ``pool`` (start -> values, any order) that fall in it: first open, max high, min low,
+    last close, summed volume."""
+    groups: dict[int, list[Values]] = defaultdict(list)
+    times = sorted(pool)
+    for t, start in zip(times, clock.align_many(times, period), strict=True):
+        if start in wanted:
+            groups[start].append(pool[t])
+    return {start: _combine(items) for start, items in groups.items()}
+
+
+_HIGH, _LOW, _VOLUME = itemgetter(1), itemgetter(2), itemgetter(4)
+_ZERO = Decimal(0)
+
+
+def _combine(items: list[Values]) -> Values:
+    """One candle from consecutive ones in time order."""
+    return (items[0][0], max(map(_HIGH, items)), min(map(_LOW, items)), items[-1][3],
+            sum(map(_VOLUME, items), _ZERO))
 
 
 def _ranges(clock: BucketClock, starts: Iterable[int], period: int) -> list[tuple[int, int]]:
@@ -262,23 +271,21 @@ def _batches(items: list, size: int = _RANGES_PER_QUERY) -> Iterable[list]:  # t
 def _write_minutes(
     session: Session, market_id: str, rows: list[tuple[int, Values]], now: int
 ) -> None:
-    upsert_rows(session, Candle.__table__, [
-        {"market_id": market_id, "time": t, **dict(zip(_VALUE_COLUMNS, v, strict=True)),
-         "updated_at": now}
-        for t, v in rows
-    ], ("market_id", "time"), _MINUTE_UPDATES)
+    upsert_rows(session, Candle.__table__, _MINUTE_COLUMNS,
+                [(market_id, t, *v, now) for t, v in rows], ("market_id", "time"),
+                _MINUTE_UPDATES)
 
 
 def _write_rollups(
     session: Session, market_id: str, rows: list[tuple[int, int, Values]]
 ) -> None:
-    upsert_rows(session, CandleRollup.__table__, [
-        {"market_id": market_id, "period": p, "time": t,
-         **dict(zip(_VALUE_COLUMNS, v, strict=True))}
-        for p, t, v in rows
-    ], ("market_id", "period", "time"), _VALUE_COLUMNS)
+    upsert_rows(session, CandleRollup.__table__, _ROLLUP_COLUMNS,
+                [(market_id, p, t, *v) for p, t, v in rows], ("market_id", "period", "time"),
+                _VALUE_COLUMNS)
 
 
+_MINUTE_COLUMNS = ("market_id", "time", *_VALUE_COLUMNS, "updated_at")
+_ROLLUP_COLUMNS = ("market_id", "period", "time", *_VALUE_COLUMNS)
 _MINUTE_UPDATES = (*_VALUE_COLUMNS, "updated_at")
 
 

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from decimal import Context, Decimal
 from typing import Any, TypeVar
@@ -130,21 +131,25 @@ UPSERT_ROWS_PER_STATEMENT = 5000
 def upsert_rows(
     session: Session,
     table: Table,
-    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
     key: Sequence[str],
     updates: Sequence[str],
 ) -> None:
-    """Insert ``rows`` (dicts with the same keys) into ``table``; on a duplicate ``key``
-    overwrite the ``updates`` columns. Runs inside the session's transaction.
+    """Insert ``rows`` (tuples of values for ``columns``, in that order) into ``table``; on a
+    duplicate ``key`` overwrite the ``updates`` columns. Runs inside the session's transaction.
 
     SQLite: ``INSERT ... ON CONFLICT DO UPDATE`` through SQLAlchemy's executemany.
 
     MySQL: ``INSERT ... VALUES (...), (...) ON DUPLICATE KEY UPDATE`` with the values written
     as literals, because per-row parameter processing (SQLAlchemy's plus the driver's
-    escaping) costs three times what the database itself needs for a crawl's bulk writes.
+    escaping) costs several times what the database itself needs for a crawl's bulk writes.
     The literals are exactly what the bound path would send: integers as ``int``, amounts
     checked by :class:`Amount`'s own rules (AmountOutOfRange for negative, too many decimals,
-    too large), anything else quoted by the driver's own escaping.
+    too large), anything else quoted by the driver's own escaping. Rendering goes column by
+    column: a column of plain ``Decimal`` amounts is checked with one regular expression over
+    its joined text, and only a column that fails it takes the per-value path that names the
+    problem.
     """
     if not rows:
         return
@@ -156,77 +161,68 @@ def upsert_rows(
         stmt = stmt.on_conflict_do_update(
             index_elements=list(key), set_={c: stmt.excluded[c] for c in updates}
         )
-        session.execute(stmt, list(rows))
+        session.execute(stmt, [dict(zip(columns, row, strict=True)) for row in rows])
         return
-    names = list(rows[0])
     quote = connection.dialect.identifier_preparer.quote
     driver_literal = connection.connection.dbapi_connection.escape  # type: ignore[union-attr]
-    render = [_literal_renderer(table.c[name].type, connection.dialect, driver_literal)
-              for name in names]
+    render = [_column_renderer(table.c[name].type, connection.dialect, driver_literal)
+              for name in columns]
     # Quoted identifiers from the table's metadata and the literals described above.
-    head = f"INSERT INTO {quote(table.name)} ({', '.join(map(quote, names))}) VALUES "  # noqa: S608
+    head = f"INSERT INTO {quote(table.name)} ({', '.join(map(quote, columns))}) VALUES "  # noqa: S608
     tail = " ON DUPLICATE KEY UPDATE " + ", ".join(
         f"{quote(c)} = VALUES({quote(c)})" for c in updates
     )
     for start in range(0, len(rows), UPSERT_ROWS_PER_STATEMENT):
         batch = rows[start : start + UPSERT_ROWS_PER_STATEMENT]
-        # Column by column (map is cheaper than a call per row), then joined row by row.
-        columns = [list(map(r, [row[n] for row in batch]))
-                   for r, n in zip(render, names, strict=True)]
-        values = "),(".join(map(",".join, zip(*columns, strict=True)))
+        texts = [r(values) for r, values in zip(render, zip(*batch, strict=True), strict=True)]
+        values = "),(".join(map(",".join, zip(*texts, strict=True)))
         # Literals only, no placeholders; PyMySQL still %-formats the text, hence no '%' in
         # it but the doubled ones _quoted() writes.
         connection.exec_driver_sql(f"{head}({values}){tail}")
 
 
-#: Validated amount literals by value (bounded; only plain non-negative decimals get in).
-_AMOUNT_LITERALS: dict[Decimal, str] = {}
-_MAX_AMOUNT_LITERALS = 200_000
+# A plain non-negative decimal within DECIMAL(36,18), as str(Decimal) writes one.
+_PLAIN_AMOUNT = rf"[0-9]{{1,{INTEGER_DIGITS}}}(?:\.[0-9]{{1,{SCALE}}})?"
+_PLAIN_AMOUNTS = re.compile(rf"{_PLAIN_AMOUNT}(?:,{_PLAIN_AMOUNT})*")
 
 
-def _literal_renderer(
+def _column_renderer(
     column_type: TypeEngine[Any], dialect: Dialect, driver_literal: Callable[[Any], str]
-) -> Callable[[Any], str]:
+) -> Callable[[Sequence[Any]], list[str]]:
+    """A function from one column's values to their SQL literals."""
     if isinstance(column_type, Amount):
 
-        def amount(value: Any) -> str:
-            if type(value) is Decimal:
-                try:
-                    text = _AMOUNT_LITERALS.get(value)  # prices repeat: validate each once
-                except TypeError:  # signalling NaN: let the bind processor refuse it
-                    text = None
-                if text is not None:
-                    return text
-                text = str(value)
-                whole, _, fraction = text.partition(".")
-                # Plain digits within DECIMAL(36,18): >= 0, <= 18 decimals, < 10**18.
-                if (whole.isdigit() and len(whole) <= INTEGER_DIGITS
-                        and (not fraction or fraction.isdigit()) and len(fraction) <= SCALE):
-                    if len(_AMOUNT_LITERALS) >= _MAX_AMOUNT_LITERALS:
-                        _AMOUNT_LITERALS.clear()
-                    _AMOUNT_LITERALS[value] = text
-                    return text
+        def one_amount(value: Any) -> str:
             if value is None:
                 return "NULL"
-            # Anything else (exponent notation, negative, too long, not a Decimal) takes the
-            # bind processor's own path: AmountOutOfRange for what the column refuses.
+            # The bind processor's own checks: AmountOutOfRange for what the column refuses.
             return f"{column_type.process_bind_param(value, dialect):f}"
 
-        return amount
+        def amounts(values: Sequence[Any]) -> list[str]:
+            if not column_type.signed and set(map(type, values)) == {Decimal}:
+                texts = list(map(str, values))
+                # Exponent notation, a sign, NaN or too many digits fail the match.
+                if _PLAIN_AMOUNTS.fullmatch(",".join(texts)):
+                    return texts
+            return list(map(one_amount, values))
+
+        return amounts
     if isinstance(column_type, Integer):
-        return lambda value: str(value) if type(value) is int else _quoted(driver_literal, value)
-    seen: dict[Any, str] = {}  # the same market id on every row: escape it once
 
-    def other(value: Any) -> str:
-        try:
-            return seen[value]
-        except (KeyError, TypeError):
-            text = _quoted(driver_literal, value)
-            if type(value) is str:
-                seen[value] = text
-            return text
+        def integers(values: Sequence[Any]) -> list[str]:
+            if set(map(type, values)) == {int}:  # exact: bool is an int subclass
+                return list(map(str, values))
+            return [str(v) if type(v) is int else _quoted(driver_literal, v) for v in values]
 
-    return other
+        return integers
+
+    def others(values: Sequence[Any]) -> list[str]:
+        first = values[0]
+        if type(first) is str and values.count(first) == len(values):
+            return [_quoted(driver_literal, first)] * len(values)  # one market id on every row
+        return [_quoted(driver_literal, v) for v in values]
+
+    return others
 
 
 def _quoted(driver_literal: Callable[[Any], str], value: Any) -> str:

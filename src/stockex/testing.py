@@ -81,6 +81,22 @@ def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float, wh
         raise
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its reaped and living children, from
+    ``/proc`` (benchmarks report where the CPU went: API, MariaDB, simulator); 0.0 when the
+    process is gone."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            total += process_cpu_seconds(int(child))
+    except (OSError, ValueError):
+        pass
+    return total
+
+
 @dataclass
 class MySQLServer:
     """A server plus the URL prefix ``mysql+pymysql://user:pass@host:port`` to reach it."""

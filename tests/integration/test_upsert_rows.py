@@ -19,17 +19,17 @@ from stockex.db import AmountOutOfRange, Database, upsert_rows
 from stockex.models import Candle, Market
 
 UPDATES = ("open", "high", "low", "close", "volume", "updated_at")
+COLUMNS = ("market_id", "time", *UPDATES)
 
 
 def row(ts: int, price: Any = Decimal(25000), volume: Any = Decimal("1.5"),
-        market: str = "asaxu") -> dict[str, Any]:
-    return {"market_id": market, "time": ts, "open": price, "high": price, "low": price,
-            "close": price, "volume": volume, "updated_at": 1}
+        market: str = "asaxu") -> tuple[Any, ...]:
+    return (market, ts, price, price, price, price, volume, 1)
 
 
-def upsert(database: Database, rows: list[dict[str, Any]]) -> None:
+def upsert(database: Database, rows: list[tuple[Any, ...]]) -> None:
     database.transaction(
-        lambda s: upsert_rows(s, Candle.__table__, rows, ("market_id", "time"), UPDATES)
+        lambda s: upsert_rows(s, Candle.__table__, COLUMNS, rows, ("market_id", "time"), UPDATES)
     )
 
 

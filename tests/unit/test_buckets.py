@@ -138,3 +138,15 @@ def test_steady_zone_matches_contract_formula(minute: int) -> None:
         else:
             expected = (t + off) // size * size - off
         assert clock.align(t, period) == expected
+
+
+@pytest.mark.parametrize("zone", DST_ZONES)
+def test_align_many_equals_align_one_by_one(zone: str) -> None:
+    """The arithmetic fast path (steady zones) and the per-time path give the same starts,
+    also for a batch that reaches back before the zone became steady."""
+    clock = clock_for(zone)
+    recent = [at(2024, 3, 1) + i * 977 * 60 for i in range(400)]
+    mixed = [at(1970, 1, 1) + i * 86_413 * 60 for i in range(400)] + recent
+    for times in (recent, mixed):
+        for period in PERIODS:
+            assert clock.align_many(times, period) == [clock.align(t, period) for t in times]
