@@ -186,3 +186,19 @@ def test_the_fast_row_check_agrees_with_the_full_validation(rows: list[Any]) -> 
             assert fast == full
         else:
             assert fast is None
+
+
+def test_crawling_relaxes_the_garbage_collector_and_restores_it() -> None:
+    import gc
+
+    before = gc.get_threshold()
+    relaxed = crawl_run.fewer_gc_passes
+    with relaxed:
+        assert gc.get_threshold()[0] == max(before[0], relaxed.young_threshold)
+        with relaxed:  # a second crawl in another thread, say
+            pass
+        assert gc.get_threshold()[0] == max(before[0], relaxed.young_threshold)
+    assert gc.get_threshold() == before
+    with pytest.raises(RuntimeError), relaxed:
+        raise RuntimeError("a failed chunk")
+    assert gc.get_threshold() == before
