@@ -39,7 +39,14 @@ from stockex.config import settings_from_mapping
 from stockex.db import Database
 from stockex.markets import sync_markets
 from stockex.migrate import upgrade
-from stockex.testing import MySQLServer, free_port, start_mysql, start_redis, wait_for_http
+from stockex.testing import (
+    MySQLServer,
+    free_port,
+    process_cpu_seconds,
+    start_mysql,
+    start_redis,
+    wait_for_http,
+)
 from stockex.trading import accounts
 from stockex.trading.reconcile import reconcile
 
@@ -48,20 +55,6 @@ MARKET = {
     "min_amount": "0.001", "maker_fee": "0.001", "taker_fee": "0.002",
 }
 SECRET = "benchmark-secret-key-0123456789abcdef0123456789"  # noqa: S105 - a throwaway server
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) of a process and its reaped and living children."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
-        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-            total += cpu_seconds(int(child))
-    except (OSError, ValueError):
-        pass
-    return total
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -255,10 +248,14 @@ def main() -> None:
                                    redis_server.url if redis_server else "")
         process, port = serve(info["config"], args.workers, args.threads)
         mysql_pid = server.process.pid if server.process else 0
-        cpu_before = cpu_seconds(process.pid), cpu_seconds(mysql_pid), time.process_time()
+        def cpu_now() -> tuple[float, float, float]:
+            return (process_cpu_seconds(process.pid), process_cpu_seconds(mysql_pid),
+                    time.process_time())
+
+        cpu_before = cpu_now()
         load_before = os.getloadavg()[0]
         orders = order_load(port, tokens, args.seconds, args.warmup)
-        cpu_after = cpu_seconds(process.pid), cpu_seconds(mysql_pid), time.process_time()
+        cpu_after = cpu_now()
         handled = max(1, sum(orders["statuses"].values()))
         orders["cpu_ms_per_order"] = {
             name: round((after - before) * 1000 / handled * args.seconds
