@@ -33,6 +33,7 @@ from sqlalchemy import Engine, Integer, String, Table, create_engine, event
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql import Executable
 from sqlalchemy.types import Numeric, TypeDecorator, TypeEngine
 
 log = logging.getLogger(__name__)
@@ -337,6 +338,7 @@ class Database:
         writer = self.engine.execution_options(stockex_write=True)
         self._write_sessions = sessionmaker(writer, expire_on_commit=False)
         self._read_sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._compiled_cache: dict[Executable, tuple[str, tuple[str, ...]]] = {}
 
     def transaction(
         self,
@@ -378,6 +380,48 @@ class Database:
             yield session
         finally:
             session.close()  # ends the transaction without expiring what was loaded
+
+    def first_value(self, statement: Executable, params: Mapping[str, Any]) -> Any:
+        """The first column of the first row of a read-only ``statement``, or None.
+
+        For lookups made on every request (token revocation): it runs on a pooled DBAPI
+        connection directly, without a Session or SQLAlchemy's result processing, which cost
+        more than the query. So only for columns whose driver value is already the Python
+        value (integers, strings; not :class:`Amount` on SQLite). Driver errors come out as
+        SQLAlchemy's (a lost connection is invalidated and flagged, so the API answers 503).
+        """
+        sql, names = self._compiled(statement)
+        # Positional paramstyles (SQLite's qmark) take a tuple, PyMySQL's pyformat a mapping.
+        values: Any = tuple(params[name] for name in names) if names else dict(params)
+        dialect = self.engine.dialect
+        connection = self.engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.execute(sql, values)
+                row = cursor.fetchone()
+            except dialect.loaded_dbapi.Error as exc:
+                gone = dialect.is_disconnect(exc, connection.dbapi_connection, cursor)
+                if gone:
+                    connection.invalidate(exc)
+                raise DBAPIError.instance(
+                    sql, values, exc, dialect.loaded_dbapi.Error, connection_invalidated=gone
+                ) from exc
+            finally:
+                cursor.close()
+        finally:
+            connection.close()  # back to the pool, which ends the read's transaction
+        return None if row is None else row[0]
+
+    def _compiled(self, statement: Executable) -> tuple[str, tuple[str, ...]]:
+        """The statement's SQL for this dialect and, for a positional paramstyle, its parameter
+        names in order (cached)."""
+        found = self._compiled_cache.get(statement)
+        if found is None:
+            compiled = statement.compile(dialect=self.engine.dialect)
+            found = (compiled.string, tuple(compiled.positiontup or ()))
+            self._compiled_cache[statement] = found
+        return found
 
     def ping(self) -> None:
         """Raise if the database cannot answer ``SELECT 1`` right now."""
