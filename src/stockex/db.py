@@ -25,13 +25,14 @@ import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from decimal import Context, Decimal
 from typing import Any, TypeVar
 
 from pymysql.constants import CLIENT
 from sqlalchemy import Engine, Integer, String, Table, create_engine, event
 from sqlalchemy.engine import Dialect, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InvalidatePoolError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql import Executable
 from sqlalchemy.types import Numeric, TypeDecorator, TypeEngine
@@ -263,7 +264,13 @@ def make_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:
             echo=echo,
             pool_size=pool_size,
             max_overflow=pool_size,
-            pool_pre_ping=True,
+            # Connections are pinged before use by _configure_mysql's checkout listener (the
+            # same check as pool_pre_ping, but once per request scope, see request_scope).
+            pool_pre_ping=False,
+            pool_use_lifo=True,  # a request's next checkout gets the connection it used
+            # Reset on return is done by _configure_mysql's listener: a ROLLBACK only when the
+            # connection may still be inside a transaction (not after a COMMIT).
+            pool_reset_on_return=None,
             pool_recycle=3600,
             pool_timeout=5,
             isolation_level="READ COMMITTED",
@@ -292,9 +299,10 @@ def _configure_mysql(engine: Engine) -> None:
     """
 
     @event.listens_for(engine, "connect")
-    def _after_handshake(dbapi_connection: Any, _record: Any) -> None:
+    def _after_handshake(dbapi_connection: Any, record: Any) -> None:
         if hasattr(dbapi_connection, "_read_timeout"):
             dbapi_connection._read_timeout = None
+        record.info[_VERIFIED_IN] = _FRESH
 
     original_ping = engine.dialect.do_ping
 
@@ -307,6 +315,113 @@ def _configure_mysql(engine: Engine) -> None:
             dbapi_connection._read_timeout = previous
 
     engine.dialect.do_ping = bounded_ping  # type: ignore[method-assign]
+
+    @event.listens_for(engine, "checkout")
+    def _ping_before_use(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        """pool_pre_ping, except for a connection this request scope already used."""
+        scope = _request_scope.get()
+        seen = record.info.get(_VERIFIED_IN)
+        if seen is not _FRESH and (scope is None or seen is not scope):
+            try:
+                alive = bounded_ping(dbapi_connection)
+            except Exception:  # noqa: BLE001 - a connection that cannot ping is not usable
+                alive = False
+            if not alive:
+                # As pool_pre_ping does: one dead connection (a restart) condemns every
+                # connection pooled before now, and this checkout gets a new one.
+                raise InvalidatePoolError("ping failed")
+        record.info[_VERIFIED_IN] = scope
+
+    _end_transactions_once(engine)
+
+
+_request_scope: ContextVar[object | None] = ContextVar("stockex_db_request", default=None)
+_VERIFIED_IN = "stockex_verified_in"
+_FRESH = object()
+
+
+def start_request_scope() -> None:
+    """Mark the start of one request on this thread (the API calls it per HTTP request).
+
+    A pooled MySQL connection is pinged before each use, so that one left dead by a restart
+    (or stuck on a hung server: the ping gives up after 1 s) is replaced instead of failing
+    the request. Within one request scope a connection the request already used, moments ago,
+    is not pinged again: an authenticated placement checks out twice (token revocation, then
+    the transaction) and the second ping was a round trip for nothing.
+    """
+    _request_scope.set(object())
+
+
+def end_request_scope() -> None:
+    _request_scope.set(None)
+
+
+#: Set on a pooled connection's ``info`` when its last transaction ended (COMMIT or ROLLBACK
+#: through the dialect) and nothing began since; cleared when it is checked out or begins.
+_ENDED = "stockex_transaction_ended"
+#: Set by :func:`note_committed` when the session's last query already ended with COMMIT.
+_COMMITTED = "stockex_committed"
+
+
+def note_committed(session: Session) -> None:
+    """The session's last query ended with COMMIT (a MySQL multi-statement query, see
+    :meth:`stockex.trading.batch.WriteBatch.flush`): the transaction helper's commit then
+    ends the session without sending a second COMMIT."""
+    session.connection().connection.info[_COMMITTED] = True
+
+
+def _end_transactions_once(engine: Engine) -> None:
+    """Make the pool's reset-on-return a ROLLBACK only when one may be needed.
+
+    SQLAlchemy returns a connection to the pool with a ROLLBACK even right after the session
+    committed: a round trip (client and server CPU) for nothing on every write. Here the
+    dialect's begin/commit/rollback mark the connection, and the pool's reset skips the
+    ROLLBACK when the last thing that happened was a COMMIT or ROLLBACK. Anything else -
+    a raw DBAPI read (``first_value``), an error half-way - still gets the ROLLBACK.
+    It also lets a transaction end with COMMIT inside its last multi-statement query
+    (:func:`note_committed`) without a second COMMIT.
+    """
+    dialect = engine.dialect
+    begin, commit, rollback = dialect.do_begin, dialect.do_commit, dialect.do_rollback
+
+    def info(connection: Any) -> dict[str, Any]:
+        try:
+            return connection.info  # type: ignore[no-any-return]
+        except NotImplementedError:  # the ad-hoc connection of the dialect's first connect
+            return {}
+
+    def do_begin(connection: Any) -> None:
+        info(connection)[_ENDED] = False
+        begin(connection)
+
+    def do_commit(connection: Any) -> None:
+        marks = info(connection)
+        if not marks.pop(_COMMITTED, False):
+            commit(connection)
+        marks[_ENDED] = True
+
+    def do_rollback(connection: Any) -> None:
+        marks = info(connection)
+        marks.pop(_COMMITTED, None)
+        rollback(connection)
+        marks[_ENDED] = True
+
+    dialect.do_begin = do_begin  # type: ignore[method-assign]
+    dialect.do_commit = do_commit  # type: ignore[method-assign]
+    dialect.do_rollback = do_rollback  # type: ignore[method-assign]
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        record.info[_ENDED] = False
+        record.info.pop(_COMMITTED, None)
+
+    @event.listens_for(engine, "reset")
+    def _reset(dbapi_connection: Any, record: Any, state: Any) -> None:
+        if state.transaction_was_reset or not state.asyncio_safe:
+            return
+        if record is not None and record.info.get(_ENDED):
+            return
+        dbapi_connection.rollback()
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -353,7 +468,9 @@ class Database:
         (after which MySQL has already rolled back) run ``work`` again from the start with a
         fresh session, up to ``attempts`` times with a short jittered back-off; ``work`` must
         therefore have no side effects outside the session. Objects it returns stay readable
-        after the commit.
+        after the commit. On MySQL ``work`` may end the transaction itself with COMMIT as the
+        last statement of its last query (``WriteBatch.flush(commit=True)``); the commit here
+        then sends nothing.
         """
         for attempt in range(1, attempts + 1):
             session = self._write_sessions()
@@ -394,12 +511,18 @@ class Database:
         # Positional paramstyles (SQLite's qmark) take a tuple, PyMySQL's pyformat a mapping.
         values: Any = tuple(params[name] for name in names) if names else dict(params)
         dialect = self.engine.dialect
+        mysql = dialect.name == "mysql"
         connection = self.engine.raw_connection()
         try:
             cursor = connection.cursor()
             try:
-                cursor.execute(sql, values)
+                # MySQL: the read's transaction ends in the same round trip (multi-statement),
+                # so the pool sends no ROLLBACK when the connection goes back.
+                cursor.execute(sql + ";\nROLLBACK" if mysql else sql, values)
                 row = cursor.fetchone()
+                if mysql:
+                    cursor.nextset()
+                    connection.info[_ENDED] = True
             except dialect.loaded_dbapi.Error as exc:
                 gone = dialect.is_disconnect(exc, connection.dbapi_connection, cursor)
                 if gone:

@@ -292,3 +292,33 @@ def test_concurrent_read_modify_write_loses_nothing(database: Database) -> None:
         # BEGIN IMMEDIATE queues writers up front; a deferred BEGIN would hit "database is
         # locked" when two readers both try to upgrade, and need retries.
         assert retries == []
+
+
+def test_pooled_connections_are_pinged_once_per_request_scope(mysql_database: Database) -> None:
+    """Before each use a pooled connection is pinged (a restart or a hung server is noticed),
+    except when the same request scope used it moments ago."""
+    from stockex.db import end_request_scope, start_request_scope
+
+    db = Database(mysql_database.url, pool_size=1)  # one connection, reused throughout
+
+    def pings_so_far() -> int:  # COM_PING counts as an admin command, per session
+        raw = db.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            cursor.execute("SHOW SESSION STATUS LIKE 'Com_admin_commands'")
+            return int(cursor.fetchone()[1])
+        finally:
+            raw.close()
+
+    try:
+        first = pings_so_far()  # a new connection: not pinged
+        assert [pings_so_far() - first, pings_so_far() - first] == [1, 2]  # every checkout
+        start_request_scope()
+        try:
+            in_scope = [pings_so_far() - first for _ in range(3)]
+        finally:
+            end_request_scope()
+        assert in_scope == [3, 3, 3]  # pinged when the scope first took it, then not again
+        assert pings_so_far() - first == 4  # outside any scope: pinged again
+    finally:
+        db.dispose()
