@@ -512,7 +512,13 @@ class Database:
         values: Any = tuple(params[name] for name in names) if names else dict(params)
         dialect = self.engine.dialect
         mysql = dialect.name == "mysql"
-        connection = self.engine.raw_connection()
+        try:
+            connection = self.engine.raw_connection()
+        except dialect.loaded_dbapi.Error as exc:  # cannot connect: as Engine.connect says it
+            raise DBAPIError.instance(
+                None, None, exc, dialect.loaded_dbapi.Error,
+                connection_invalidated=dialect.is_disconnect(exc, None, None),
+            ) from exc
         try:
             cursor = connection.cursor()
             try:

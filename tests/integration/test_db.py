@@ -322,3 +322,19 @@ def test_pooled_connections_are_pinged_once_per_request_scope(mysql_database: Da
         assert pings_so_far() - first == 4  # outside any scope: pinged again
     finally:
         db.dispose()
+
+
+def test_first_value_reports_an_unreachable_server_as_sqlalchemy_does() -> None:
+    """The API turns SQLAlchemy's connection errors into 503; a raw PyMySQL one would be a 500."""
+    from sqlalchemy.exc import OperationalError as SAOperationalError
+
+    from stockex.auth import _REVOKED_EXPIRY
+    from stockex.testing import free_port
+
+    db = Database(f"mysql+pymysql://nobody:nothing@127.0.0.1:{free_port()}/none")
+    try:
+        with pytest.raises(SAOperationalError) as caught:
+            db.first_value(_REVOKED_EXPIRY, {"jti": "x"})
+        assert caught.value.orig.args[0] == 2003  # can't connect
+    finally:
+        db.dispose()
