@@ -193,8 +193,10 @@ class WriteBatch:
         ``commit=True`` is for the last database work of a :meth:`Database.transaction`: on
         MySQL the COMMIT then goes in the same round trip, after the writes (a failing write
         stops the query before it, and the helper rolls back as usual), and the helper sends
-        no COMMIT of its own; the locks are released one round trip earlier. On SQLite the
-        helper commits as usual.
+        no COMMIT of its own; the locks are released one round trip earlier. Once it returns
+        the transaction is committed: whatever ``work`` still does afterwards (building its
+        result) can no longer roll it back, so it must not do anything that can fail. On
+        SQLite the helper commits as usual.
         """
         if not self.mysql or not (self._statements or commit):
             self._statements = []
