@@ -319,6 +319,8 @@ def _configure_mysql(engine: Engine) -> None:
     @event.listens_for(engine, "checkout")
     def _ping_before_use(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         """pool_pre_ping, except for a connection this request scope already used."""
+        if _unpinged_checkout.get():
+            return  # Database.first_value checks this connection with its own query
         scope = _request_scope.get()
         seen = record.info.get(_VERIFIED_IN)
         if seen is not _FRESH and (scope is None or seen is not scope):
@@ -336,6 +338,7 @@ def _configure_mysql(engine: Engine) -> None:
 
 
 _request_scope: ContextVar[object | None] = ContextVar("stockex_db_request", default=None)
+_unpinged_checkout: ContextVar[bool] = ContextVar("stockex_db_unpinged", default=False)
 _VERIFIED_IN = "stockex_verified_in"
 _FRESH = object()
 
@@ -506,12 +509,29 @@ class Database:
         more than the query. So only for columns whose driver value is already the Python
         value (integers, strings; not :class:`Amount` on SQLite). Driver errors come out as
         SQLAlchemy's (a lost connection is invalidated and flagged, so the API answers 503).
+
+        On MySQL the lookup itself does the checkout ping's job: it takes a pooled connection
+        without pinging it, with a read timeout (a hung server answers 503 within
+        ``CONNECT_TIMEOUT_SECONDS``), and if that connection turns out dead (a restart) it
+        runs once more on a pinged one, as a read safely can. Having answered, the
+        connection counts as checked for the rest of the request scope.
         """
         sql, names = self._compiled(statement)
         # Positional paramstyles (SQLite's qmark) take a tuple, PyMySQL's pyformat a mapping.
         values: Any = tuple(params[name] for name in names) if names else dict(params)
+        if self.engine.dialect.name != "mysql":
+            return self._first_value(sql, values, trusted=False)
+        try:
+            return self._first_value(sql, values, trusted=True)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated or "timed out" in str(exc.orig):
+                raise
+        return self._first_value(sql, values, trusted=False)  # the pool pings this one
+
+    def _first_value(self, sql: str, values: Any, *, trusted: bool) -> Any:
         dialect = self.engine.dialect
         mysql = dialect.name == "mysql"
+        token = _unpinged_checkout.set(trusted)
         try:
             connection = self.engine.raw_connection()
         except dialect.loaded_dbapi.Error as exc:  # cannot connect: as Engine.connect says it
@@ -519,9 +539,14 @@ class Database:
                 None, None, exc, dialect.loaded_dbapi.Error,
                 connection_invalidated=dialect.is_disconnect(exc, None, None),
             ) from exc
+        finally:
+            _unpinged_checkout.reset(token)
+        driver = connection.dbapi_connection
         try:
             cursor = connection.cursor()
             try:
+                if trusted:
+                    driver._read_timeout = CONNECT_TIMEOUT_SECONDS  # type: ignore[union-attr]
                 # MySQL: the read's transaction ends in the same round trip (multi-statement),
                 # so the pool sends no ROLLBACK when the connection goes back.
                 cursor.execute(sql + ";\nROLLBACK" if mysql else sql, values)
@@ -529,17 +554,20 @@ class Database:
                 if mysql:
                     cursor.nextset()
                     connection.info[_ENDED] = True
+                    connection.info[_VERIFIED_IN] = _request_scope.get()
             except dialect.loaded_dbapi.Error as exc:
-                gone = dialect.is_disconnect(exc, connection.dbapi_connection, cursor)
+                gone = dialect.is_disconnect(exc, driver, cursor)
                 if gone:
                     connection.invalidate(exc)
                 raise DBAPIError.instance(
                     sql, values, exc, dialect.loaded_dbapi.Error, connection_invalidated=gone
                 ) from exc
             finally:
+                if trusted and connection.dbapi_connection is not None:
+                    connection.dbapi_connection._read_timeout = None  # type: ignore[union-attr]
                 cursor.close()
         finally:
-            connection.close()  # back to the pool, which ends the read's transaction
+            connection.close()  # back to the pool, which ends the read's transaction if needed
         return None if row is None else row[0]
 
     def _compiled(self, statement: Executable) -> tuple[str, tuple[str, ...]]:
