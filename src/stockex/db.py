@@ -5,9 +5,9 @@ Two backends are supported, and every feature is tested on both:
 * **MySQL** (production; MariaDB works too) through PyMySQL: InnoDB, utf8mb4,
   ``READ COMMITTED`` isolation. An outage must answer 503 quickly and heal by itself: the TCP
   connect and the login handshake each give up after 2 s, a pooled connection is pinged
-  (bounded to 1 s) before each use so dead ones left by a restart are replaced transparently,
-  and a refused connection fails at once. Queries themselves have no read timeout (a long
-  migration must not be cut off).
+  (bounded to 1 s) before its first use in a request so dead ones left by a restart are
+  replaced transparently (:mod:`stockex.mysql_pool`), and a refused connection fails at once.
+  Queries themselves have no read timeout (a long migration must not be cut off).
   Deadlocks (1213) and lock wait timeouts (1205) roll the whole transaction back and
   :meth:`Database.transaction` runs it again, a bounded number of times.
 * **SQLite** (the embedded default): WAL, foreign keys on, and write transactions open with
@@ -25,17 +25,23 @@ import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from contextvars import ContextVar
 from decimal import Context, Decimal
 from typing import Any, TypeVar
 
 from pymysql.constants import CLIENT
 from sqlalchemy import Engine, Integer, String, Table, create_engine, event
 from sqlalchemy.engine import Dialect, make_url
-from sqlalchemy.exc import DBAPIError, InvalidatePoolError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql import Executable
 from sqlalchemy.types import Numeric, TypeDecorator, TypeEngine
+
+from stockex.mysql_pool import (
+    CONNECT_TIMEOUT_SECONDS,
+    configure_mysql_engine,
+    mark_answered,
+    unpinged_checkout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +54,6 @@ _MAX_AMOUNT = Decimal(10) ** INTEGER_DIGITS
 # DECIMAL(36,18) needs 36 significant digits; the default context only carries 28.
 _CONTEXT = Context(prec=INTEGER_DIGITS + SCALE + 4)
 
-CONNECT_TIMEOUT_SECONDS = 2
-PING_TIMEOUT_SECONDS = 1
 
 #: MySQL error codes after which InnoDB has rolled back and a retry is safe.
 RETRYABLE_MYSQL_ERRORS = frozenset({1213, 1205})  # deadlock, lock wait timeout
@@ -264,11 +268,11 @@ def make_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:
             echo=echo,
             pool_size=pool_size,
             max_overflow=pool_size,
-            # Connections are pinged before use by _configure_mysql's checkout listener (the
-            # same check as pool_pre_ping, but once per request scope, see request_scope).
+            # Connections are pinged before use by stockex.mysql_pool's checkout listener (the
+            # same check as pool_pre_ping, but once per request scope).
             pool_pre_ping=False,
             pool_use_lifo=True,  # a request's next checkout gets the connection it used
-            # Reset on return is done by _configure_mysql's listener: a ROLLBACK only when the
+            # Reset on return is done by stockex.mysql_pool's listener: a ROLLBACK only when the
             # connection may still be inside a transaction (not after a COMMIT).
             pool_reset_on_return=None,
             pool_recycle=3600,
@@ -286,145 +290,9 @@ def make_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:
                 "read_timeout": CONNECT_TIMEOUT_SECONDS,
             },
         )
-        _configure_mysql(engine)
+        configure_mysql_engine(engine)
         return engine
     raise ValueError(f"unsupported database backend {backend!r}")
-
-
-def _configure_mysql(engine: Engine) -> None:
-    """Bounded handshakes and pings for PyMySQL (see the module docstring).
-
-    PyMySQL reads its ``_read_timeout`` before every packet, so changing it on a live
-    connection takes effect at the next read.
-    """
-
-    @event.listens_for(engine, "connect")
-    def _after_handshake(dbapi_connection: Any, record: Any) -> None:
-        if hasattr(dbapi_connection, "_read_timeout"):
-            dbapi_connection._read_timeout = None
-        record.info[_VERIFIED_IN] = _FRESH
-
-    original_ping = engine.dialect.do_ping
-
-    def bounded_ping(dbapi_connection: Any) -> bool:
-        previous = getattr(dbapi_connection, "_read_timeout", None)
-        dbapi_connection._read_timeout = PING_TIMEOUT_SECONDS
-        try:
-            return original_ping(dbapi_connection)
-        finally:
-            dbapi_connection._read_timeout = previous
-
-    engine.dialect.do_ping = bounded_ping  # type: ignore[method-assign]
-
-    @event.listens_for(engine, "checkout")
-    def _ping_before_use(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-        """pool_pre_ping, except for a connection this request scope already used."""
-        if _unpinged_checkout.get():
-            return  # Database.first_value checks this connection with its own query
-        scope = _request_scope.get()
-        seen = record.info.get(_VERIFIED_IN)
-        if seen is not _FRESH and (scope is None or seen is not scope):
-            try:
-                alive = bounded_ping(dbapi_connection)
-            except Exception:  # noqa: BLE001 - a connection that cannot ping is not usable
-                alive = False
-            if not alive:
-                # As pool_pre_ping does: one dead connection (a restart) condemns every
-                # connection pooled before now, and this checkout gets a new one.
-                raise InvalidatePoolError("ping failed")
-        record.info[_VERIFIED_IN] = scope
-
-    _end_transactions_once(engine)
-
-
-_request_scope: ContextVar[object | None] = ContextVar("stockex_db_request", default=None)
-_unpinged_checkout: ContextVar[bool] = ContextVar("stockex_db_unpinged", default=False)
-_VERIFIED_IN = "stockex_verified_in"
-_FRESH = object()
-
-
-def start_request_scope() -> None:
-    """Mark the start of one request on this thread (the API calls it per HTTP request).
-
-    A pooled MySQL connection is pinged before each use, so that one left dead by a restart
-    (or stuck on a hung server: the ping gives up after 1 s) is replaced instead of failing
-    the request. Within one request scope a connection the request already used, moments ago,
-    is not pinged again: an authenticated placement checks out twice (token revocation, then
-    the transaction) and the second ping was a round trip for nothing.
-    """
-    _request_scope.set(object())
-
-
-def end_request_scope() -> None:
-    _request_scope.set(None)
-
-
-#: Set on a pooled connection's ``info`` when its last transaction ended (COMMIT or ROLLBACK
-#: through the dialect) and nothing began since; cleared when it is checked out or begins.
-_ENDED = "stockex_transaction_ended"
-#: Set by :func:`note_committed` when the session's last query already ended with COMMIT.
-_COMMITTED = "stockex_committed"
-
-
-def note_committed(session: Session) -> None:
-    """The session's last query ended with COMMIT (a MySQL multi-statement query, see
-    :meth:`stockex.trading.batch.WriteBatch.flush`): the transaction helper's commit then
-    ends the session without sending a second COMMIT."""
-    session.connection().connection.info[_COMMITTED] = True
-
-
-def _end_transactions_once(engine: Engine) -> None:
-    """Make the pool's reset-on-return a ROLLBACK only when one may be needed.
-
-    SQLAlchemy returns a connection to the pool with a ROLLBACK even right after the session
-    committed: a round trip (client and server CPU) for nothing on every write. Here the
-    dialect's begin/commit/rollback mark the connection, and the pool's reset skips the
-    ROLLBACK when the last thing that happened was a COMMIT or ROLLBACK. Anything else -
-    a raw DBAPI read (``first_value``), an error half-way - still gets the ROLLBACK.
-    It also lets a transaction end with COMMIT inside its last multi-statement query
-    (:func:`note_committed`) without a second COMMIT.
-    """
-    dialect = engine.dialect
-    begin, commit, rollback = dialect.do_begin, dialect.do_commit, dialect.do_rollback
-
-    def info(connection: Any) -> dict[str, Any]:
-        try:
-            return connection.info  # type: ignore[no-any-return]
-        except NotImplementedError:  # the ad-hoc connection of the dialect's first connect
-            return {}
-
-    def do_begin(connection: Any) -> None:
-        info(connection)[_ENDED] = False
-        begin(connection)
-
-    def do_commit(connection: Any) -> None:
-        marks = info(connection)
-        if not marks.pop(_COMMITTED, False):
-            commit(connection)
-        marks[_ENDED] = True
-
-    def do_rollback(connection: Any) -> None:
-        marks = info(connection)
-        marks.pop(_COMMITTED, None)
-        rollback(connection)
-        marks[_ENDED] = True
-
-    dialect.do_begin = do_begin  # type: ignore[method-assign]
-    dialect.do_commit = do_commit  # type: ignore[method-assign]
-    dialect.do_rollback = do_rollback  # type: ignore[method-assign]
-
-    @event.listens_for(engine, "checkout")
-    def _checked_out(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-        record.info[_ENDED] = False
-        record.info.pop(_COMMITTED, None)
-
-    @event.listens_for(engine, "reset")
-    def _reset(dbapi_connection: Any, record: Any, state: Any) -> None:
-        if state.transaction_was_reset or not state.asyncio_safe:
-            return
-        if record is not None and record.info.get(_ENDED):
-            return
-        dbapi_connection.rollback()
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -531,16 +399,14 @@ class Database:
     def _first_value(self, sql: str, values: Any, *, trusted: bool) -> Any:
         dialect = self.engine.dialect
         mysql = dialect.name == "mysql"
-        token = _unpinged_checkout.set(trusted)
         try:
-            connection = self.engine.raw_connection()
+            with unpinged_checkout(trusted):
+                connection = self.engine.raw_connection()
         except dialect.loaded_dbapi.Error as exc:  # cannot connect: as Engine.connect says it
             raise DBAPIError.instance(
                 None, None, exc, dialect.loaded_dbapi.Error,
                 connection_invalidated=dialect.is_disconnect(exc, None, None),
             ) from exc
-        finally:
-            _unpinged_checkout.reset(token)
         driver = connection.dbapi_connection
         try:
             cursor = connection.cursor()
@@ -553,8 +419,7 @@ class Database:
                 row = cursor.fetchone()
                 if mysql:
                     cursor.nextset()
-                    connection.info[_ENDED] = True
-                    connection.info[_VERIFIED_IN] = _request_scope.get()
+                    mark_answered(connection)
             except dialect.loaded_dbapi.Error as exc:
                 gone = dialect.is_disconnect(exc, driver, cursor)
                 if gone:

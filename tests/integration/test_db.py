@@ -297,7 +297,7 @@ def test_concurrent_read_modify_write_loses_nothing(database: Database) -> None:
 def test_pooled_connections_are_pinged_once_per_request_scope(mysql_database: Database) -> None:
     """Before each use a pooled connection is pinged (a restart or a hung server is noticed),
     except when the same request scope used it moments ago."""
-    from stockex.db import end_request_scope, start_request_scope
+    from stockex.mysql_pool import end_request_scope, start_request_scope
 
     db = Database(mysql_database.url, pool_size=1)  # one connection, reused throughout
 

@@ -27,9 +27,10 @@ from stockex.api.request_log import install_request_log
 from stockex.api.security import check_secret_key, install_security
 from stockex.cache import Cache
 from stockex.config import Settings, load_settings
-from stockex.db import Database, end_request_scope, start_request_scope
+from stockex.db import Database
 from stockex.logs import configure_logging, register_secrets
 from stockex.markets import sync_markets
+from stockex.mysql_pool import end_request_scope, start_request_scope
 from stockex.redaction import secrets_from_settings
 
 log = logging.getLogger("stockex.api")
@@ -103,7 +104,7 @@ def create_app(
 
 
 def _install_database_scope(app: Flask) -> None:
-    """One database request scope per HTTP request (see ``stockex.db.start_request_scope``)."""
+    """One database request scope per HTTP request (``stockex.mysql_pool``)."""
     app.before_request(start_request_scope)
 
     @app.teardown_request

@@ -23,7 +23,7 @@ from sqlalchemy import Table, case, insert, literal, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from stockex.db import note_committed
+from stockex.mysql_pool import note_committed
 
 
 class Ref:
