@@ -10,12 +10,15 @@ that locks one row, updates four balance rows, inserts a trade row and commits.
 Prints one JSON document: orders/s, p50/p99 latency, baseline transactions/s, the ratio, and
 whether ``reconcile`` still holds afterwards.
 
-    PYTHONPATH=src python benchmarks/orders.py [--clients 16] [--seconds 20] [--workers 6]
+    PYTHONPATH=src python benchmarks/orders.py [--clients 16] [--seconds 20] [--workers 5]
         [--threads 1] [--worker-class sync|gthread] [--redis]
 
-On the 2-vCPU development box, 6 sync workers did best (gthread workers lose to the GIL;
-the work is CPU-bound; with one thread per gthread worker, keep-alive saves the clients'
-reconnects but ties each client to one worker, and throughput fell). ``cpu_ms_per_order``
+On the 2-vCPU development box 5 sync workers do best now that a placement costs less CPU
+(20 s runs on a quiet machine: 4 workers 400-500 orders/s, 5 workers 465-482, 6 workers
+422-439; every process more adds context switches and cache misses on two cores, every one
+fewer leaves cores idle while a worker waits for MariaDB). gthread workers lose to the GIL;
+with one thread per gthread worker keep-alive saves the clients' reconnects but ties each
+client to one worker, and throughput fell. ``cpu_ms_per_order``
 shows where the CPU goes: API processes, MariaDB, and this script's clients;
 ``baseline_raw_commit.cpu_ms_per_tx`` the same for a raw transaction; and
 ``machine_load_average`` how busy the machine was (other sessions share it), which moves
@@ -254,7 +257,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--workers", type=int, default=6, help="gunicorn worker processes")
+    parser.add_argument("--workers", type=int, default=5, help="gunicorn worker processes")
     parser.add_argument("--threads", type=int, default=1,
                         help="threads per worker (1: sync workers; more: gthread)")
     parser.add_argument("--worker-class", default="",
