@@ -20,6 +20,8 @@ does no more of them than correctness needs:
   else (a raw read, a failure half-way) still gets it.
 * **A COMMIT inside the last query.** :func:`note_committed` records that the session's last
   multi-statement query ended with COMMIT, so the transaction helper sends none of its own.
+  Any statement executed after it (an ORM flush at commit, a late query) drops the mark:
+  it ran in a new transaction, which the helper then commits as usual.
 """
 
 from __future__ import annotations
@@ -168,6 +170,12 @@ def _end_transactions_once(engine: Engine) -> None:
     dialect.do_begin = do_begin  # type: ignore[method-assign]
     dialect.do_commit = do_commit  # type: ignore[method-assign]
     dialect.do_rollback = do_rollback  # type: ignore[method-assign]
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _not_committed_any_more(connection: Any, *_args: Any) -> None:
+        # A statement after the batch's COMMIT opened a new transaction: the helper's commit
+        # must really commit it (and the pool must not take it back with it still open).
+        connection.connection.info.pop(_COMMITTED, None)
 
     @event.listens_for(engine, "checkout")
     def _checked_out(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:

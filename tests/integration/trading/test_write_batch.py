@@ -149,6 +149,28 @@ def test_a_batch_may_carry_the_commit(database) -> None:  # type: ignore[no-unty
         assert list(session.scalars(select(User.username))) == ["committed"]
 
 
+def test_work_after_a_batch_commit_is_committed_too(database) -> None:  # type: ignore[no-untyped-def]
+    """A write after flush(commit=True) (here an ORM object the session flushes at commit)
+    runs in a new transaction; it must be committed, not dropped or left open."""
+    def work(session):  # type: ignore[no-untyped-def]
+        batch = WriteBatch(session)
+        batch.insert(USERS, user_row("in-batch"))
+        batch.flush(commit=True)
+        session.add(User(**user_row("after-batch")))
+
+    from stockex.db import Database
+
+    database.transaction(work)
+    # Read through other connections: the pool hands the same one back, which would see
+    # its own uncommitted row.
+    other = Database(database.url)
+    try:
+        with other.read() as session:
+            assert sorted(session.scalars(select(User.username))) == ["after-batch", "in-batch"]
+    finally:
+        other.dispose()
+
+
 def _session_counters(db) -> dict[str, int]:  # type: ignore[no-untyped-def]
     """This pooled connection's COMMIT/ROLLBACK counts (MariaDB counts per session)."""
     raw = db.engine.raw_connection()
