@@ -10,13 +10,19 @@ that locks one row, updates four balance rows, inserts a trade row and commits.
 Prints one JSON document: orders/s, p50/p99 latency, baseline transactions/s, the ratio, and
 whether ``reconcile`` still holds afterwards.
 
-    PYTHONPATH=src python benchmarks/orders.py [--clients 16] [--seconds 20] [--workers 6]
-        [--threads 1] [--redis]
+    PYTHONPATH=src python benchmarks/orders.py [--clients 16] [--seconds 20] [--workers 5]
+        [--threads 1] [--worker-class sync|gthread] [--redis]
 
-On the 2-vCPU development box, 6 sync workers did best (gthread workers lose to the GIL;
-the work is CPU-bound). ``cpu_ms_per_order`` shows where the CPU goes: API processes,
-MariaDB, and this script's clients; ``machine_load_average`` shows how busy the machine was
-(other sessions share it), which moves every figure, the baseline's too.
+On the 2-vCPU development box 5 sync workers do best now that a placement costs less CPU
+(20 s runs on a quiet machine: 4 workers 400-500 orders/s, 5 workers 465-482, 6 workers
+422-439; every process more adds context switches and cache misses on two cores, every one
+fewer leaves cores idle while a worker waits for MariaDB). gthread workers lose to the GIL;
+with one thread per gthread worker keep-alive saves the clients' reconnects but ties each
+client to one worker, and throughput fell. ``cpu_ms_per_order``
+shows where the CPU goes: API processes, MariaDB, and this script's clients;
+``baseline_raw_commit.cpu_ms_per_tx`` the same for a raw transaction; and
+``machine_load_average`` how busy the machine was (other sessions share it), which moves
+every figure, the baseline's too.
 """
 
 from __future__ import annotations
@@ -97,13 +103,15 @@ def prepare(server: MySQLServer, clients: int, workdir: Path,
     return {"config": config, "settings": settings}, tokens, db
 
 
-def serve(config: Path, workers: int, threads: int) -> tuple[subprocess.Popen[bytes], int]:
+def serve(config: Path, workers: int, threads: int,
+          worker_class: str = "") -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     env = {**os.environ, "STOCKEX_CONFIG": str(config)}
     command = [
         sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
-        "--workers", str(workers), "--threads", str(threads), "--worker-class",
-        "gthread" if threads > 1 else "sync", "--keep-alive", "30", "--log-level", "warning",
+        "--workers", str(workers), "--threads", str(threads),
+        "--worker-class", worker_class or ("gthread" if threads > 1 else "sync"),
+        "--keep-alive", "30", "--log-level", "warning",
         "stockex.api:create_app()",
     ]
     process = subprocess.Popen(command, env=env)  # noqa: S603
@@ -220,11 +228,21 @@ def baseline(server: MySQLServer, clients: int, seconds: float) -> dict:
             latencies.extend(mine)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    mysql_pid = server.process.pid if server.process else 0
+    cpu_before = cpu_seconds(mysql_pid), time.process_time()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return summary(latencies, seconds)
+    cpu_after = cpu_seconds(mysql_pid), time.process_time()
+    result: dict = summary(latencies, seconds)
+    # What MariaDB itself spends per raw transaction: the floor under cpu_ms_per_order.mysql.
+    result["cpu_ms_per_tx"] = {
+        name: round((after - before) * 1000 / max(1, len(latencies)), 3)
+        for name, before, after in zip(("mysql", "clients"), cpu_before, cpu_after,
+                                       strict=True)
+    }
+    return result
 
 
 def main() -> None:
@@ -232,9 +250,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--workers", type=int, default=6, help="gunicorn worker processes")
+    parser.add_argument("--workers", type=int, default=5, help="gunicorn worker processes")
     parser.add_argument("--threads", type=int, default=1,
                         help="threads per worker (1: sync workers; more: gthread)")
+    parser.add_argument("--worker-class", default="",
+                        help="gunicorn worker class (default: sync, gthread with --threads > 1)")
     parser.add_argument("--redis", action="store_true",
                         help="configure Redis (token revocation checks go there)")
     args = parser.parse_args()
@@ -246,7 +266,7 @@ def main() -> None:
     try:
         info, tokens, db = prepare(server, args.clients, workdir,
                                    redis_server.url if redis_server else "")
-        process, port = serve(info["config"], args.workers, args.threads)
+        process, port = serve(info["config"], args.workers, args.threads, args.worker_class)
         mysql_pid = server.process.pid if server.process else 0
         def cpu_now() -> tuple[float, float, float]:
             return (process_cpu_seconds(process.pid), process_cpu_seconds(mysql_pid),
@@ -276,6 +296,7 @@ def main() -> None:
                 "redis": bool(args.redis),
                 "clients": args.clients, "seconds": args.seconds,
                 "gunicorn_workers": args.workers, "threads_per_worker": args.threads,
+                "worker_class": args.worker_class or ("gthread" if args.threads > 1 else "sync"),
                 "innodb_flush_log_at_trx_commit": 1, "cpus": os.cpu_count(),
             },
             "orders": orders,

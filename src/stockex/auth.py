@@ -204,8 +204,30 @@ def issue_token(settings: Settings, user_id: int, role: str, *, now: int | None 
     return jwt.encode(claims, settings.secret_key, algorithm=ALGORITHM)
 
 
+#: Tokens already verified, by (signing key, token): a client sends the same token with every
+#: request, and verifying it again (base64, JSON, HMAC) costs more than the rest of auth. Only
+#: the expiry can change a verified token's verdict (``iat``/``nbf`` only ever get more
+#: lenient), so a hit is checked against the clock exactly as PyJWT would. Revocation is not
+#: cached; it is asked every time (:class:`Revocations`).
+_verified: dict[tuple[str, str], Principal] = {}
+_VERIFIED_MAX = 10_000
+
+
 def decode_token(settings: Settings, token: str) -> Principal:
     """Verify signature (HS256 only), expiry and claims; Unauthorized on any problem."""
+    key = (settings.secret_key, token)
+    principal = _verified.get(key)
+    if principal is None:
+        principal = _verify_token(settings, token)
+        if len(_verified) >= _VERIFIED_MAX:
+            _verified.clear()  # bounded; an evicted token is simply verified again
+        _verified[key] = principal
+    elif principal.expires_at <= time.time():
+        raise Unauthorized("the token has expired", code="token_expired")
+    return principal
+
+
+def _verify_token(settings: Settings, token: str) -> Principal:
     try:
         claims = jwt.decode(
             token,
@@ -270,10 +292,9 @@ class Revocations:
         return self._in_table(jti)
 
     def _in_table(self, jti: str) -> bool:
-        # Every authenticated request comes here when Redis is not configured: plain SQL,
-        # no ORM session.
-        with self.db.engine.connect() as conn:
-            expires_at = conn.execute(_REVOKED_EXPIRY, {"jti": jti}).scalar()
+        # Every authenticated request comes here when Redis is not configured: one query on
+        # a pooled connection, no session.
+        expires_at = self.db.first_value(_REVOKED_EXPIRY, {"jti": jti})
         return expires_at is not None and expires_at >= int(time.time())
 
     def _reload_redis(self) -> set[str]:  # only called with self.redis set

@@ -5,9 +5,9 @@ Two backends are supported, and every feature is tested on both:
 * **MySQL** (production; MariaDB works too) through PyMySQL: InnoDB, utf8mb4,
   ``READ COMMITTED`` isolation. An outage must answer 503 quickly and heal by itself: the TCP
   connect and the login handshake each give up after 2 s, a pooled connection is pinged
-  (bounded to 1 s) before each use so dead ones left by a restart are replaced transparently,
-  and a refused connection fails at once. Queries themselves have no read timeout (a long
-  migration must not be cut off).
+  (bounded to 1 s) before its first use in a request so dead ones left by a restart are
+  replaced transparently (:mod:`stockex.mysql_pool`), and a refused connection fails at once.
+  Queries themselves have no read timeout (a long migration must not be cut off).
   Deadlocks (1213) and lock wait timeouts (1205) roll the whole transaction back and
   :meth:`Database.transaction` runs it again, a bounded number of times.
 * **SQLite** (the embedded default): WAL, foreign keys on, and write transactions open with
@@ -24,7 +24,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from decimal import Context, Decimal
 from typing import Any, TypeVar
@@ -34,7 +34,15 @@ from sqlalchemy import Engine, Integer, String, Table, create_engine, event
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql import Executable
 from sqlalchemy.types import Numeric, TypeDecorator, TypeEngine
+
+from stockex.mysql_pool import (
+    CONNECT_TIMEOUT_SECONDS,
+    configure_mysql_engine,
+    mark_answered,
+    unpinged_checkout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +55,6 @@ _MAX_AMOUNT = Decimal(10) ** INTEGER_DIGITS
 # DECIMAL(36,18) needs 36 significant digits; the default context only carries 28.
 _CONTEXT = Context(prec=INTEGER_DIGITS + SCALE + 4)
 
-CONNECT_TIMEOUT_SECONDS = 2
-PING_TIMEOUT_SECONDS = 1
 
 #: MySQL error codes after which InnoDB has rolled back and a retry is safe.
 RETRYABLE_MYSQL_ERRORS = frozenset({1213, 1205})  # deadlock, lock wait timeout
@@ -258,7 +264,13 @@ def make_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:
             echo=echo,
             pool_size=pool_size,
             max_overflow=pool_size,
-            pool_pre_ping=True,
+            # Connections are pinged before use by stockex.mysql_pool's checkout listener (the
+            # same check as pool_pre_ping, but once per request scope).
+            pool_pre_ping=False,
+            pool_use_lifo=True,  # a request's next checkout gets the connection it used
+            # Reset on return is done by stockex.mysql_pool's listener: a ROLLBACK only when the
+            # connection may still be inside a transaction (not after a COMMIT).
+            pool_reset_on_return=None,
             pool_recycle=3600,
             pool_timeout=5,
             isolation_level="READ COMMITTED",
@@ -274,34 +286,9 @@ def make_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:
                 "read_timeout": CONNECT_TIMEOUT_SECONDS,
             },
         )
-        _configure_mysql(engine)
+        configure_mysql_engine(engine)
         return engine
     raise ValueError(f"unsupported database backend {backend!r}")
-
-
-def _configure_mysql(engine: Engine) -> None:
-    """Bounded handshakes and pings for PyMySQL (see the module docstring).
-
-    PyMySQL reads its ``_read_timeout`` before every packet, so changing it on a live
-    connection takes effect at the next read.
-    """
-
-    @event.listens_for(engine, "connect")
-    def _after_handshake(dbapi_connection: Any, _record: Any) -> None:
-        if hasattr(dbapi_connection, "_read_timeout"):
-            dbapi_connection._read_timeout = None
-
-    original_ping = engine.dialect.do_ping
-
-    def bounded_ping(dbapi_connection: Any) -> bool:
-        previous = getattr(dbapi_connection, "_read_timeout", None)
-        dbapi_connection._read_timeout = PING_TIMEOUT_SECONDS
-        try:
-            return original_ping(dbapi_connection)
-        finally:
-            dbapi_connection._read_timeout = previous
-
-    engine.dialect.do_ping = bounded_ping  # type: ignore[method-assign]
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -333,6 +320,7 @@ class Database:
         writer = self.engine.execution_options(stockex_write=True)
         self._write_sessions = sessionmaker(writer, expire_on_commit=False)
         self._read_sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._compiled_cache: dict[Executable, tuple[str, tuple[str, ...]]] = {}
 
     def transaction(
         self,
@@ -347,7 +335,9 @@ class Database:
         (after which MySQL has already rolled back) run ``work`` again from the start with a
         fresh session, up to ``attempts`` times with a short jittered back-off; ``work`` must
         therefore have no side effects outside the session. Objects it returns stay readable
-        after the commit.
+        after the commit. On MySQL ``work`` may end the transaction itself with COMMIT as the
+        last statement of its last query (``WriteBatch.flush(commit=True)``); the commit here
+        then sends nothing.
         """
         for attempt in range(1, attempts + 1):
             session = self._write_sessions()
@@ -374,6 +364,82 @@ class Database:
             yield session
         finally:
             session.close()  # ends the transaction without expiring what was loaded
+
+    def first_value(self, statement: Executable, params: Mapping[str, Any]) -> Any:
+        """The first column of the first row of a read-only ``statement``, or None.
+
+        For lookups made on every request (token revocation): it runs on a pooled DBAPI
+        connection directly, without a Session or SQLAlchemy's result processing, which cost
+        more than the query. So only for columns whose driver value is already the Python
+        value (integers, strings; not :class:`Amount` on SQLite). Driver errors come out as
+        SQLAlchemy's (a lost connection is invalidated and flagged, so the API answers 503).
+
+        On MySQL the lookup itself does the checkout ping's job: it takes a pooled connection
+        without pinging it, with a read timeout (a hung server answers 503 within
+        ``CONNECT_TIMEOUT_SECONDS``), and if that connection turns out dead (a restart) it
+        runs once more on a pinged one, as a read safely can. Having answered, the
+        connection counts as checked for the rest of the request scope.
+        """
+        sql, names = self._compiled(statement)
+        # Positional paramstyles (SQLite's qmark) take a tuple, PyMySQL's pyformat a mapping.
+        values: Any = tuple(params[name] for name in names) if names else dict(params)
+        if self.engine.dialect.name != "mysql":
+            return self._first_value(sql, values, trusted=False)
+        try:
+            return self._first_value(sql, values, trusted=True)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated or "timed out" in str(exc.orig):
+                raise
+        return self._first_value(sql, values, trusted=False)  # the pool pings this one
+
+    def _first_value(self, sql: str, values: Any, *, trusted: bool) -> Any:
+        dialect = self.engine.dialect
+        mysql = dialect.name == "mysql"
+        try:
+            with unpinged_checkout(trusted):
+                connection = self.engine.raw_connection()
+        except dialect.loaded_dbapi.Error as exc:  # cannot connect: as Engine.connect says it
+            raise DBAPIError.instance(
+                None, None, exc, dialect.loaded_dbapi.Error,
+                connection_invalidated=dialect.is_disconnect(exc, None, None),
+            ) from exc
+        driver = connection.dbapi_connection
+        try:
+            cursor = connection.cursor()
+            try:
+                if trusted:
+                    driver._read_timeout = CONNECT_TIMEOUT_SECONDS  # type: ignore[union-attr]
+                # MySQL: the read's transaction ends in the same round trip (multi-statement),
+                # so the pool sends no ROLLBACK when the connection goes back.
+                cursor.execute(sql + ";\nROLLBACK" if mysql else sql, values)
+                row = cursor.fetchone()
+                if mysql:
+                    cursor.nextset()
+                    mark_answered(connection)
+            except dialect.loaded_dbapi.Error as exc:
+                gone = dialect.is_disconnect(exc, driver, cursor)
+                if gone:
+                    connection.invalidate(exc)
+                raise DBAPIError.instance(
+                    sql, values, exc, dialect.loaded_dbapi.Error, connection_invalidated=gone
+                ) from exc
+            finally:
+                if trusted and connection.dbapi_connection is not None:
+                    connection.dbapi_connection._read_timeout = None  # type: ignore[union-attr]
+                cursor.close()
+        finally:
+            connection.close()  # back to the pool, which ends the read's transaction if needed
+        return None if row is None else row[0]
+
+    def _compiled(self, statement: Executable) -> tuple[str, tuple[str, ...]]:
+        """The statement's SQL for this dialect and, for a positional paramstyle, its parameter
+        names in order (cached)."""
+        found = self._compiled_cache.get(statement)
+        if found is None:
+            compiled = statement.compile(dialect=self.engine.dialect)
+            found = (compiled.string, tuple(compiled.positiontup or ()))
+            self._compiled_cache[statement] = found
+        return found
 
     def ping(self) -> None:
         """Raise if the database cannot answer ``SELECT 1`` right now."""

@@ -292,3 +292,49 @@ def test_concurrent_read_modify_write_loses_nothing(database: Database) -> None:
         # BEGIN IMMEDIATE queues writers up front; a deferred BEGIN would hit "database is
         # locked" when two readers both try to upgrade, and need retries.
         assert retries == []
+
+
+def test_pooled_connections_are_pinged_once_per_request_scope(mysql_database: Database) -> None:
+    """Before each use a pooled connection is pinged (a restart or a hung server is noticed),
+    except when the same request scope used it moments ago."""
+    from stockex.mysql_pool import end_request_scope, start_request_scope
+
+    db = Database(mysql_database.url, pool_size=1)  # one connection, reused throughout
+
+    def pings_so_far() -> int:  # COM_PING counts as an admin command, per session
+        raw = db.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            cursor.execute("SHOW SESSION STATUS LIKE 'Com_admin_commands'")
+            return int(cursor.fetchone()[1])
+        finally:
+            raw.close()
+
+    try:
+        first = pings_so_far()  # a new connection: not pinged
+        assert [pings_so_far() - first, pings_so_far() - first] == [1, 2]  # every checkout
+        start_request_scope()
+        try:
+            in_scope = [pings_so_far() - first for _ in range(3)]
+        finally:
+            end_request_scope()
+        assert in_scope == [3, 3, 3]  # pinged when the scope first took it, then not again
+        assert pings_so_far() - first == 4  # outside any scope: pinged again
+    finally:
+        db.dispose()
+
+
+def test_first_value_reports_an_unreachable_server_as_sqlalchemy_does() -> None:
+    """The API turns SQLAlchemy's connection errors into 503; a raw PyMySQL one would be a 500."""
+    from sqlalchemy.exc import OperationalError as SAOperationalError
+
+    from stockex.auth import _REVOKED_EXPIRY
+    from stockex.testing import free_port
+
+    db = Database(f"mysql+pymysql://nobody:nothing@127.0.0.1:{free_port()}/none")
+    try:
+        with pytest.raises(SAOperationalError) as caught:
+            db.first_value(_REVOKED_EXPIRY, {"jti": "x"})
+        assert caught.value.orig.args[0] == 2003  # can't connect
+    finally:
+        db.dispose()

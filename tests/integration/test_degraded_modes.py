@@ -199,3 +199,53 @@ def test_redis_down_serves_without_cache_and_ready_says_so(  # type: ignore[no-u
     texts = [m.text for m in messages]
     assert len([t for t in texts if ":rotating_light:" in t and "in redis" in t]) == 1, texts
     assert len([t for t in texts if "resolved redis" in t]) == 1, texts
+
+
+def test_authenticated_requests_survive_a_mysql_restart_and_are_bounded_when_it_hangs(  # type: ignore[no-untyped-def]
+    own_mysql, make_settings
+) -> None:
+    """The token revocation lookup (every authenticated request) takes a pooled connection
+    without a ping and lets its own query tell: a connection left dead by a restart is
+    replaced on the spot, and a hung server still answers 503 in bounded time."""
+    from stockex import auth
+
+    url = own_mysql.create_database("stockex_auth_outage")
+    migrated = Database(url)
+    upgrade(migrated)
+    settings = make_settings(url)
+    user = auth.create_user(migrated, settings, "survivor", "long-enough-password")
+    migrated.dispose()
+    headers = {"Authorization": f"Bearer {auth.issue_token(settings, user.id, user.role)}"}
+    client = create_app(settings).test_client()
+
+    def me():  # type: ignore[no-untyped-def]
+        started = time.monotonic()
+        response = client.get("/api/v1/me", headers=headers)
+        return response, time.monotonic() - started
+
+    assert me()[0].status_code == 200  # a pooled connection, which the restart will kill
+    own_mysql.stop()
+    own_mysql.start()
+    response, _ = me()  # its lookup meets the dead connection, and runs again on a new one
+    assert response.status_code == 200, response.get_data(as_text=True)
+
+    own_mysql.stop()
+    try:
+        response, seconds = me()
+        assert_503_json(response, "database_unavailable")
+        assert seconds < 2.0, f"{seconds:.2f}s"
+    finally:
+        own_mysql.start()
+    assert me()[0].status_code == 200
+    assert me()[0].status_code == 200  # and again on the (now live) pooled connection
+
+    assert own_mysql.process is not None
+    os.kill(own_mysql.process.pid, signal.SIGSTOP)
+    try:
+        response, seconds = me()
+        assert_503_json(response, "database_unavailable")
+        assert seconds < 4.0, f"{seconds:.2f}s"
+    finally:
+        os.kill(own_mysql.process.pid, signal.SIGCONT)
+    assert me()[0].status_code == 200
+    own_mysql.drop_database("stockex_auth_outage")

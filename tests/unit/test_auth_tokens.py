@@ -78,3 +78,16 @@ def test_bad_claim_values(bad: dict) -> None:
 @pytest.mark.parametrize("garbage", ["", "abc", "a.b.c", "🙂.🙂.🙂"])
 def test_garbage(garbage: str) -> None:
     refused(garbage)
+
+
+def test_a_token_verified_before_still_expires_and_needs_the_same_key(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    issued = int(time.time())
+    token = jwt.encode(claims(iat=issued, exp=issued + 2), SECRET, algorithm="HS256")
+    assert auth.decode_token(SETTINGS, token).user_id == 7  # verified and remembered
+    assert auth.decode_token(SETTINGS, token).user_id == 7  # answered from memory
+    monkeypatch.setattr(auth.time, "time", lambda: issued + 2.0)  # exp <= now: expired
+    refused(token, "token_expired")
+    other = settings_from_mapping({"secret_key": "another-secret-key-of-plenty-length-0000"})
+    monkeypatch.setattr(auth.time, "time", lambda: issued + 1.0)
+    with pytest.raises(auth.Unauthorized):
+        auth.decode_token(other, token)  # remembered under SECRET only

@@ -127,3 +127,24 @@ def test_authorization_headers_never_survive(token: str) -> None:
         f'"authorization":"Bearer {token}"',
     ):
         assert token not in redact(text)
+
+
+def test_the_quick_precheck_lets_every_pattern_look() -> None:
+    """redact skips its pattern scans when none of a few clues is in the text; each pattern's
+    own minimal match must carry a clue (in any letter case), and a plain access-log line
+    none."""
+    from stockex.redaction import _may_hold_secrets
+
+    minimal_matches = [
+        "[parameters: (1,)]", "a://u:p@h", "?TOKEN=x", "?passwd=x", "?pwd=x", "?secret=x",
+        "?key=x", "?sig=x", "?auth=x", "?credential=x", "?code=x", "COOKIE: x", "X-Api-Key: x",
+        "Authorization: x", "BEARER abcdefgh", "basic abcdefgh", JWT, "xoxb-1-2",
+        "/services/T0/B0/abc", "Session-Id=x", "private_key=x", "credentials: x",
+    ]
+    for text in minimal_matches:
+        assert _may_hold_secrets(text), text
+        assert _may_hold_secrets(text.upper()), text
+    line = ("2026-01-01 10:00:00,000 INFO stockex.access [4f0c9a] POST /api/v1/orders 201 "
+            "3.1ms request_id=4f0c9a user_id=7 ip=10.0.0.5")
+    assert not _may_hold_secrets(line)
+    assert redact(line) == line

@@ -30,6 +30,7 @@ from stockex.config import Settings, load_settings
 from stockex.db import Database
 from stockex.logs import configure_logging, register_secrets
 from stockex.markets import sync_markets
+from stockex.mysql_pool import end_request_scope, start_request_scope
 from stockex.redaction import secrets_from_settings
 
 log = logging.getLogger("stockex.api")
@@ -80,6 +81,7 @@ def create_app(
     # Order matters: the request id first, so everything after it (CORS preflights, 429s)
     # is logged and answered with it.
     install_request_log(app)
+    _install_database_scope(app)
     install_security(app, settings)
     install_rate_limits(app, settings)
     install_incident_alerts(app, notifier)
@@ -99,6 +101,15 @@ def create_app(
     _register_docs(app, settings)
     _sync_markets_best_effort(database, settings)
     return app
+
+
+def _install_database_scope(app: Flask) -> None:
+    """One database request scope per HTTP request (``stockex.mysql_pool``)."""
+    app.before_request(start_request_scope)
+
+    @app.teardown_request
+    def _end_scope(_exc: BaseException | None) -> None:
+        end_request_scope()
 
 
 def _register_docs(app: Flask, settings: Settings) -> None:

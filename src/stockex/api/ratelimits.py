@@ -99,10 +99,28 @@ def install_rate_limits(app: Flask, settings: Settings) -> Limiter:
     ):
         if limit:
             gates[name] = limiter.shared_limit(limit, scope=name, key_func=key_func)(gate)
+    # Every limit here is a gate its view calls; there are no default, application or meta
+    # limits, no rate-limit headers and no conditional deductions. flask-limiter's own hooks
+    # would only look for those on every request (tens of microseconds, for nothing), so they
+    # are taken off the request path; its per-request state lives on the request context and
+    # goes with it.
+    _remove_hooks(app, limiter)
     app.extensions[EXTENSION] = gates
     app.extensions["stockex.limiter"] = limiter
     app.register_error_handler(RateLimitExceeded, _too_many_requests)
     return limiter
+
+
+def _remove_hooks(app: Flask, limiter: Limiter) -> None:
+    def installed_by_limiter(hook: Any) -> bool:
+        bound_to = getattr(hook, "__self__", None)
+        partial_of = getattr(hook, "args", (None,))[:1]
+        return bound_to is limiter or partial_of == (limiter,)
+
+    for hooks in (app.before_request_funcs, app.after_request_funcs,
+                  app.teardown_request_funcs):
+        functions = hooks.get(None, [])
+        functions[:] = [f for f in functions if not installed_by_limiter(f)]
 
 
 def _too_many_requests(exc: RateLimitExceeded) -> Response:

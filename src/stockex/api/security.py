@@ -34,6 +34,15 @@ DOCS_CSP = (
 )
 DOCS_PREFIX = "/api/docs"
 
+_ALWAYS = tuple(
+    (name.lower(), name, value)
+    for name, value in (
+        ("X-Content-Type-Options", "nosniff"),
+        ("X-Frame-Options", "DENY"),
+        ("Referrer-Policy", "no-referrer"),
+    )
+)
+
 CORS_METHODS = "GET, POST, DELETE, OPTIONS"
 CORS_REQUEST_HEADERS = "Authorization, Content-Type, X-Request-ID"
 CORS_EXPOSED_HEADERS = "X-Request-ID, Retry-After, Content-Disposition"
@@ -80,17 +89,25 @@ def install_security(app: Flask, settings: Settings) -> None:
 
     @app.after_request
     def _headers(response: Response) -> Response:
+        # Runs on every response: the names present are collected once (Headers.setdefault
+        # would scan the list again for each header).
         headers = response.headers
-        headers.setdefault("X-Content-Type-Options", "nosniff")
-        headers.setdefault("X-Frame-Options", "DENY")
-        headers.setdefault("Referrer-Policy", "no-referrer")
-        is_docs = request.path == DOCS_PREFIX or request.path.startswith(DOCS_PREFIX + "/")
-        headers.setdefault("Content-Security-Policy", DOCS_CSP if is_docs else API_CSP)
-        if request.is_secure:
-            headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+        present = {name.lower() for name in headers.keys()}
+        for lowered, name, value in _ALWAYS:
+            if lowered not in present:
+                headers.add(name, value)
+        if "content-security-policy" not in present:
+            path = request.path
+            is_docs = path == DOCS_PREFIX or path.startswith(DOCS_PREFIX + "/")
+            headers.add("Content-Security-Policy", DOCS_CSP if is_docs else API_CSP)
+        if request.is_secure and "strict-transport-security" not in present:
+            headers.add("Strict-Transport-Security", "max-age=31536000")
         if "Authorization" in request.headers or g.get("user_id") is not None:
             headers["Cache-Control"] = "no-store"
-            response.vary.add("Authorization")
+            if "vary" in present:
+                response.vary.add("Authorization")
+            else:
+                headers.add("Vary", "Authorization")
         origin = request.headers.get("Origin")
         if origins and allowed(origin):
             headers["Access-Control-Allow-Origin"] = "*" if any_origin else str(origin)

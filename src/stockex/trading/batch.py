@@ -23,6 +23,8 @@ from sqlalchemy import Table, case, insert, literal, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from stockex.mysql_pool import note_committed
+
 
 class Ref:
     """The id of a row inserted earlier in the batch; ``value`` is known after ``flush``."""
@@ -185,15 +187,27 @@ class WriteBatch:
 
     # ----------------------------------------------------------------- sending
 
-    def flush(self) -> None:
-        """Send what was collected (MySQL: one round trip) and fill in every :class:`Ref`."""
-        if not self.mysql or not self._statements:
+    def flush(self, *, commit: bool = False) -> None:
+        """Send what was collected (MySQL: one round trip) and fill in every :class:`Ref`.
+
+        ``commit=True`` is for the last database work of a :meth:`Database.transaction`: on
+        MySQL the COMMIT then goes in the same round trip, after the writes (a failing write
+        stops the query before it, and the helper rolls back as usual), and the helper sends
+        no COMMIT of its own; the locks are released one round trip earlier. Once it returns
+        the transaction is committed: whatever ``work`` still does afterwards (building its
+        result) can no longer roll it back, so it must not do anything that can fail. On
+        SQLite the helper commits as usual.
+        """
+        if not self.mysql or not (self._statements or commit):
             self._statements = []
             return
         pending = [r for r in self._refs if r.value is None]
         statements = list(self._statements)
-        if pending:
-            statements.append(f"SELECT {', '.join(r.variable for r in pending)}")
+        if pending:  # one text column: PyMySQL parses each column's definition slowly
+            ids = ", ',', ".join(r.variable for r in pending)
+            statements.append(f"SELECT CONCAT({ids})")
+        if commit:
+            statements.append("COMMIT")
         self._statements = []
         with mysql_cursor(self.session) as cursor:
             cursor.execute(";\n".join(statements))
@@ -203,8 +217,10 @@ class WriteBatch:
                     row = cursor.fetchone()
                 if not cursor.nextset():
                     break
+        if commit:
+            note_committed(self.session)
         if pending:
-            if row is None:  # pragma: no cover - the SELECT always answers
+            if row is None or row[0] is None:  # pragma: no cover - the SELECT always answers
                 raise RuntimeError("the batch did not return the inserted ids")
-            for ref, value in zip(pending, row, strict=True):
+            for ref, value in zip(pending, str(row[0]).split(","), strict=True):
                 ref.value = int(value)

@@ -9,9 +9,8 @@ which retries deadlocks and lock wait timeouts):
    the book best-first (``book.py``; one round trip on MySQL); match it (``engine.match``);
 2. lock the accounts of the taker, every maker touched and the fee account in one statement,
    in a fixed order (``accounts.lock_balances``), and check the taker's funds;
-3. write the order, the makers, the trades, and the balances with their ledger rows (on
-   MySQL in one round trip, ``batch.WriteBatch``);
-4. commit.
+3. write the order, the makers, the trades, and the balances with their ledger rows, and
+   commit (on MySQL the writes and the COMMIT are one round trip, ``batch.WriteBatch``).
 
 Any rejection raises before the commit, so it changes nothing. After the commit the market's
 depth/trades caches are invalidated (``stockex.cache.invalidate_book``).
@@ -208,7 +207,7 @@ def _place(session: Session, user_id: int, request: OrderRequest) -> OrderView:
                       order_ref)
     batch.update_rows(ORDERS, _maker_changes(result), {"updated_at": now})
     balances.write(batch, now)
-    batch.flush()
+    batch.flush(commit=True)  # the last work of this transaction: COMMIT in the same trip
     order.id = int(order_ref)
     order.fills = [_taker_fill(int(ref), fill, order, market)
                    for ref, fill in zip(trade_refs, result.fills, strict=True)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 
 from stockex.models import Account, LedgerEntry, User
@@ -124,3 +124,101 @@ def test_mysql_connections_keep_found_rows(mysql_database) -> None:  # type: ign
         ).rowcount
 
     assert mysql_database.transaction(work) == 1
+
+
+def test_a_batch_may_carry_the_commit(database) -> None:  # type: ignore[no-untyped-def]
+    def work(session):  # type: ignore[no-untyped-def]
+        batch = WriteBatch(session)
+        ref = batch.insert(USERS, user_row("committed"))
+        batch.flush(commit=True)
+        return int(ref)
+
+    user_id = database.transaction(work)
+    with database.read() as session:
+        assert session.scalar(select(User.id).where(User.username == "committed")) == user_id
+
+    def failing(session):  # type: ignore[no-untyped-def]
+        batch = WriteBatch(session)
+        batch.insert(USERS, user_row("never"))
+        batch.insert(USERS, user_row("committed"))  # duplicate: stops before the COMMIT
+        batch.flush(commit=True)
+
+    with pytest.raises(IntegrityError):
+        database.transaction(failing)
+    with database.read() as session:
+        assert list(session.scalars(select(User.username))) == ["committed"]
+
+
+def test_work_after_a_batch_commit_is_committed_too(database) -> None:  # type: ignore[no-untyped-def]
+    """A write after flush(commit=True) (here an ORM object the session flushes at commit)
+    runs in a new transaction; it must be committed, not dropped or left open."""
+    def work(session):  # type: ignore[no-untyped-def]
+        batch = WriteBatch(session)
+        batch.insert(USERS, user_row("in-batch"))
+        batch.flush(commit=True)
+        session.add(User(**user_row("after-batch")))
+
+    from stockex.db import Database
+
+    database.transaction(work)
+    # Read through other connections: the pool hands the same one back, which would see
+    # its own uncommitted row.
+    other = Database(database.url)
+    try:
+        with other.read() as session:
+            assert sorted(session.scalars(select(User.username))) == ["after-batch", "in-batch"]
+    finally:
+        other.dispose()
+
+
+def _session_counters(db) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """This pooled connection's COMMIT/ROLLBACK counts (MariaDB counts per session)."""
+    raw = db.engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute("SHOW SESSION STATUS WHERE Variable_name IN ('Com_commit', "
+                       "'Com_rollback')")
+        return {name: int(value) for name, value in cursor.fetchall()}
+    finally:
+        raw.close()  # a raw read: returned with a ROLLBACK (counted from the next call on)
+
+
+@pytest.mark.mysql_only
+def test_connections_go_back_to_the_pool_with_one_end_of_transaction(mysql_database) -> None:  # type: ignore[no-untyped-def]
+    """A COMMIT is not followed by a needless ROLLBACK on return to the pool (neither after
+    the session's commit nor after a batch's own); a raw read and a failure still are."""
+    from stockex.db import Database
+
+    db = Database(mysql_database.url, pool_size=1)  # one connection, reused throughout
+    try:
+        def delta(action) -> dict[str, int]:  # type: ignore[no-untyped-def]
+            before = _session_counters(db)
+            action()
+            after = _session_counters(db)
+            # minus the ROLLBACK that returned the first _session_counters' connection
+            return {"commit": after["Com_commit"] - before["Com_commit"],
+                    "rollback": after["Com_rollback"] - before["Com_rollback"] - 1}
+
+        assert delta(lambda: db.transaction(lambda s: _flushed(s, "x1"))) == {
+            "commit": 1, "rollback": 0}
+
+        def batch_commit(session):  # type: ignore[no-untyped-def]
+            batch = WriteBatch(session)
+            batch.insert(USERS, user_row("x2"))
+            batch.flush(commit=True)
+
+        assert delta(lambda: db.transaction(batch_commit)) == {"commit": 1, "rollback": 0}
+        by_name = select(User.id).where(User.username == bindparam("name"))
+        assert delta(lambda: db.first_value(by_name, {"name": "x2"})) == {
+            "commit": 0, "rollback": 1}
+
+        def duplicate(session):  # type: ignore[no-untyped-def]
+            _flushed(session, "x1")
+
+        def fail() -> None:
+            with pytest.raises(IntegrityError):
+                db.transaction(duplicate)
+
+        assert delta(fail) == {"commit": 0, "rollback": 1}
+    finally:
+        db.dispose()
