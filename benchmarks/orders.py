@@ -229,12 +229,12 @@ def baseline(server: MySQLServer, clients: int, seconds: float) -> dict:
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
     mysql_pid = server.process.pid if server.process else 0
-    cpu_before = cpu_seconds(mysql_pid), time.process_time()
+    cpu_before = process_cpu_seconds(mysql_pid), time.process_time()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    cpu_after = cpu_seconds(mysql_pid), time.process_time()
+    cpu_after = process_cpu_seconds(mysql_pid), time.process_time()
     result: dict = summary(latencies, seconds)
     # What MariaDB itself spends per raw transaction: the floor under cpu_ms_per_order.mysql.
     result["cpu_ms_per_tx"] = {
