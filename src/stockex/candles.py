@@ -12,6 +12,10 @@ recomputed, each from the buckets of the next shorter period nested in it (5 fro
 15 from 5, ..., 10080 from 1440), which needs one extra read of neighbouring buckets and one
 batched upsert per call, whatever its size.
 
+``store_minutes`` is :func:`plan_minutes` (reads only: which minutes changed and the
+recomputed rollup rows) followed by :func:`write_plan` (writes only). The crawler calls the two
+apart so it can plan chunk N+1 while chunk N is written (``pending``).
+
 Each market has a :class:`~stockex.models.CandleSeries` row naming the timezone its rollups
 are bucketed in (created from the configured ``timezone`` with the first minutes) and a
 revision that goes up when a minute changes in a bucket that had already settled (older than
@@ -79,11 +83,58 @@ def store_minutes(
     configuration is read."""
     if not klines:
         return StoreResult(0, 0, None, None)
-    clock = clock_for(series_timezone(session, market_id, timezone))
+    series = series_timezone(session, market_id, timezone)
+    return write_plan(session, plan_minutes(session, market_id, klines, rollup_timezone=series))
+
+
+@dataclass(frozen=True)
+class MinutePlan:
+    """Everything one :func:`store_minutes` call writes, computed by :func:`plan_minutes`
+    and written by :func:`write_plan` (possibly later, in another transaction)."""
+
+    market_id: str
+    rollup_timezone: str
+    minutes: list[tuple[int, Values]]  # changed minutes, ascending
+    rollups: list[tuple[int, int, Values]]  # (period, start, values) of touched buckets
+    inserted: int
+    updated: int
+    now: int
+
+    @property
+    def result(self) -> StoreResult:
+        if not self.minutes:
+            return StoreResult(0, 0, None, None)
+        return StoreResult(self.inserted, self.updated, self.minutes[0][0], self.minutes[-1][0])
+
+
+def plan_minutes(
+    session: Session,
+    market_id: str,
+    klines: Sequence[Kline],
+    *,
+    rollup_timezone: str,
+    pending: MinutePlan | None = None,
+) -> MinutePlan:
+    """What storing ``klines`` writes, from reads only: the changed minutes and the rollup
+    buckets holding them, recomputed. ``rollup_timezone`` is the market's (as
+    :func:`series_timezone` gives it; :func:`write_plan` checks it is still the one recorded).
+
+    ``pending`` is the plan of the same market written just before this one whose transaction
+    may not have committed yet: its rows are taken as stored, so the crawler can plan chunk
+    N+1 while chunk N is being written (it must write the plans in order, and this one only
+    after ``pending`` committed). Plans older than ``pending`` must have committed.
+    """
+    if pending is not None and pending.market_id != market_id:
+        raise ValueError("a pending plan of another market")
+    clock = clock_for(rollup_timezone)
+    now = int(time.time())
     latest = {k.ts: k for k in klines}
     five_minute_starts = set(clock.align_many(list(latest), 5))
-    stored = _read_minutes(session, market_id, _ranges(clock, five_minute_starts, 5))
-    now = int(time.time())
+    ranges = _ranges(clock, five_minute_starts, 5)
+    stored = _read_minutes(session, market_id, ranges)
+    if pending is not None and ranges:
+        lo, hi = ranges[0][0], ranges[-1][1]
+        stored.update((t, v) for t, v in pending.minutes if lo <= t < hi)
     inserted = updated = 0
     rows: list[tuple[int, Values]] = []
     for ts in sorted(latest):
@@ -97,14 +148,33 @@ def store_minutes(
             updated += 1
         stored[ts] = values
         rows.append((ts, values))
-    if not rows:
-        return StoreResult(0, 0, None, None)
-    _write_minutes(session, market_id, rows, now)
-    changed = [ts for ts, _ in rows]
-    _refresh_rollups(session, market_id, clock, stored, changed)
-    if changed[0] < now - SETTLE_SECONDS + _CLOCK_SKEW_ALLOWANCE:
-        _bump_revision(session, market_id)
-    return StoreResult(inserted, updated, changed[0], changed[-1])
+    rollups = []
+    if rows:
+        rollups = _rollup_rows(session, market_id, clock, stored, [ts for ts, _ in rows],
+                               pending.rollups if pending is not None else ())
+    return MinutePlan(market_id, rollup_timezone, rows, rollups, inserted, updated, now)
+
+
+def write_plan(session: Session, plan: MinutePlan) -> StoreResult:
+    """Write ``plan`` in the caller's transaction. Raises :class:`SeriesTimezoneChanged` when
+    the market's rollup timezone is no longer the plan's (``rebuild_rollups`` ran since)."""
+    if not plan.minutes:
+        return plan.result
+    recorded = session.execute(_SERIES_TIMEZONE, {"market": plan.market_id}).scalar()
+    if recorded != plan.rollup_timezone:
+        raise SeriesTimezoneChanged(
+            f"{plan.market_id}: rollups are now in {recorded!r}, not {plan.rollup_timezone!r}; "
+            "the chunk was not written (the next run plans it again)"
+        )
+    _write_minutes(session, plan.market_id, plan.minutes, plan.now)
+    _write_rollups(session, plan.market_id, plan.rollups)
+    if plan.minutes[0][0] < plan.now - SETTLE_SECONDS + _CLOCK_SKEW_ALLOWANCE:
+        _bump_revision(session, plan.market_id)
+    return plan.result
+
+
+class SeriesTimezoneChanged(RuntimeError):
+    """A plan's rollups were computed in a timezone the market no longer uses."""
 
 
 def series_timezone(session: Session, market_id: str, configured: str | None = None) -> str:
@@ -168,16 +238,34 @@ def _refresh_rollups(
 ) -> None:
     """Recompute every rollup bucket holding a minute of ``changed``. ``minutes`` must hold
     every minute (new values) of the five-minute buckets those minutes are in."""
+    _write_rollups(session, market_id, _rollup_rows(session, market_id, clock, minutes, changed))
+
+
+def _rollup_rows(
+    session: Session,
+    market_id: str,
+    clock: BucketClock,
+    minutes: dict[int, Values],
+    changed: Iterable[int],
+    pending: Iterable[tuple[int, int, Values]] = (),
+) -> list[tuple[int, int, Values]]:
+    """The recomputed ``(period, start, values)`` of every rollup bucket holding a minute of
+    ``changed`` (see :func:`_refresh_rollups`); ``pending`` rollup rows, written but perhaps
+    not committed yet, count as stored."""
     touched: dict[int, set[int]] = {1: set(changed)}
     for period in ROLLUP_PERIODS:
         touched[period] = set(clock.align_many(list(touched[SOURCE_PERIOD[period]]), period))
+    # Read the source buckets of every touched bucket, except those recomputed below anyway
+    # (in a backfill all but a few at the edges of the chunk).
     ranges = [
-        (SOURCE_PERIOD[period], lo, hi)
+        (source, lo, hi)
         for period in ROLLUP_PERIODS
-        if SOURCE_PERIOD[period] != 1
-        for lo, hi in _ranges(clock, touched[period], period)
+        if (source := SOURCE_PERIOD[period]) != 1
+        for lo, hi in _subtract(_ranges(clock, touched[period], period),
+                                _exact_ranges(clock, touched[source], source))
     ]
     stored = _read_rollups(session, market_id, ranges)
+    _overlay(stored, ranges, pending)
     computed: dict[int, dict[int, Values]] = {1: minutes}
     rows: list[tuple[int, int, Values]] = []
     with localcontext(SUM_CONTEXT):
@@ -187,7 +275,23 @@ def _refresh_rollups(
             combined = _combine_buckets(clock, period, pool, touched[period])
             computed[period] = combined
             rows.extend((period, start, v) for start, v in combined.items())
-    _write_rollups(session, market_id, rows)
+    return rows
+
+
+def _overlay(
+    stored: dict[int, dict[int, Values]],
+    ranges: list[tuple[int, int, int]],
+    pending: Iterable[tuple[int, int, Values]],
+) -> None:
+    """Put the ``pending`` rows that fall inside the read ``ranges`` into ``stored``."""
+    bounds: dict[int, tuple[int, int]] = {}
+    for period, lo, hi in ranges:
+        low, high = bounds.get(period, (lo, hi))
+        bounds[period] = (min(low, lo), max(high, hi))
+    for period, start, values in pending:
+        span = bounds.get(period)
+        if span is not None and span[0] <= start < span[1]:
+            stored[period][start] = values
 
 
 def _combine_buckets(
@@ -223,6 +327,43 @@ def _ranges(clock: BucketClock, starts: Iterable[int], period: int) -> list[tupl
         else:
             merged.append((lo, hi))
     return merged
+
+
+def _exact_ranges(clock: BucketClock, starts: Iterable[int], period: int) -> list[tuple[int, int]]:
+    """Merged ``[lo, hi)`` ranges holding exactly the buckets of ``period`` at ``starts`` (a
+    bucket whose end is not exact, near a DST transition, is left out)."""
+    span = period * 60
+    merged: list[tuple[int, int]] = []
+    for lo in sorted(starts):
+        hi = lo + span
+        if clock.scan_end(lo, period) != hi:
+            continue
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return merged
+
+
+def _subtract(
+    ranges: list[tuple[int, int]], holes: list[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """The parts of merged ``ranges`` outside merged ``holes`` (both sorted, half-open)."""
+    out: list[tuple[int, int]] = []
+    i = 0
+    for lo, hi in ranges:
+        while i < len(holes) and holes[i][1] <= lo:
+            i += 1
+        j = i
+        while lo < hi:
+            if j >= len(holes) or holes[j][0] >= hi:
+                out.append((lo, hi))
+                break
+            if holes[j][0] > lo:
+                out.append((lo, holes[j][0]))
+            lo = max(lo, holes[j][1])
+            j += 1
+    return out
 
 
 # Reads on the hot path are plain SQL text: their OR-of-ranges shape changes from call to

@@ -20,7 +20,7 @@ from sqlalchemy import delete
 
 from stockex.api import services
 from stockex.cache import Cache
-from stockex.candles import store_minutes
+from stockex.candles import plan_minutes, series_timezone, store_minutes, write_plan
 from stockex.models import Candle, CandleRollup, CandleSeries
 from stockex.tiki import Kline
 
@@ -137,15 +137,30 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     return Scenario(minutes, corrections, chunks, start, start + 60 * SPAN_MINUTES)
 
 
-def store_in_chunks(database, klines: list[Kline], sizes: list[int]) -> None:  # type: ignore[no-untyped-def]
+def store_in_chunks(database, klines: list[Kline], sizes: list[int], pipelined: bool) -> None:  # type: ignore[no-untyped-def]
+    """Store ``klines`` in parts of the given sizes (cycled). ``pipelined`` does what the
+    crawler does, at its worst: each part is planned before the previous one is written."""
+    parts = []
     i = 0
-    n = 0
     while i < len(klines):
-        size = sizes[n % len(sizes)]
-        part = klines[i : i + size]
-        database.transaction(lambda s, part=part: store_minutes(s, "asaxu", part))
+        size = sizes[len(parts) % len(sizes)]
+        parts.append(klines[i : i + size])
         i += size
-        n += 1
+    if not pipelined:
+        for part in parts:
+            database.transaction(lambda s, part=part: store_minutes(s, "asaxu", part))
+        return
+    timezone = database.transaction(lambda s: series_timezone(s, "asaxu"))
+    pending = None
+    for part in parts:
+        with database.read() as session:
+            plan = plan_minutes(session, "asaxu", part, rollup_timezone=timezone,
+                                pending=pending)
+        if pending is not None:
+            database.transaction(lambda s, p=pending: write_plan(s, p))
+        pending = plan
+    if pending is not None:
+        database.transaction(lambda s: write_plan(s, pending))
 
 
 def reset(database) -> None:  # type: ignore[no-untyped-def]
@@ -164,16 +179,19 @@ def reset(database) -> None:  # type: ignore[no-untyped-def]
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(scenario=scenarios())
-def test_api_candles_equal_reference_aggregation(app, client, database, scenario) -> None:  # type: ignore[no-untyped-def]
+@given(scenario=scenarios(), pipelined=st.booleans())
+def test_api_candles_equal_reference_aggregation(  # type: ignore[no-untyped-def]
+    app, client, database, scenario, pipelined
+) -> None:
     reset(database)
     with app.app_context():
         services().cache = Cache("")  # a fresh cache and series memo per example
     app.extensions.pop("stockex.series_states", None)
     # Stored out of order, in random chunks; then late corrections and late new minutes.
     klines = sorted(scenario.minutes.values(), key=lambda k: (k.ts * 7919) % 10007)
-    store_in_chunks(database, klines, scenario.chunk_sizes)
-    store_in_chunks(database, list(scenario.corrections.values()), scenario.chunk_sizes[::-1])
+    store_in_chunks(database, klines, scenario.chunk_sizes, pipelined)
+    store_in_chunks(database, list(scenario.corrections.values()), scenario.chunk_sizes[::-1],
+                    pipelined)
     final = {**scenario.minutes, **scenario.corrections}
 
     for period in PERIODS:

@@ -31,6 +31,7 @@ from stockex.crawler import (
     local_iso,
     run_forever,
 )
+from stockex.crawler import run as crawler_run
 from stockex.db import Database
 from stockex.errors import NotFound, UnknownMarket
 from stockex.markets import sync_markets
@@ -361,6 +362,41 @@ def test_a_malformed_row_fails_the_run_and_keeps_earlier_chunks(
     assert row.error is not None and f"ts={bad}" in row.error
     assert row.finished_at is not None
     assert any(f"ts={bad}" in r.getMessage() for r in caplog.records)
+
+
+def test_a_failed_chunk_write_fails_the_run_and_nothing_after_it_is_written(
+    database: Database, make_settings: Any, start_simulator: Any, monkeypatch: Any
+) -> None:
+    """Chunks are planned while the one before is written: when chunk 3's transaction fails,
+    chunk 4 (already planned on top of chunk 3's rows) must not be written."""
+    now = FakeClock(minute(600) + 10)
+    _, url = start_simulator(clock=now)
+    settings = crawl_settings(make_settings, database, url, chunk_minutes=100)
+    real_write = crawler_run.write_plan
+    calls: list[int] = []
+
+    def failing_third(session: Any, plan: Any) -> Any:
+        calls.append(plan.minutes[0][0])
+        if len(calls) == 3:
+            real_write(session, plan)  # written, then the transaction fails: rolled back
+            raise RuntimeError("disk full")
+        return real_write(session, plan)
+
+    monkeypatch.setattr(crawler_run, "write_plan", failing_third)
+    with pytest.raises(CrawlFailed, match="disk full") as failure:
+        crawl_market(database, settings, "asaxu", clock=now, client=fast_client(url))
+
+    summary = failure.value.summary
+    assert (summary.status, summary.covered_to, summary.inserted) == ("failed", minute(199), 200)
+    assert calls == [minute(0), minute(100), minute(200)]  # chunk 4 was never written
+    assert same_values(stored(database), expected(minute(0), minute(199)))
+    row = run_rows(database)[0]
+    assert (row.status, row.rows_written) == ("failed", 200)
+
+    monkeypatch.setattr(crawler_run, "write_plan", real_write)
+    rest = crawl_market(database, settings, "asaxu", clock=now, client=fast_client(url))
+    assert (rest.status, rest.window_from) == ("success", minute(199))
+    assert same_values(stored(database), expected(minute(0), minute(599)))
 
 
 def test_gaps_are_skipped_and_reported(

@@ -10,9 +10,12 @@
 * **Chunks.** The window is walked in chunks of ``crawler.chunk_minutes``. The upstream may
   cut an answer short (Peatio caps k-line answers), so a chunk is paged on from the minute
   after the last one received until the chunk is covered; an empty answer ends the chunk —
-  a gap, not the end of the crawl. Each chunk is upserted (``candles.store_minutes``) in ONE
-  transaction together with the run row's progress, so a run killed at any point leaves
-  whole chunks behind and the next run resumes from the newest stored minute.
+  a gap, not the end of the crawl. Each chunk is upserted (``candles.plan_minutes`` and
+  ``write_plan``, as ``store_minutes`` does) in ONE transaction together with the run row's
+  progress, so a run killed at any point leaves whole chunks behind and the next run resumes
+  from the newest stored minute. Chunks are written one at a time and in order, on a writer
+  thread, while the next chunk is fetched and planned; a chunk is written only after the one
+  before it committed, and a failed write ends the run before anything after it is written.
 * **Run rows.** Every run is one ``crawl_runs`` row: ``running`` and then ``success``,
   ``stopped`` (the stop flag was set; it finished the chunk in flight) or ``failed`` with the
   error. The row holds the window, rows written, and the gaps — minutes missing between the

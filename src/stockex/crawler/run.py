@@ -8,15 +8,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from stockex import alerts
-from stockex.candles import StoreResult, store_minutes
+from stockex.candles import MinutePlan, StoreResult, plan_minutes, series_timezone, write_plan
 from stockex.config import Settings
 from stockex.crawler.summary import (
     FAILED,
@@ -240,6 +241,18 @@ class _FewerGcPasses:
 fewer_gc_passes = _FewerGcPasses()
 
 
+@dataclass
+class _Chunk:
+    """A fetched chunk on its way to the database."""
+
+    chunk_from: int
+    chunk_to: int
+    klines: list[Kline]
+    plan: MinutePlan
+    written: Future[StoreResult]
+    counted: bool = False
+
+
 def _store_chunks(
     db: Database,
     client: TikiClient,
@@ -250,24 +263,69 @@ def _store_chunks(
     stop: threading.Event | None,
     on_chunk: Callable[[ChunkProgress], None] | None,
 ) -> None:
-    for chunk_from, chunk_to, klines in _fetched(client, run, chunks):
-        if stop is not None and stop.is_set():
-            log.info("%s: stop requested; run %d ends before %s", run.market, run.run_id,
-                     local_iso(chunk_from, run.tz))
-            return
-        result = db.transaction(lambda s, k=klines: _store_chunk(s, run, k))
-        run.inserted += result.inserted
-        run.updated += result.updated
-        run.covered_to = chunk_to
-        run.see(klines)
-        progress_log.info(
-            "%s: %s .. %s: %d minute(s) fetched, %d new, %d updated",
-            run.market, local_iso(chunk_from, run.tz), local_iso(chunk_to, run.tz),
-            len(klines), result.inserted, result.updated,
-        )
-        if on_chunk is not None:
-            on_chunk(ChunkProgress(run.market, window_from, window_to, chunk_from, chunk_to,
-                                   len(klines), result.inserted, result.updated))
+    """Plan each chunk (reads and CPU) in this thread while a writer thread commits the chunk
+    before it, so the database's work on chunk N overlaps the computing of chunk N+1.
+
+    Chunks are still written one at a time and in order, each in its own transaction, and
+    chunk N+1 only after chunk N committed (its plan takes chunk N's rows as stored, see
+    :func:`stockex.candles.plan_minutes`). Whatever ends the loop (a stop request, a fetch or
+    planning error, a failed write), the chunk being written is waited for and counted
+    before the run ends, so the run row's figures match the table; a failed write is raised.
+    """
+    rollup_timezone = db.transaction(lambda s: series_timezone(s, run.market, run.tz.key))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"store-{run.market}") as writer:
+        writing: _Chunk | None = None
+        try:
+            for chunk_from, chunk_to, klines in _fetched(client, run, chunks):
+                with db.read() as session:
+                    plan = plan_minutes(session, run.market, klines,
+                                        rollup_timezone=rollup_timezone,
+                                        pending=writing.plan if writing is not None else None)
+                if writing is not None:
+                    _stored(run, writing, window_from, window_to, on_chunk)
+                if stop is not None and stop.is_set():
+                    log.info("%s: stop requested; run %d ends before %s", run.market,
+                             run.run_id, local_iso(chunk_from, run.tz))
+                    break
+                store = partial(_store_chunk, run=run, plan=plan,
+                                rows_before=run.inserted + run.updated)
+                writing = _Chunk(chunk_from, chunk_to, klines, plan,
+                                 writer.submit(db.transaction, store))
+        except BaseException:
+            if writing is not None and not writing.counted:
+                try:
+                    _stored(run, writing, window_from, window_to, on_chunk)
+                except Exception:
+                    log.exception("%s: the chunk being written when the run failed failed too",
+                                  run.market)
+            raise
+        if writing is not None and not writing.counted:
+            _stored(run, writing, window_from, window_to, on_chunk)
+
+
+def _stored(
+    run: _Run,
+    chunk: _Chunk,
+    window_from: int,
+    window_to: int,
+    on_chunk: Callable[[ChunkProgress], None] | None,
+) -> None:
+    """Wait for ``chunk``'s transaction (its error is raised) and count it in the run."""
+    chunk.counted = True
+    result = chunk.written.result()
+    run.inserted += result.inserted
+    run.updated += result.updated
+    run.covered_to = chunk.chunk_to
+    run.see(chunk.klines)
+    progress_log.info(
+        "%s: %s .. %s: %d minute(s) fetched, %d new, %d updated",
+        run.market, local_iso(chunk.chunk_from, run.tz), local_iso(chunk.chunk_to, run.tz),
+        len(chunk.klines), result.inserted, result.updated,
+    )
+    if on_chunk is not None:
+        on_chunk(ChunkProgress(run.market, window_from, window_to, chunk.chunk_from,
+                               chunk.chunk_to, len(chunk.klines), result.inserted,
+                               result.updated))
 
 
 def _fetched(
@@ -309,13 +367,15 @@ def _fetch_chunk(client: TikiClient, run: _Run, chunk_from: int, chunk_to: int) 
     return klines
 
 
-def _store_chunk(session: Session, run: _Run, klines: list[Kline]) -> StoreResult:
-    result = store_minutes(session, run.market, klines, timezone=run.tz.key)
+def _store_chunk(
+    session: Session, *, run: _Run, plan: MinutePlan, rows_before: int
+) -> StoreResult:
+    result = write_plan(session, plan)
     if result.written:
         session.execute(
             update(CrawlRun)
             .where(CrawlRun.id == run.run_id)
-            .values(rows_written=run.inserted + run.updated + result.written)
+            .values(rows_written=rows_before + result.written)
         )
     return result
 
