@@ -30,19 +30,21 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Context, Decimal, localcontext
 from functools import lru_cache
 from operator import itemgetter
+from typing import Any
 
-from sqlalchemy import BigInteger, Integer, delete, func, select, text, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from stockex.buckets import ROLLUP_PERIODS, SOURCE_PERIOD, BucketClock, clock_for
-from stockex.db import Amount, upsert_rows
+from stockex.db import Database, upsert_rows
 from stockex.models import Candle, CandleRollup, CandleSeries
 from stockex.tiki import Kline
 
@@ -108,16 +110,17 @@ class MinutePlan:
 
 
 def plan_minutes(
-    session: Session,
+    source: Session | CandleReads,
     market_id: str,
     klines: Sequence[Kline],
     *,
     rollup_timezone: str,
     pending: MinutePlan | None = None,
 ) -> MinutePlan:
-    """What storing ``klines`` writes, from reads only: the changed minutes and the rollup
-    buckets holding them, recomputed. ``rollup_timezone`` is the market's (as
-    :func:`series_timezone` gives it; :func:`write_plan` checks it is still the one recorded).
+    """What storing ``klines`` writes, from reads only (in ``source``, a session or
+    :class:`CandleReads`): the changed minutes and the rollup buckets holding them,
+    recomputed. ``rollup_timezone`` is the market's (as :func:`series_timezone` gives it;
+    :func:`write_plan` checks it is still the one recorded).
 
     ``pending`` is the plan of the same market written just before this one whose transaction
     may not have committed yet: its rows are taken as stored, so the crawler can plan chunk
@@ -131,7 +134,8 @@ def plan_minutes(
     latest = {k.ts: k for k in klines}
     five_minute_starts = set(clock.align_many(list(latest), 5))
     ranges = _ranges(clock, five_minute_starts, 5)
-    stored = _read_minutes(session, market_id, ranges)
+    reads = _reads(source)
+    stored = _read_minutes(reads, market_id, ranges)
     if pending is not None and ranges:
         lo, hi = ranges[0][0], ranges[-1][1]
         stored.update((t, v) for t, v in pending.minutes if lo <= t < hi)
@@ -150,7 +154,7 @@ def plan_minutes(
         rows.append((ts, values))
     rollups = []
     if rows:
-        rollups = _rollup_rows(session, market_id, clock, stored, [ts for ts, _ in rows],
+        rollups = _rollup_rows(reads, market_id, clock, stored, [ts for ts, _ in rows],
                                pending.rollups if pending is not None else ())
     return MinutePlan(market_id, rollup_timezone, rows, rollups, inserted, updated, now)
 
@@ -242,7 +246,7 @@ def _refresh_rollups(
 
 
 def _rollup_rows(
-    session: Session,
+    source: Session | CandleReads,
     market_id: str,
     clock: BucketClock,
     minutes: dict[int, Values],
@@ -258,13 +262,15 @@ def _rollup_rows(
     # Read the source buckets of every touched bucket, except those recomputed below anyway
     # (in a backfill all but a few at the edges of the chunk).
     ranges = [
-        (source, lo, hi)
+        (SOURCE_PERIOD[period], lo, hi)
         for period in ROLLUP_PERIODS
-        if (source := SOURCE_PERIOD[period]) != 1
-        for lo, hi in _subtract(_ranges(clock, touched[period], period),
-                                _exact_ranges(clock, touched[source], source))
+        if SOURCE_PERIOD[period] != 1
+        for lo, hi in _subtract(
+            _ranges(clock, touched[period], period),
+            _exact_ranges(clock, touched[SOURCE_PERIOD[period]], SOURCE_PERIOD[period]),
+        )
     ]
-    stored = _read_rollups(session, market_id, ranges)
+    stored = _read_rollups(source, market_id, ranges)
     _overlay(stored, ranges, pending)
     computed: dict[int, dict[int, Values]] = {1: minutes}
     rows: list[tuple[int, int, Values]] = []
@@ -366,40 +372,84 @@ def _subtract(
     return out
 
 
-# Reads on the hot path are plain SQL text: their OR-of-ranges shape changes from call to
-# call, and SQLAlchemy would compile (and cache) every shape anew. The ranges are ints.
-_VALUE_TYPES = {c: Amount() for c in _VALUE_COLUMNS}
+# Reads on the hot path are plain SQL on the DBAPI cursor: their OR-of-ranges shape changes
+# from call to call (SQLAlchemy would compile and cache every shape anew) and the rows need no
+# result processing but the amounts' on SQLite. The ranges are ints.
+
+
+class CandleReads:
+    """The reads of :func:`plan_minutes` on one DBAPI connection.
+
+    Inside a transaction use :meth:`of_session`. A crawl instead holds one pooled connection
+    for the whole run (:func:`held_reads`): no checkout, ping or ROLLBACK per chunk. That is
+    safe for plans because MySQL runs READ COMMITTED (every SELECT sees what committed before
+    it, and holds no locks) and SQLite connections are in autocommit mode (every SELECT is its
+    own read transaction under WAL).
+    """
+
+    def __init__(self, dbapi_connection: Any, dialect: str) -> None:
+        self._cursor = dbapi_connection.cursor()
+        self._marker = "?" if dialect == "sqlite" else "%s"
+        # MySQL returns DECIMAL as Decimal; SQLite returns Amount's zero-padded text
+        self._text_amounts = dialect == "sqlite"
+
+    @classmethod
+    def of_session(cls, session: Session) -> CandleReads:
+        """Reads in ``session``'s transaction (begun here if it has not yet)."""
+        connection = session.connection()
+        return cls(connection.connection.dbapi_connection, connection.dialect.name)
+
+    def rows(self, sql: str, market_id: str) -> list[tuple[Any, ...]]:
+        """Rows of ``sql`` (its one ``{market}`` placeholder bound to ``market_id``), each
+        ``(..keys, open, high, low, close, volume)`` with Decimal amounts."""
+        self._cursor.execute(sql.format(market=self._marker), (market_id,))
+        found = self._cursor.fetchall()
+        if self._text_amounts:
+            return [(*r[:-5], *map(Decimal, r[-5:])) for r in found]
+        return list(found)
+
+
+@contextmanager
+def held_reads(db: Database) -> Iterator[CandleReads]:
+    """:class:`CandleReads` on one pooled connection for as long as the block lasts."""
+    connection = db.engine.raw_connection()
+    try:
+        yield CandleReads(connection, db.dialect)
+    finally:
+        connection.close()  # back to the pool, which ends any transaction with ROLLBACK
+
+
+def _reads(source: Session | CandleReads) -> CandleReads:
+    return source if isinstance(source, CandleReads) else CandleReads.of_session(source)
 
 
 def _read_minutes(
-    session: Session, market_id: str, ranges: list[tuple[int, int]]
+    source: Session | CandleReads, market_id: str, ranges: list[tuple[int, int]]
 ) -> dict[int, Values]:
+    reads = _reads(source)
     found: dict[int, Values] = {}
     for batch in _batches(ranges):
         condition = " OR ".join(f"(time >= {int(lo)} AND time < {int(hi)})" for lo, hi in batch)
-        query = text(
-            "SELECT time, open, high, low, close, volume FROM candles "  # noqa: S608 - ints
-            f"WHERE market_id = :market AND ({condition})"
-        ).columns(time=BigInteger(), **_VALUE_TYPES)
-        for t, *values in session.execute(query, {"market": market_id}):
+        sql = ("SELECT time, open, high, low, close, volume FROM candles "  # noqa: S608 - ints
+               f"WHERE market_id = {{market}} AND ({condition})")
+        for t, *values in reads.rows(sql, market_id):
             found[t] = tuple(values)  # type: ignore[assignment]
     return found
 
 
 def _read_rollups(
-    session: Session, market_id: str, ranges: list[tuple[int, int, int]]
+    source: Session | CandleReads, market_id: str, ranges: list[tuple[int, int, int]]
 ) -> dict[int, dict[int, Values]]:
+    reads = _reads(source)
     found: dict[int, dict[int, Values]] = defaultdict(dict)
     for batch in _batches(ranges):
         condition = " OR ".join(
             f"(period = {int(p)} AND time >= {int(lo)} AND time < {int(hi)})"
             for p, lo, hi in batch
         )
-        query = text(
-            "SELECT period, time, open, high, low, close, volume "  # noqa: S608 - ints
-            f"FROM candle_rollups WHERE market_id = :market AND ({condition})"
-        ).columns(period=Integer(), time=BigInteger(), **_VALUE_TYPES)
-        for period, t, *values in session.execute(query, {"market": market_id}):
+        sql = ("SELECT period, time, open, high, low, close, volume "  # noqa: S608 - ints
+               f"FROM candle_rollups WHERE market_id = {{market}} AND ({condition})")
+        for period, t, *values in reads.rows(sql, market_id):
             found[period][t] = tuple(values)  # type: ignore[assignment]
     return found
 

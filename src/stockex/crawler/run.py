@@ -17,7 +17,14 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from stockex import alerts
-from stockex.candles import MinutePlan, StoreResult, plan_minutes, series_timezone, write_plan
+from stockex.candles import (
+    MinutePlan,
+    StoreResult,
+    held_reads,
+    plan_minutes,
+    series_timezone,
+    write_plan,
+)
 from stockex.config import Settings
 from stockex.crawler.summary import (
     FAILED,
@@ -273,14 +280,13 @@ def _store_chunks(
     before the run ends, so the run row's figures match the table; a failed write is raised.
     """
     rollup_timezone = db.transaction(lambda s: series_timezone(s, run.market, run.tz.key))
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"store-{run.market}") as writer:
+    with (held_reads(db) as reads,
+          ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"store-{run.market}") as writer):
         writing: _Chunk | None = None
         try:
             for chunk_from, chunk_to, klines in _fetched(client, run, chunks):
-                with db.read() as session:
-                    plan = plan_minutes(session, run.market, klines,
-                                        rollup_timezone=rollup_timezone,
-                                        pending=writing.plan if writing is not None else None)
+                plan = plan_minutes(reads, run.market, klines, rollup_timezone=rollup_timezone,
+                                    pending=writing.plan if writing is not None else None)
                 if writing is not None:
                     _stored(run, writing, window_from, window_to, on_chunk)
                 if stop is not None and stop.is_set():
