@@ -43,8 +43,9 @@ from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from stockex.batch import WriteBatch
 from stockex.buckets import ROLLUP_PERIODS, SOURCE_PERIOD, BucketClock, clock_for
-from stockex.db import Database, upsert_rows
+from stockex.db import Database, mysql_upsert_statements, upsert_rows
 from stockex.models import Candle, CandleRollup, CandleSeries
 from stockex.tiki import Kline
 
@@ -159,9 +160,10 @@ def plan_minutes(
     return MinutePlan(market_id, rollup_timezone, rows, rollups, inserted, updated, now)
 
 
-def write_plan(session: Session, plan: MinutePlan) -> StoreResult:
-    """Write ``plan`` in the caller's transaction. Raises :class:`SeriesTimezoneChanged` when
-    the market's rollup timezone is no longer the plan's (``rebuild_rollups`` ran since)."""
+def write_plan(session: Session, plan: MinutePlan, batch: WriteBatch | None = None) -> StoreResult:
+    """Write ``plan`` in the caller's transaction: at once, or on MySQL added to ``batch``
+    for the caller to flush. Raises :class:`SeriesTimezoneChanged` when the market's rollup
+    timezone is no longer the plan's (``rebuild_rollups`` ran since)."""
     if not plan.minutes:
         return plan.result
     recorded = session.execute(_SERIES_TIMEZONE, {"market": plan.market_id}).scalar()
@@ -170,10 +172,26 @@ def write_plan(session: Session, plan: MinutePlan) -> StoreResult:
             f"{plan.market_id}: rollups are now in {recorded!r}, not {plan.rollup_timezone!r}; "
             "the chunk was not written (the next run plans it again)"
         )
-    _write_minutes(session, plan.market_id, plan.minutes, plan.now)
-    _write_rollups(session, plan.market_id, plan.rollups)
-    if plan.minutes[0][0] < plan.now - SETTLE_SECONDS + _CLOCK_SKEW_ALLOWANCE:
-        _bump_revision(session, plan.market_id)
+    bump = plan.minutes[0][0] < plan.now - SETTLE_SECONDS + _CLOCK_SKEW_ALLOWANCE
+    if batch is None or not batch.mysql:
+        _write_minutes(session, plan.market_id, plan.minutes, plan.now)
+        _write_rollups(session, plan.market_id, plan.rollups)
+        if bump:
+            _bump_revision(session, plan.market_id)
+        return plan.result
+    for table, columns, rows, updates in (
+        (Candle.__table__, _MINUTE_COLUMNS, _minute_rows(plan.market_id, plan.minutes, plan.now),
+         _MINUTE_UPDATES),
+        (CandleRollup.__table__, _ROLLUP_COLUMNS, _rollup_table_rows(plan.market_id, plan.rollups),
+         _VALUE_COLUMNS),
+    ):
+        for statement in mysql_upsert_statements(session, table, columns, rows, updates):
+            batch.statement(statement)
+    if bump:
+        market = batch.literal(plan.market_id)  # escaped by the driver
+        batch.statement(
+            f"UPDATE candle_series SET revision = revision + 1 WHERE market_id = {market}"  # noqa: S608
+        )
     return plan.result
 
 
@@ -462,17 +480,24 @@ def _batches(items: list, size: int = _RANGES_PER_QUERY) -> Iterable[list]:  # t
 def _write_minutes(
     session: Session, market_id: str, rows: list[tuple[int, Values]], now: int
 ) -> None:
-    upsert_rows(session, Candle.__table__, _MINUTE_COLUMNS,
-                [(market_id, t, *v, now) for t, v in rows], ("market_id", "time"),
-                _MINUTE_UPDATES)
+    upsert_rows(session, Candle.__table__, _MINUTE_COLUMNS, _minute_rows(market_id, rows, now),
+                ("market_id", "time"), _MINUTE_UPDATES)
 
 
 def _write_rollups(
     session: Session, market_id: str, rows: list[tuple[int, int, Values]]
 ) -> None:
     upsert_rows(session, CandleRollup.__table__, _ROLLUP_COLUMNS,
-                [(market_id, p, t, *v) for p, t, v in rows], ("market_id", "period", "time"),
+                _rollup_table_rows(market_id, rows), ("market_id", "period", "time"),
                 _VALUE_COLUMNS)
+
+
+def _minute_rows(market_id: str, rows: list[tuple[int, Values]], now: int) -> list[tuple]:  # type: ignore[type-arg]
+    return [(market_id, t, *v, now) for t, v in rows]
+
+
+def _rollup_table_rows(market_id: str, rows: list[tuple[int, int, Values]]) -> list[tuple]:  # type: ignore[type-arg]
+    return [(market_id, p, t, *v) for p, t, v in rows]
 
 
 _MINUTE_COLUMNS = ("market_id", "time", *_VALUE_COLUMNS, "updated_at")

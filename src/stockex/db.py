@@ -169,6 +169,22 @@ def upsert_rows(
         )
         session.execute(stmt, [dict(zip(columns, row, strict=True)) for row in rows])
         return
+    for statement in mysql_upsert_statements(session, table, columns, rows, updates):
+        # Literals only, no placeholders; but exec_driver_sql has PyMySQL %-format the text.
+        connection.exec_driver_sql(statement.replace("%", "%%"))
+
+
+def mysql_upsert_statements(
+    session: Session,
+    table: Table,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    updates: Sequence[str],
+) -> list[str]:
+    """The MySQL statements :func:`upsert_rows` runs (see there; ``ON DUPLICATE KEY UPDATE``
+    finds the key itself), as complete SQL text to send as it is, for example in a
+    :class:`stockex.batch.WriteBatch`."""
+    connection = session.connection()
     quote = connection.dialect.identifier_preparer.quote
     driver_literal = connection.connection.dbapi_connection.escape  # type: ignore[union-attr]
     render = [_column_renderer(table.c[name].type, connection.dialect, driver_literal)
@@ -178,13 +194,13 @@ def upsert_rows(
     tail = " ON DUPLICATE KEY UPDATE " + ", ".join(
         f"{quote(c)} = VALUES({quote(c)})" for c in updates
     )
+    statements = []
     for start in range(0, len(rows), UPSERT_ROWS_PER_STATEMENT):
         batch = rows[start : start + UPSERT_ROWS_PER_STATEMENT]
         texts = [r(values) for r, values in zip(render, zip(*batch, strict=True), strict=True)]
         values = "),(".join(map(",".join, zip(*texts, strict=True)))
-        # Literals only, no placeholders; PyMySQL still %-formats the text, hence no '%' in
-        # it but the doubled ones _quoted() writes.
-        connection.exec_driver_sql(f"{head}({values}){tail}")
+        statements.append(f"{head}({values}){tail}")
+    return statements
 
 
 # A plain non-negative decimal within DECIMAL(36,18), as str(Decimal) writes one.
@@ -218,21 +234,17 @@ def _column_renderer(
         def integers(values: Sequence[Any]) -> list[str]:
             if set(map(type, values)) == {int}:  # exact: bool is an int subclass
                 return list(map(str, values))
-            return [str(v) if type(v) is int else _quoted(driver_literal, v) for v in values]
+            return [str(v) if type(v) is int else driver_literal(v) for v in values]
 
         return integers
 
     def others(values: Sequence[Any]) -> list[str]:
         first = values[0]
         if type(first) is str and values.count(first) == len(values):
-            return [_quoted(driver_literal, first)] * len(values)  # one market id on every row
-        return [_quoted(driver_literal, v) for v in values]
+            return [driver_literal(first)] * len(values)  # one market id on every row
+        return [driver_literal(v) for v in values]
 
     return others
-
-
-def _quoted(driver_literal: Callable[[Any], str], value: Any) -> str:
-    return driver_literal(value).replace("%", "%%")
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -274,9 +286,9 @@ def make_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:
             pool_recycle=3600,
             pool_timeout=5,
             isolation_level="READ COMMITTED",
-            # MULTI_STATEMENTS: stockex.trading.batch sends a placement's writes in one round
-            # trip. This replaces the dialect's own client_flag, so FOUND_ROWS (which it sets
-            # for ORM row counts) is named again here.
+            # MULTI_STATEMENTS: stockex.batch sends the writes of a placement (and of a crawled
+            # chunk) in one round trip. This replaces the dialect's own client_flag, so
+            # FOUND_ROWS (which it sets for ORM row counts) is named again here.
             connect_args={
                 "charset": "utf8mb4",
                 "client_flag": CLIENT.MULTI_STATEMENTS | CLIENT.FOUND_ROWS,

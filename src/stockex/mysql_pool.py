@@ -84,7 +84,7 @@ def mark_answered(connection: Any) -> None:
 
 def note_committed(session: Session) -> None:
     """The session's last query ended with COMMIT (a MySQL multi-statement query, see
-    :meth:`stockex.trading.batch.WriteBatch.flush`): the transaction helper's commit then
+    :meth:`stockex.batch.WriteBatch.flush`): the transaction helper's commit then
     ends the session without sending a second COMMIT."""
     session.connection().connection.info[_COMMITTED] = True
 

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from sqlalchemy import delete
 
 from stockex.api import services
+from stockex.batch import WriteBatch
 from stockex.cache import Cache
 from stockex.candles import plan_minutes, series_timezone, store_minutes, write_plan
 from stockex.models import Candle, CandleRollup, CandleSeries
@@ -139,7 +140,8 @@ def scenarios(draw: st.DrawFn) -> Scenario:
 
 def store_in_chunks(database, klines: list[Kline], sizes: list[int], pipelined: bool) -> None:  # type: ignore[no-untyped-def]
     """Store ``klines`` in parts of the given sizes (cycled). ``pipelined`` does what the
-    crawler does, at its worst: each part is planned before the previous one is written."""
+    crawler does, at its worst: each part is planned before the previous one is written, and
+    written in a batch."""
     parts = []
     i = 0
     while i < len(klines):
@@ -157,10 +159,17 @@ def store_in_chunks(database, klines: list[Kline], sizes: list[int], pipelined: 
             plan = plan_minutes(session, "asaxu", part, rollup_timezone=timezone,
                                 pending=pending)
         if pending is not None:
-            database.transaction(lambda s, p=pending: write_plan(s, p))
+            database.transaction(lambda s, p=pending: write_batched(s, p))
         pending = plan
     if pending is not None:
-        database.transaction(lambda s: write_plan(s, pending))
+        database.transaction(lambda s: write_batched(s, pending))
+
+
+def write_batched(session, plan) -> None:  # type: ignore[no-untyped-def]
+    """As the crawler writes a plan: on MySQL one multi-statement query ending in COMMIT."""
+    batch = WriteBatch(session)
+    write_plan(session, plan, batch)
+    batch.flush(commit=True)
 
 
 def reset(database) -> None:  # type: ignore[no-untyped-def]

@@ -375,12 +375,12 @@ def test_a_failed_chunk_write_fails_the_run_and_nothing_after_it_is_written(
     real_write = crawler_run.write_plan
     calls: list[int] = []
 
-    def failing_third(session: Any, plan: Any) -> Any:
+    def failing_third(session: Any, plan: Any, batch: Any = None) -> Any:
         calls.append(plan.minutes[0][0])
         if len(calls) == 3:
-            real_write(session, plan)  # written, then the transaction fails: rolled back
+            real_write(session, plan, batch)  # written, then the transaction fails
             raise RuntimeError("disk full")
-        return real_write(session, plan)
+        return real_write(session, plan, batch)
 
     monkeypatch.setattr(crawler_run, "write_plan", failing_third)
     with pytest.raises(CrawlFailed, match="disk full") as failure:

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from functools import partial
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from stockex import alerts
+from stockex.batch import WriteBatch
 from stockex.candles import (
     MinutePlan,
     StoreResult,
@@ -39,6 +40,7 @@ from stockex.crawler.times import MINUTE, ceil_minute, last_closed_minute, local
 from stockex.db import Database
 from stockex.errors import NotFound, UnknownMarket
 from stockex.models import Candle, CrawlRun, Market
+from stockex.mysql_pool import start_request_scope
 from stockex.tiki import Kline, TikiClient
 
 log = logging.getLogger("stockex.crawler")
@@ -280,8 +282,12 @@ def _store_chunks(
     before the run ends, so the run row's figures match the table; a failed write is raised.
     """
     rollup_timezone = db.transaction(lambda s: series_timezone(s, run.market, run.tz.key))
+    # The writer thread is one request scope (stockex.mysql_pool): its pooled connection is
+    # pinged when first used in the run, not before every chunk. A connection lost mid-run
+    # (a MySQL restart) fails the run; the next run resumes from the newest stored minute.
     with (held_reads(db) as reads,
-          ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"store-{run.market}") as writer):
+          ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"store-{run.market}",
+                             initializer=start_request_scope) as writer):
         writing: _Chunk | None = None
         try:
             for chunk_from, chunk_to, klines in _fetched(client, run, chunks):
@@ -376,13 +382,14 @@ def _fetch_chunk(client: TikiClient, run: _Run, chunk_from: int, chunk_to: int) 
 def _store_chunk(
     session: Session, *, run: _Run, plan: MinutePlan, rows_before: int
 ) -> StoreResult:
-    result = write_plan(session, plan)
+    """The chunk's writes and the run row's progress; on MySQL in one round trip that ends
+    with COMMIT (see :class:`stockex.batch.WriteBatch`)."""
+    batch = WriteBatch(session)
+    result = write_plan(session, plan, batch)
     if result.written:
-        session.execute(
-            update(CrawlRun)
-            .where(CrawlRun.id == run.run_id)
-            .values(rows_written=rows_before + result.written)
-        )
+        batch.update(CrawlRun.__table__, run.run_id,
+                     {"rows_written": rows_before + result.written})
+    batch.flush(commit=True)
     return result
 
 

@@ -25,12 +25,12 @@ from decimal import Decimal
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
+from stockex.batch import Ref, WriteBatch, is_mysql, mysql_cursor
 from stockex.config import Settings
 from stockex.db import Database
 from stockex.errors import DomainError, InvalidInput, NotFound
 from stockex.models import Account, LedgerEntry, User
 from stockex.numbers import decimal_places, parse_decimal
-from stockex.trading.batch import Ref, WriteBatch, is_mysql, mysql_cursor
 
 ZERO = Decimal(0)
 ACCOUNTS = Account.__table__

@@ -21,11 +21,11 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
+from stockex.batch import is_mysql, mysql_cursor
 from stockex.errors import UnknownMarket
 from stockex.models import Market, Order, User
 from stockex.trading import engine
 from stockex.trading.accounts import FEE_USERNAME, fee_user_id
-from stockex.trading.batch import is_mysql, mysql_cursor
 
 ORDERS = Order.__table__
 MARKETS = Market.__table__

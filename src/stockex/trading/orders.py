@@ -32,6 +32,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from stockex.batch import Ref, WriteBatch
 from stockex.cache import Cache, invalidate_book
 from stockex.config import MarketSettings, Settings
 from stockex.db import Database
@@ -39,7 +40,6 @@ from stockex.errors import Conflict, NotFound, UnknownMarket
 from stockex.models import Order, Trade
 from stockex.trading import engine
 from stockex.trading.accounts import InsufficientBalance, LockedBalances, lock_balances
-from stockex.trading.batch import Ref, WriteBatch
 from stockex.trading.book import lock_market, lock_market_and_read_book
 from stockex.trading.order_request import OrderRequest
 

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 
+from stockex.batch import WriteBatch, mysql_cursor
 from stockex.models import Account, LedgerEntry, User
-from stockex.trading.batch import WriteBatch, mysql_cursor
 
 USERS = User.__table__
 

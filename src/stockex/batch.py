@@ -1,7 +1,8 @@
 """The writes of one transaction, sent to MySQL in one round trip.
 
-A placement holds its market's lock from the first statement to the commit, so every round
-trip to the database inside it lowers the market's throughput. :class:`WriteBatch` collects
+Used by order placement and by the crawler's chunks. A placement holds its market's lock
+from the first statement to the commit, so every round trip to the database inside it lowers
+the market's throughput. :class:`WriteBatch` collects
 the inserts and updates of a transaction and, on MySQL, sends them as one multi-statement
 query: ids of rows inserted earlier in the batch are carried in session variables
 (``SET @stockex_id0 = LAST_INSERT_ID()``) and read back at the end. On SQLite (in-process, no
@@ -184,6 +185,20 @@ class WriteBatch:
             f"UPDATE {table.name} SET {', '.join(assignments)} "  # noqa: S608
             f"WHERE id IN ({', '.join(self._literal(i) for i in ids)})"
         )
+
+    def statement(self, sql: str) -> None:
+        """Add a complete MySQL statement built by the caller from identifiers of
+        :mod:`stockex.models` and driver-escaped literals (e.g.
+        :func:`stockex.db.mysql_upsert_statements`). MySQL only."""
+        if not self.mysql:
+            raise RuntimeError("raw statements are for MySQL batches")
+        self._statements.append(sql)
+
+    def literal(self, value: Any) -> str:
+        """``value`` as a MySQL literal, escaped by the driver. MySQL only."""
+        if not self.mysql:
+            raise RuntimeError("literals are for MySQL batches")
+        return self._literal(value)
 
     # ----------------------------------------------------------------- sending
 
