@@ -4,8 +4,8 @@ Starts a private MariaDB (``innodb_flush_log_at_trx_commit=1``: every commit is 
 serves ``stockex.api:create_app()`` with gunicorn, and lets N concurrent HTTP clients (16 by
 default) place crossing limit orders on one market for a while (every order trades with what
 rests on the other side; the book stays shallow). Then, in the same run, the baseline: N
-threads doing with PyMySQL directly what a matched order minimally needs — one transaction
-that locks one row, updates four balance rows, inserts a trade row and commits.
+threads doing with PyMySQL directly what a matched order minimally needs — one
+transaction that locks one row, updates four balance rows, inserts a trade row and commits.
 
 Prints one JSON document: orders/s, p50/p99 latency, baseline transactions/s, the ratio, and
 whether ``reconcile`` still holds afterwards.
@@ -13,25 +13,34 @@ whether ``reconcile`` still holds afterwards.
     PYTHONPATH=src python benchmarks/orders.py [--clients 16] [--seconds 20] [--workers 5]
         [--threads 1] [--worker-class sync|gthread] [--redis]
 
-On the 2-vCPU development box 5 sync workers do best now that a placement costs less CPU
-(20 s runs on a quiet machine: 4 workers 400-500 orders/s, 5 workers 465-482, 6 workers
-422-439; every process more adds context switches and cache misses on two cores, every one
-fewer leaves cores idle while a worker waits for MariaDB). gthread workers lose to the GIL;
-with one thread per gthread worker keep-alive saves the clients' reconnects but ties each
-client to one worker, and throughput fell. ``cpu_ms_per_order``
-shows where the CPU goes: API processes, MariaDB, and this script's clients;
+The clients are a minimal HTTP/1.1 client on raw sockets (:class:`MinimalHTTPClient`), so
+that the load generator takes as little as possible of the CPUs it shares with gunicorn and
+MariaDB (``http.client`` cost 0.35-0.4 ms per order, this one 0.18-0.23).
+
+On the 2-vCPU development box 5 sync workers do best now that a placement costs less CPU (20
+s runs on a quiet machine: 4 workers 400-500 orders/s, 5 workers 465-482, 6 workers 422-439;
+every process more adds context switches and cache misses on two cores, every one fewer
+leaves cores idle while a worker waits for MariaDB). gthread workers lose to the GIL; with
+one thread per gthread worker keep-alive saves the clients' reconnects but ties each client
+to one worker, and throughput fell. gevent workers (2 or 3, keep-alive; gevent is not a
+dependency, it was installed by hand to try) were within the noise of 5 sync workers in
+interleaved 10 s runs (347-462 against 390-456 orders/s). ``cpu_ms_per_order`` shows where
+the CPU goes: API processes, MariaDB, and this script's clients;
 ``baseline_raw_commit.cpu_ms_per_tx`` the same for a raw transaction; and
 ``machine_load_average`` how busy the machine was (other sessions share it), which moves
-every figure, the baseline's too.
+every figure, the baseline's too. A worker's CPU per order under this load is about twice
+what the same placement costs in one quiet process (1.1-1.5 ms through the WSGI app without
+gunicorn): gunicorn's per-connection work, and the context switches and cold caches of five
+workers, sixteen client threads and MariaDB on two cores.
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import random
+import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +48,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
 
 from stockex import auth
 from stockex.config import settings_from_mapping
@@ -119,6 +131,51 @@ def serve(config: Path, workers: int, threads: int,
     return process, port
 
 
+class MinimalHTTPClient:
+    """Just enough HTTP/1.1 for the load: send a prepared request, read the status line, the
+    headers and a ``Content-Length`` body; reconnect when the server closes (sync gunicorn
+    workers close every connection) and keep the connection otherwise.
+
+    The clients share the 2 vCPUs with gunicorn and MariaDB, so the load generator is kept
+    cheap: ``http.client`` parses every response's headers with the ``email`` package, which
+    cost about as much CPU per order as MariaDB's share of a raw transaction.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sock: socket.socket | None = None
+
+    def exchange(self, request: bytes) -> tuple[int, bytes]:
+        if self.sock is None:
+            self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+        self.sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ValueError("connection closed before the response headers")
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        fields = {k.strip().lower(): v.strip()
+                  for k, _, v in (line.partition(":") for line in lines[1:])}
+        length = int(fields.get("content-length", "0"))
+        while len(body) < length:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ValueError("connection closed inside the response body")
+            body += chunk
+        if fields.get("connection", "").lower() == "close":
+            self.close()
+        return status, body[:length]
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
 def order_load(port: int, tokens: list[str], seconds: float, warmup: float) -> dict:
     latencies: list[float] = []
     statuses: dict[int, int] = {}
@@ -128,8 +185,10 @@ def order_load(port: int, tokens: list[str], seconds: float, warmup: float) -> d
 
     def client(index: int, token: str) -> None:
         rng = random.Random(index)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        head = (f"POST /api/v1/orders HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+                "Content-Length: {}\r\n\r\n")
+        http = MinimalHTTPClient(port)
         mine: list[float] = []
         seen: dict[int, int] = {}
         side = "buy" if index % 2 else "sell"
@@ -142,16 +201,12 @@ def order_load(port: int, tokens: list[str], seconds: float, warmup: float) -> d
             body = json.dumps({
                 "market": "asaxu", "side": side, "type": "limit", "price": str(price),
                 "amount": f"{rng.randint(100, 2000) / 1000:.3f}",
-            })
+            }).encode()
             began = time.monotonic()
             try:
-                conn.request("POST", "/api/v1/orders", body=body, headers=headers)
-                response = conn.getresponse()
-                response.read()
-                status = response.status
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                status, _ = http.exchange(head.format(len(body)).encode("latin-1") + body)
+            except (OSError, ValueError):
+                http.close()
                 status = 0
             ended = time.monotonic()
             if began >= measure_from:
@@ -159,7 +214,7 @@ def order_load(port: int, tokens: list[str], seconds: float, warmup: float) -> d
                 if status == 201:
                     mine.append(ended - began)
             side = "sell" if side == "buy" else "buy"
-        conn.close()
+        http.close()
         with lock:
             latencies.extend(mine)
             for key, value in seen.items():
@@ -179,14 +234,13 @@ def order_load(port: int, tokens: list[str], seconds: float, warmup: float) -> d
 def baseline(server: MySQLServer, clients: int, seconds: float) -> dict:
     """N threads: lock a row, update four balance rows, insert a trade, commit."""
     import pymysql
-    from sqlalchemy.engine import make_url
 
     server.create_database("baseline")
     u = make_url(server.url)
 
-    def connect() -> pymysql.Connection:
+    def connect() -> Any:
         return pymysql.connect(host=u.host, port=u.port, user=u.username, password=u.password,
-                               database="baseline", autocommit=False)
+                              database="baseline", autocommit=False)
 
     setup = connect()
     with setup.cursor() as cur:
@@ -208,7 +262,8 @@ def baseline(server: MySQLServer, clients: int, seconds: float) -> dict:
     def worker(index: int) -> None:
         rng = random.Random(index)
         conn = connect()
-        conn.query("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        with conn.cursor() as cur:
+            cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
         mine = []
         while time.monotonic() < stop_at:
             began = time.monotonic()
