@@ -2,11 +2,11 @@
 
 Used by order placement and by the crawler's chunks. A placement holds its market's lock
 from the first statement to the commit, so every round trip to the database inside it lowers
-the market's throughput. :class:`WriteBatch` collects
-the inserts and updates of a transaction and, on MySQL, sends them as one multi-statement
-query: ids of rows inserted earlier in the batch are carried in session variables
-(``SET @stockex_id0 = LAST_INSERT_ID()``) and read back at the end. On SQLite (in-process, no
-round trips) each write simply runs at once through SQLAlchemy.
+the market's throughput. :class:`WriteBatch` collects the inserts and updates of a
+transaction and, on MySQL, sends them as one multi-statement query: ids of rows inserted
+earlier in the batch are carried in session variables (``SET @stockex_id0 =
+LAST_INSERT_ID()``) and read back at the end. On SQLite (in-process, no round trips) each
+write simply runs at once through SQLAlchemy.
 
 Values are escaped by the driver (``pymysql``'s ``escape``), never pasted in as text; table
 and column names come from :mod:`stockex.models`. MySQL stops a multi-statement query at the
@@ -188,8 +188,8 @@ class WriteBatch:
 
     def statement(self, sql: str) -> None:
         """Add a complete MySQL statement built by the caller from identifiers of
-        :mod:`stockex.models` and driver-escaped literals (e.g.
-        :func:`stockex.db.mysql_upsert_statements`). MySQL only."""
+        :mod:`stockex.models` and driver-escaped literals (e.g. those of
+        :func:`stockex.db.upsert_rows`). MySQL only."""
         if not self.mysql:
             raise RuntimeError("raw statements are for MySQL batches")
         self._statements.append(sql)

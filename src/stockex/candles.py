@@ -31,7 +31,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from decimal import Context, Decimal, localcontext
 from functools import lru_cache
@@ -45,7 +45,7 @@ from sqlalchemy.orm import Session
 
 from stockex.batch import WriteBatch
 from stockex.buckets import ROLLUP_PERIODS, SOURCE_PERIOD, BucketClock, clock_for
-from stockex.db import Database, mysql_upsert_statements, upsert_rows
+from stockex.db import Database, upsert_rows
 from stockex.models import Candle, CandleRollup, CandleSeries
 from stockex.tiki import Kline
 
@@ -172,26 +172,10 @@ def write_plan(session: Session, plan: MinutePlan, batch: WriteBatch | None = No
             f"{plan.market_id}: rollups are now in {recorded!r}, not {plan.rollup_timezone!r}; "
             "the chunk was not written (the next run plans it again)"
         )
-    bump = plan.minutes[0][0] < plan.now - SETTLE_SECONDS + _CLOCK_SKEW_ALLOWANCE
-    if batch is None or not batch.mysql:
-        _write_minutes(session, plan.market_id, plan.minutes, plan.now)
-        _write_rollups(session, plan.market_id, plan.rollups)
-        if bump:
-            _bump_revision(session, plan.market_id)
-        return plan.result
-    for table, columns, rows, updates in (
-        (Candle.__table__, _MINUTE_COLUMNS, _minute_rows(plan.market_id, plan.minutes, plan.now),
-         _MINUTE_UPDATES),
-        (CandleRollup.__table__, _ROLLUP_COLUMNS, _rollup_table_rows(plan.market_id, plan.rollups),
-         _VALUE_COLUMNS),
-    ):
-        for statement in mysql_upsert_statements(session, table, columns, rows, updates):
-            batch.statement(statement)
-    if bump:
-        market = batch.literal(plan.market_id)  # escaped by the driver
-        batch.statement(
-            f"UPDATE candle_series SET revision = revision + 1 WHERE market_id = {market}"  # noqa: S608
-        )
+    _write_minutes(session, plan.market_id, plan.minutes, plan.now, batch)
+    _write_rollups(session, plan.market_id, plan.rollups, batch)
+    if plan.minutes[0][0] < plan.now - SETTLE_SECONDS + _CLOCK_SKEW_ALLOWANCE:
+        _bump_revision(session, plan.market_id, batch)
     return plan.result
 
 
@@ -344,24 +328,20 @@ def _combine(items: list[Values]) -> Values:
 
 def _ranges(clock: BucketClock, starts: Iterable[int], period: int) -> list[tuple[int, int]]:
     """Merged ``[lo, hi)`` second ranges covering the buckets of ``period`` at ``starts``."""
-    merged: list[tuple[int, int]] = []
-    for lo, hi in sorted((s, clock.scan_end(s, period)) for s in starts):
-        if merged and lo <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
-        else:
-            merged.append((lo, hi))
-    return merged
+    return _merged((s, clock.scan_end(s, period)) for s in starts)
 
 
 def _exact_ranges(clock: BucketClock, starts: Iterable[int], period: int) -> list[tuple[int, int]]:
     """Merged ``[lo, hi)`` ranges holding exactly the buckets of ``period`` at ``starts`` (a
     bucket whose end is not exact, near a DST transition, is left out)."""
     span = period * 60
+    return _merged((s, s + span) for s in starts if clock.scan_end(s, period) == s + span)
+
+
+def _merged(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``[lo, hi)`` ranges (any order) sorted, with overlapping and touching ones joined."""
     merged: list[tuple[int, int]] = []
-    for lo in sorted(starts):
-        hi = lo + span
-        if clock.scan_end(lo, period) != hi:
-            continue
+    for lo, hi in sorted(ranges):
         if merged and lo <= merged[-1][1]:
             merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
         else:
@@ -406,7 +386,7 @@ class CandleReads:
     """
 
     def __init__(self, dbapi_connection: Any, dialect: str) -> None:
-        self._cursor = dbapi_connection.cursor()
+        self._connection = dbapi_connection
         self._marker = "?" if dialect == "sqlite" else "%s"
         # MySQL returns DECIMAL as Decimal; SQLite returns Amount's zero-padded text
         self._text_amounts = dialect == "sqlite"
@@ -420,8 +400,9 @@ class CandleReads:
     def rows(self, sql: str, market_id: str) -> list[tuple[Any, ...]]:
         """Rows of ``sql`` (its one ``{market}`` placeholder bound to ``market_id``), each
         ``(..keys, open, high, low, close, volume)`` with Decimal amounts."""
-        self._cursor.execute(sql.format(market=self._marker), (market_id,))
-        found = self._cursor.fetchall()
+        with closing(self._connection.cursor()) as cursor:
+            cursor.execute(sql.format(market=self._marker), (market_id,))
+            found = cursor.fetchall()
         if self._text_amounts:
             return [(*r[:-5], *map(Decimal, r[-5:])) for r in found]
         return list(found)
@@ -478,26 +459,26 @@ def _batches(items: list, size: int = _RANGES_PER_QUERY) -> Iterable[list]:  # t
 
 
 def _write_minutes(
-    session: Session, market_id: str, rows: list[tuple[int, Values]], now: int
+    session: Session,
+    market_id: str,
+    rows: list[tuple[int, Values]],
+    now: int,
+    batch: WriteBatch | None = None,
 ) -> None:
-    upsert_rows(session, Candle.__table__, _MINUTE_COLUMNS, _minute_rows(market_id, rows, now),
-                ("market_id", "time"), _MINUTE_UPDATES)
+    upsert_rows(session, Candle.__table__, _MINUTE_COLUMNS,
+                [(market_id, t, *v, now) for t, v in rows], ("market_id", "time"),
+                _MINUTE_UPDATES, batch=batch)
 
 
 def _write_rollups(
-    session: Session, market_id: str, rows: list[tuple[int, int, Values]]
+    session: Session,
+    market_id: str,
+    rows: list[tuple[int, int, Values]],
+    batch: WriteBatch | None = None,
 ) -> None:
     upsert_rows(session, CandleRollup.__table__, _ROLLUP_COLUMNS,
-                _rollup_table_rows(market_id, rows), ("market_id", "period", "time"),
-                _VALUE_COLUMNS)
-
-
-def _minute_rows(market_id: str, rows: list[tuple[int, Values]], now: int) -> list[tuple]:  # type: ignore[type-arg]
-    return [(market_id, t, *v, now) for t, v in rows]
-
-
-def _rollup_table_rows(market_id: str, rows: list[tuple[int, int, Values]]) -> list[tuple]:  # type: ignore[type-arg]
-    return [(market_id, p, t, *v) for p, t, v in rows]
+                [(market_id, p, t, *v) for p, t, v in rows], ("market_id", "period", "time"),
+                _VALUE_COLUMNS, batch=batch)
 
 
 _MINUTE_COLUMNS = ("market_id", "time", *_VALUE_COLUMNS, "updated_at")
@@ -516,7 +497,13 @@ def _insert_series_if_missing(session: Session, market_id: str, timezone: str) -
     session.execute(stmt)
 
 
-def _bump_revision(session: Session, market_id: str) -> None:
+def _bump_revision(session: Session, market_id: str, batch: WriteBatch | None = None) -> None:
+    if batch is not None and batch.mysql:
+        market = batch.literal(market_id)  # escaped by the driver
+        batch.statement(
+            f"UPDATE candle_series SET revision = revision + 1 WHERE market_id = {market}"  # noqa: S608
+        )
+        return
     session.execute(_BUMP_REVISION, {"market": market_id})
 
 

@@ -27,11 +27,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from decimal import Context, Decimal
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pymysql.constants import CLIENT
 from sqlalchemy import Engine, Integer, String, Table, create_engine, event
-from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.engine import Connection, Dialect, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql import Executable
@@ -43,6 +43,9 @@ from stockex.mysql_pool import (
     mark_answered,
     unpinged_checkout,
 )
+
+if TYPE_CHECKING:
+    from stockex.batch import WriteBatch
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +144,8 @@ def upsert_rows(
     rows: Sequence[Sequence[Any]],
     key: Sequence[str],
     updates: Sequence[str],
+    *,
+    batch: WriteBatch | None = None,
 ) -> None:
     """Insert ``rows`` (tuples of values for ``columns``, in that order) into ``table``; on a
     duplicate ``key`` overwrite the ``updates`` columns. Runs inside the session's transaction.
@@ -155,7 +160,7 @@ def upsert_rows(
     too large), anything else quoted by the driver's own escaping. Rendering goes column by
     column: a column of plain ``Decimal`` amounts is checked with one regular expression over
     its joined text, and only a column that fails it takes the per-value path that names the
-    problem.
+    problem. With a MySQL ``batch`` the statements are added to it instead of run at once.
     """
     if not rows:
         return
@@ -169,22 +174,23 @@ def upsert_rows(
         )
         session.execute(stmt, [dict(zip(columns, row, strict=True)) for row in rows])
         return
-    for statement in mysql_upsert_statements(session, table, columns, rows, updates):
-        # Literals only, no placeholders; but exec_driver_sql has PyMySQL %-format the text.
-        connection.exec_driver_sql(statement.replace("%", "%%"))
+    for statement in _mysql_upserts(connection, table, columns, rows, updates):
+        if batch is not None:
+            batch.statement(statement)
+        else:
+            # Literals only, no placeholders; but exec_driver_sql has PyMySQL %-format the text.
+            connection.exec_driver_sql(statement.replace("%", "%%"))
 
 
-def mysql_upsert_statements(
-    session: Session,
+def _mysql_upserts(
+    connection: Connection,
     table: Table,
     columns: Sequence[str],
     rows: Sequence[Sequence[Any]],
     updates: Sequence[str],
 ) -> list[str]:
-    """The MySQL statements :func:`upsert_rows` runs (see there; ``ON DUPLICATE KEY UPDATE``
-    finds the key itself), as complete SQL text to send as it is, for example in a
-    :class:`stockex.batch.WriteBatch`."""
-    connection = session.connection()
+    """The complete MySQL statements of :func:`upsert_rows` (``ON DUPLICATE KEY UPDATE``
+    finds the key itself)."""
     quote = connection.dialect.identifier_preparer.quote
     driver_literal = connection.connection.dbapi_connection.escape  # type: ignore[union-attr]
     render = [_column_renderer(table.c[name].type, connection.dialect, driver_literal)
