@@ -3,9 +3,10 @@
 Used by order placement and by the crawler's chunks. A placement holds its market's lock
 from the first statement to the commit, so every round trip to the database inside it lowers
 the market's throughput. :class:`WriteBatch` collects the inserts and updates of a
-transaction and, on MySQL, sends them as one multi-statement query: ids of rows inserted
-earlier in the batch are carried in session variables (``SET @stockex_id0 =
-LAST_INSERT_ID()``) and read back at the end. On SQLite (in-process, no round trips) each
+transaction and, on MySQL, sends them as one multi-statement query: later statements refer
+to ids of rows inserted earlier in the batch through session variables (``SET @stockex_id0 =
+LAST_INSERT_ID()``), and the caller gets each id from the answer to its INSERT (the OK
+packet carries it), without a query of its own. On SQLite (in-process, no round trips) each
 write simply runs at once through SQLAlchemy.
 
 Values are escaped by the driver (``pymysql``'s ``escape``), never pasted in as text; table
@@ -84,6 +85,7 @@ class WriteBatch:
         self.mysql = is_mysql(session)
         self._statements: list[str] = []
         self._refs: list[Ref] = []
+        self._inserted: dict[int, Ref] = {}  # statement index -> the ref its id goes to
         self._escape = (
             session.connection().connection.driver_connection.escape  # type: ignore[union-attr]
             if self.mysql else None
@@ -115,6 +117,7 @@ class WriteBatch:
             result = self.session.execute(insert(table).values(self._resolved(row)))
             ref.value = int(result.inserted_primary_key[0])
             return ref
+        self._inserted[len(self._statements)] = ref
         self._statements.append(
             f"INSERT INTO {table.name} ({', '.join(_columns(table, row))}) "  # noqa: S608
             f"VALUES ({', '.join(self._literal(v) for v in row.values())})"
@@ -216,26 +219,23 @@ class WriteBatch:
         if not self.mysql or not (self._statements or commit):
             self._statements = []
             return
-        pending = [r for r in self._refs if r.value is None]
-        statements = list(self._statements)
-        if pending:  # one text column: PyMySQL parses each column's definition slowly
-            ids = ", ',', ".join(r.variable for r in pending)
-            statements.append(f"SELECT CONCAT({ids})")
+        statements, inserted = self._statements, self._inserted
         if commit:
             statements.append("COMMIT")
-        self._statements = []
+        self._statements, self._inserted = [], {}
         with mysql_cursor(self.session) as cursor:
+            # Each statement's answer comes in order; an INSERT's OK packet carries the id
+            # it generated (what LAST_INSERT_ID() returns), read here for its Ref.
             cursor.execute(";\n".join(statements))
-            row = None
+            index = 0
             while True:
-                if cursor.description is not None:
-                    row = cursor.fetchone()
+                ref = inserted.get(index)
+                if ref is not None:
+                    ref.value = int(cursor.lastrowid)
+                index += 1
                 if not cursor.nextset():
                     break
         if commit:
             note_committed(self.session)
-        if pending:
-            if row is None or row[0] is None:  # pragma: no cover - the SELECT always answers
-                raise RuntimeError("the batch did not return the inserted ids")
-            for ref, value in zip(pending, str(row[0]).split(","), strict=True):
-                ref.value = int(value)
+        if inserted and index != len(statements):  # pragma: no cover - one answer each
+            raise RuntimeError(f"{len(statements)} statements sent, {index} answered")
