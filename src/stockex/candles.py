@@ -41,11 +41,12 @@ from typing import Any
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
 from stockex.batch import WriteBatch
 from stockex.buckets import ROLLUP_PERIODS, SOURCE_PERIOD, BucketClock, clock_for
-from stockex.db import Database, upsert_rows
+from stockex.db import Database, as_sqlalchemy_error, upsert_rows
 from stockex.models import Candle, CandleRollup, CandleSeries
 from stockex.tiki import Kline
 
@@ -385,24 +386,34 @@ class CandleReads:
     own read transaction under WAL).
     """
 
-    def __init__(self, dbapi_connection: Any, dialect: str) -> None:
-        self._connection = dbapi_connection
-        self._marker = "?" if dialect == "sqlite" else "%s"
+    def __init__(self, connection: Any, dialect: Dialect) -> None:
+        """``connection``: a pooled DBAPI connection (SQLAlchemy's proxy of one)."""
+        self._connection = connection
+        self._dialect = dialect
+        self._marker = "?" if dialect.name == "sqlite" else "%s"
         # MySQL returns DECIMAL as Decimal; SQLite returns Amount's zero-padded text
-        self._text_amounts = dialect == "sqlite"
+        self._text_amounts = dialect.name == "sqlite"
 
     @classmethod
     def of_session(cls, session: Session) -> CandleReads:
         """Reads in ``session``'s transaction (begun here if it has not yet)."""
         connection = session.connection()
-        return cls(connection.connection.dbapi_connection, connection.dialect.name)
+        return cls(connection.connection, connection.dialect)
 
     def rows(self, sql: str, market_id: str) -> list[tuple[Any, ...]]:
         """Rows of ``sql`` (its one ``{market}`` placeholder bound to ``market_id``), each
-        ``(..keys, open, high, low, close, volume)`` with Decimal amounts."""
-        with closing(self._connection.cursor()) as cursor:
-            cursor.execute(sql.format(market=self._marker), (market_id,))
-            found = cursor.fetchall()
+        ``(..keys, open, high, low, close, volume)`` with Decimal amounts.
+
+        Driver errors come out as SQLAlchemy's (:func:`stockex.db.as_sqlalchemy_error`): a
+        lost server is an ``OperationalError`` and the connection is not pooled again."""
+        statement = sql.format(market=self._marker)
+        try:
+            with closing(self._connection.cursor()) as cursor:
+                cursor.execute(statement, (market_id,))
+                found = cursor.fetchall()
+        except self._dialect.loaded_dbapi.Error as exc:
+            raise as_sqlalchemy_error(exc, self._connection, self._dialect, statement,
+                                      (market_id,)) from exc
         if self._text_amounts:
             return [(*r[:-5], *map(Decimal, r[-5:])) for r in found]
         return list(found)
@@ -413,7 +424,7 @@ def held_reads(db: Database) -> Iterator[CandleReads]:
     """:class:`CandleReads` on one pooled connection for as long as the block lasts."""
     connection = db.engine.raw_connection()
     try:
-        yield CandleReads(connection, db.dialect)
+        yield CandleReads(connection, db.engine.dialect)
     finally:
         connection.close()  # back to the pool, which ends any transaction with ROLLBACK
 

@@ -328,6 +328,23 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+def as_sqlalchemy_error(
+    exc: Exception, connection: Any, dialect: Dialect, statement: str | None = None,
+    params: Any = None,
+) -> DBAPIError:
+    """The SQLAlchemy error for a driver error raised on a pooled DBAPI ``connection`` used
+    directly (``Database.first_value``, the crawler's held reads), as ``Session.execute``
+    would raise it: ``IntegrityError``, ``OperationalError``, ... with
+    ``connection_invalidated`` set, and the connection invalidated (not pooled again), when
+    the server is gone. Callers ``raise as_sqlalchemy_error(...) from exc``."""
+    gone = dialect.is_disconnect(exc, connection.dbapi_connection, None)
+    if gone:
+        connection.invalidate(exc)
+    return DBAPIError.instance(  # type: ignore[no-any-return]
+        statement, params, exc, dialect.loaded_dbapi.Error, connection_invalidated=gone
+    )
+
+
 class Database:
     """The engine plus session factories. One per process; cheap to share between threads."""
 
@@ -435,12 +452,7 @@ class Database:
                     cursor.nextset()
                     mark_answered(connection)
             except dialect.loaded_dbapi.Error as exc:
-                gone = dialect.is_disconnect(exc, driver, cursor)
-                if gone:
-                    connection.invalidate(exc)
-                raise DBAPIError.instance(
-                    sql, values, exc, dialect.loaded_dbapi.Error, connection_invalidated=gone
-                ) from exc
+                raise as_sqlalchemy_error(exc, connection, dialect, sql, values) from exc
             finally:
                 if trusted and connection.dbapi_connection is not None:
                     connection.dbapi_connection._read_timeout = None  # type: ignore[union-attr]
