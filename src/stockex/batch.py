@@ -22,9 +22,9 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Table, case, insert, literal, update
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from stockex.db import as_sqlalchemy_error
 from stockex.mysql_pool import note_committed
 
 
@@ -63,17 +63,19 @@ def mysql_cursor(session: Session) -> Iterator[Any]:
     """A raw PyMySQL cursor on the session's connection (inside its transaction).
 
     Driver errors come out as SQLAlchemy's (``IntegrityError``, ``OperationalError``, ...),
-    exactly as from ``session.execute``, so that deadlocks are retried by the transaction
-    helper, duplicate keys are recognized and a lost server answers 503.
+    exactly as from ``session.execute`` (:func:`stockex.db.as_sqlalchemy_error`), so that
+    deadlocks are retried by the transaction helper, duplicate keys are recognized and a lost
+    server answers 503.
     """
     import pymysql
 
-    cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+    connection = session.connection().connection
+    cursor = connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
         yield cursor
     except pymysql.err.Error as exc:
-        raise DBAPIError.instance(
-            getattr(cursor, "_executed", None), None, exc, pymysql.err.Error
+        raise as_sqlalchemy_error(
+            exc, connection, session.get_bind().dialect, getattr(cursor, "_executed", None)
         ) from exc
     finally:
         cursor.close()
