@@ -86,7 +86,7 @@ class WriteBatch:
         self.session = session
         self.mysql = is_mysql(session)
         self._statements: list[str] = []
-        self._refs: list[Ref] = []
+        self._ref_count = 0  # session variables named so far (unique across flushes)
         self._inserted: dict[int, Ref] = {}  # statement index -> the ref its id goes to
         self._escape = (
             session.connection().connection.driver_connection.escape  # type: ignore[union-attr]
@@ -113,8 +113,8 @@ class WriteBatch:
     def insert(self, table: Table, row: Mapping[str, Any]) -> Ref:
         """Insert one row; returns a reference to its id."""
         _columns(table, row)
-        ref = Ref(f"@stockex_id{len(self._refs)}")
-        self._refs.append(ref)
+        ref = Ref(f"@stockex_id{self._ref_count}")
+        self._ref_count += 1
         if not self.mysql:
             result = self.session.execute(insert(table).values(self._resolved(row)))
             ref.value = int(result.inserted_primary_key[0])
