@@ -22,17 +22,14 @@ import statistics
 import time
 from typing import Any
 
+from orders import MARKET  # benchmarks/orders.py: the same market
+
 from stockex.config import settings_from_mapping
 from stockex.db import Database
 from stockex.markets import sync_markets
 from stockex.migrate import upgrade
 from stockex.testing import start_mysql
 from stockex.trading.book import _BOOK_SQL, FIRST_PAGE
-
-MARKET = {
-    "id": "asaxu", "base": "ASA", "quote": "XU", "price_precision": 0, "amount_precision": 3,
-    "min_amount": "0.001", "maker_fee": "0.001", "taker_fee": "0.002",
-}
 
 
 def fill(cursor: Any, depth: int) -> None:
@@ -43,13 +40,13 @@ def fill(cursor: Any, depth: int) -> None:
     for i in range(2 * depth):
         side = "buy" if i % 2 else "sell"
         price = 900 - rng.randint(0, 100) if side == "buy" else 1100 + rng.randint(0, 100)
-        rows.append((side, price, price if side == "buy" else 1,
-                     "ASA" if side == "buy" else "XU"))
+        # fee_asset, then locked: a bid reserves price x 1 XU, an ask 1 ASA
+        rows.append((side, price, "ASA", price) if side == "buy" else (side, price, "XU", 1))
     cursor.executemany(
         "INSERT INTO orders (user_id, market_id, side, type, time_in_force, price, amount, "
         "filled_amount, filled_quote, fee, fee_asset, locked, status, created_at, updated_at) "
         "VALUES (1, 'asaxu', %s, 'limit', 'GTC', %s, 1, 0, 0, 0, %s, %s, 'open', 0, 0)",
-        [(side, price, fee_asset, locked) for side, price, locked, fee_asset in rows],
+        rows,
     )
     cursor.execute("ANALYZE TABLE orders")
     cursor.fetchall()
