@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -157,10 +158,44 @@ class MySQLServer:
     def _ping(self) -> None:
         self.admin_connection().close()
 
+    @contextlib.contextmanager
+    def hung(self) -> Iterator[None]:
+        """Freeze the server (SIGSTOP): it still accepts TCP but never answers; SIGCONT after.
+
+        ``kill`` returns before the server has stopped: one thread takes the signal and only
+        then stops the others, so a query sent at once can still be answered. This waits
+        until every thread is stopped.
+        """
+        if self.process is None or self.process.poll() is not None:
+            raise ServerUnavailable("an external or stopped server cannot be frozen from here")
+        pid = self.process.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 10
+            while not _all_threads_stopped(pid):
+                if time.monotonic() > deadline:
+                    raise ServerUnavailable("mariadbd did not stop within 10s of SIGSTOP")
+                time.sleep(0.005)
+            yield
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
     def close(self) -> None:
         self.stop()
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _all_threads_stopped(pid: int) -> bool:
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            text = stat.read_text()
+        except FileNotFoundError:  # a thread that just ended
+            continue
+        # the state follows the parenthesised command name, which may hold spaces
+        if text.rpartition(")")[2].split()[0] not in ("T", "t"):
+            return False
+    return True
 
 
 def _mysql_options(directory: Path, port: int) -> list[str]:

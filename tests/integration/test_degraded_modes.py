@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -146,17 +145,13 @@ def test_a_hung_mysql_is_bounded_too(own_mysql, make_settings) -> None:  # type:
     app = with_test_routes(create_app(settings))
     client = app.test_client()
     assert client.get("/ready").status_code == 200
-    assert own_mysql.process is not None
-    os.kill(own_mysql.process.pid, signal.SIGSTOP)  # accepts TCP, never answers
-    try:
+    with own_mysql.hung():  # accepts TCP, never answers
         response, seconds = timed(client, "/ready")  # a pooled connection: the ping times out
         assert_503_json(response, "not_ready")
         assert seconds < 4.0, f"{seconds:.2f}s"
         response, seconds = timed(client, "/ready")  # a new connection: the handshake times out
         assert_503_json(response, "not_ready")
         assert seconds < 4.0, f"{seconds:.2f}s"
-    finally:
-        os.kill(own_mysql.process.pid, signal.SIGCONT)
     assert client.get("/ready").status_code == 200
     own_mysql.drop_database("stockex_hung")
 
@@ -239,13 +234,9 @@ def test_authenticated_requests_survive_a_mysql_restart_and_are_bounded_when_it_
     assert me()[0].status_code == 200
     assert me()[0].status_code == 200  # and again on the (now live) pooled connection
 
-    assert own_mysql.process is not None
-    os.kill(own_mysql.process.pid, signal.SIGSTOP)
-    try:
+    with own_mysql.hung():
         response, seconds = me()
         assert_503_json(response, "database_unavailable")
         assert seconds < 4.0, f"{seconds:.2f}s"
-    finally:
-        os.kill(own_mysql.process.pid, signal.SIGCONT)
     assert me()[0].status_code == 200
     own_mysql.drop_database("stockex_auth_outage")
