@@ -26,12 +26,15 @@ to one worker, and throughput fell. gevent workers (2 or 3, keep-alive; gevent i
 dependency, it was installed by hand to try) were within the noise of 5 sync workers in
 interleaved 10 s runs (347-462 against 390-456 orders/s). ``cpu_ms_per_order`` shows where
 the CPU goes: API processes, MariaDB, and this script's clients;
-``baseline_raw_commit.cpu_ms_per_tx`` the same for a raw transaction; and
-``machine_load_average`` how busy the machine was (other sessions share it), which moves
-every figure, the baseline's too. A worker's CPU per order under this load is about twice
-what the same placement costs in one quiet process (1.1-1.5 ms through the WSGI app without
-gunicorn): gunicorn's per-connection work, and the context switches and cold caches of five
-workers, sixteen client threads and MariaDB on two cores.
+``baseline_raw_commit.cpu_ms_per_tx`` the same for a raw transaction;
+``machine_cpu_percent`` whether the load was limited by the two CPUs (``busy`` near 100:
+throughput is then the CPUs over the CPU time of an order) or by waiting (idle CPUs while
+the market's lock, round trips and fsyncs hold orders up; ``steal`` is CPU the hypervisor
+gave to other guests); and ``machine_load_average`` how busy the machine was (other
+sessions share it), which moves every figure, the baseline's too. A worker's CPU per order
+under this load is about twice what the same placement costs in one quiet process (1.1-1.5
+ms through the WSGI app without gunicorn): gunicorn's per-connection work, and the context
+switches and cold caches of five workers, sixteen client threads and MariaDB on two cores.
 """
 
 from __future__ import annotations
@@ -60,6 +63,8 @@ from stockex.migrate import upgrade
 from stockex.testing import (
     MySQLServer,
     free_port,
+    machine_cpu_shares,
+    machine_cpu_ticks,
     process_cpu_seconds,
     start_mysql,
     start_redis,
@@ -329,6 +334,7 @@ def main() -> None:
 
         cpu_before = cpu_now()
         load_before = os.getloadavg()[0]
+        ticks_before = machine_cpu_ticks()
         orders = order_load(port, tokens, args.seconds, args.warmup)
         cpu_after = cpu_now()
         handled = max(1, sum(orders["statuses"].values()))
@@ -338,6 +344,7 @@ def main() -> None:
             for name, before, after in zip(("api", "mysql", "clients"), cpu_before,
                                            cpu_after, strict=True)
         }
+        orders["machine_cpu_percent"] = machine_cpu_shares(ticks_before, machine_cpu_ticks())
         orders["machine_load_average"] = [round(load_before, 2),
                                           round(os.getloadavg()[0], 2)]
         process.terminate()

@@ -82,6 +82,27 @@ def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float, wh
         raise
 
 
+def machine_cpu_ticks() -> list[int]:
+    """The machine's CPU time so far, in clock ticks, as ``/proc/stat`` counts it: user,
+    nice, system, idle, iowait, irq, softirq, steal (all CPUs together)."""
+    return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+
+
+def machine_cpu_shares(before: list[int], after: list[int]) -> dict[str, float]:
+    """Where the machine's CPU time went between two :func:`machine_cpu_ticks`, in percent:
+    ``busy`` (everything but idle and iowait), ``idle`` (idle + iowait) and ``steal`` (taken
+    by the hypervisor for other guests). A benchmark whose ``busy`` is near 100 was limited
+    by the CPUs, not by waiting (locks, fsync, round trips)."""
+    delta = [b - a for a, b in zip(before, after, strict=True)]
+    total = max(1, sum(delta))
+    idle = delta[3] + delta[4]
+    return {
+        "busy": round(100 * (total - idle - delta[7]) / total, 1),
+        "idle": round(100 * idle / total, 1),
+        "steal": round(100 * delta[7] / total, 1),
+    }
+
+
 def process_cpu_seconds(pid: int) -> float:
     """CPU time (user + system) of a process and its reaped and living children, from
     ``/proc`` (benchmarks report where the CPU went: API, MariaDB, simulator); 0.0 when the
