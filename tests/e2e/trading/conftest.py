@@ -1,4 +1,5 @@
-"""Helpers for trading under load: a gunicorn-served app on MySQL and random HTTP traders."""
+"""Helpers for trading under load: the app served by gunicorn or granian on MySQL, and random
+HTTP traders."""
 
 from __future__ import annotations
 
@@ -73,11 +74,14 @@ def _markets(settings) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
     return [asdict(m) for m in settings.markets]
 
 
-class Gunicorn:
-    """``gunicorn 'stockex.api:create_app()'`` with several worker processes on 127.0.0.1."""
+class ApiServer:
+    """The API with several worker processes on 127.0.0.1, served as in production:
+    ``gunicorn 'stockex.api:create_app()'`` (gthread workers), or granian (the ``granian``
+    extra) with as many threads per worker."""
 
-    def __init__(self, config: Path, workers: int = 4, threads: int = 2) -> None:
-        self.config, self.workers, self.threads = config, workers, threads
+    def __init__(self, config: Path, workers: int = 4, threads: int = 2,
+                 server: str = "gunicorn") -> None:
+        self.config, self.workers, self.threads, self.server = config, workers, threads, server
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -88,12 +92,23 @@ class Gunicorn:
         return env
 
     def start(self) -> None:
+        if self.server == "gunicorn":
+            command = [
+                sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
+                "--workers", str(self.workers), "--threads", str(self.threads),
+                "--worker-class", "gthread", "--log-level", "warning", "--timeout", "60",
+                "stockex.api:create_app()",
+            ]
+        else:
+            command = [
+                sys.executable, "-m", "granian", "--interface", "wsgi", "--factory",
+                "--host", "127.0.0.1", "--port", str(self.port),
+                "--workers", str(self.workers), "--blocking-threads", str(self.threads),
+                "--respawn-failed-workers", "--no-log",
+                "stockex.api:create_app",
+            ]
         self.process = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
-             "--workers", str(self.workers), "--threads", str(self.threads),
-             "--worker-class", "gthread", "--log-level", "warning", "--timeout", "60",
-             "stockex.api:create_app()"],
-            env=self.env(), start_new_session=True,
+            command, env=self.env(), start_new_session=True,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -107,7 +122,7 @@ class Gunicorn:
                     conn.close()
             except OSError:
                 time.sleep(0.2)
-        raise RuntimeError("gunicorn did not come up")
+        raise RuntimeError(f"{self.server} did not come up")
 
     def kill(self) -> None:
         """kill -9 the master and every worker."""
@@ -248,6 +263,6 @@ def tools():  # type: ignore[no-untyped-def]
     """The helpers above, for test modules (tests are not a package, so no imports)."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(Gunicorn=Gunicorn, LoadResult=LoadResult,
+    return SimpleNamespace(ApiServer=ApiServer, LoadResult=LoadResult,
                            prepare_exchange=prepare_exchange, stockex_cli=stockex_cli,
                            trade_randomly=trade_randomly)

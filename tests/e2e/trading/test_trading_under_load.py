@@ -1,7 +1,8 @@
-"""Acceptance 2 and 3: trading through HTTP against gunicorn with several worker processes on
-the real MySQL — thousands of random orders and cancels from 16 threads among 50 users — and
-the same while the API processes are killed with SIGKILL and MySQL is restarted (gracefully
-and by SIGKILL). Afterwards ``stockex reconcile`` passes and nothing is half-applied."""
+"""Acceptance 2 and 3: trading through HTTP against gunicorn (the contract's production
+server) and granian, each with several worker processes, on the real MySQL — thousands of
+random orders and cancels from 16 threads among 50 users — and the same while the API
+processes are killed with SIGKILL and MySQL is restarted (gracefully and by SIGKILL).
+Afterwards ``stockex reconcile`` passes and nothing is half-applied."""
 
 from __future__ import annotations
 
@@ -49,11 +50,12 @@ def assert_consistent(tools, url: str, config: Path, result) -> None:  # type: i
         assert row.filled_amount >= Decimal(order["filled_amount"])
 
 
-def test_thousands_of_random_orders_through_gunicorn(tools, fresh_mysql_url, make_settings,  # type: ignore[no-untyped-def]
-                                                      tmp_path: Path) -> None:
+@pytest.mark.parametrize("server_name", ["gunicorn", "granian"])
+def test_thousands_of_random_orders_through_http(tools, fresh_mysql_url, make_settings,  # type: ignore[no-untyped-def]
+                                                  tmp_path: Path, server_name: str) -> None:
     settings, config, traders = tools.prepare_exchange(fresh_mysql_url, make_settings, USERS,
                                                        tmp_path)
-    server = tools.Gunicorn(config, workers=4, threads=2)
+    server = tools.ApiServer(config, workers=4, threads=2, server=server_name)
     server.start()
     result = tools.LoadResult()
     live_checks: list[list[str]] = []
@@ -88,12 +90,14 @@ def test_thousands_of_random_orders_through_gunicorn(tools, fresh_mysql_url, mak
     assert_consistent(tools, fresh_mysql_url, config, result)
 
 
-def test_kill_the_api_and_restart_mysql_during_load(tools, make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("server_name", ["gunicorn", "granian"])
+def test_kill_the_api_and_restart_mysql_during_load(tools, make_settings, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                    server_name: str) -> None:
     mysql = start_mysql()  # our own server: restarting it must not disturb other tests
     try:
         url = mysql.create_database("stockex_crash")
         _, config, traders = tools.prepare_exchange(url, make_settings, USERS, tmp_path)
-        server = tools.Gunicorn(config, workers=3, threads=2)
+        server = tools.ApiServer(config, workers=3, threads=2, server=server_name)
         server.start()
         result = tools.LoadResult()
         stop = threading.Event()
