@@ -26,7 +26,6 @@ import os
 import random
 import statistics
 import subprocess
-import sys
 import time
 from datetime import datetime
 from decimal import Decimal
@@ -44,7 +43,13 @@ from stockex.config import settings_from_mapping
 from stockex.db import Database
 from stockex.markets import sync_markets
 from stockex.migrate import upgrade
-from stockex.testing import free_port, start_mysql, start_redis, wait_for_http
+from stockex.testing import (
+    api_server_command,
+    free_port,
+    start_mysql,
+    start_redis,
+    wait_for_http,
+)
 from stockex.tiki import Kline
 
 TIMEZONE = "Asia/Ho_Chi_Minh"
@@ -117,11 +122,7 @@ def start_gunicorn(db_url: str, redis_url: str, port: int) -> subprocess.Popen[b
         "STOCKEX__TIMEZONE": TIMEZONE,
         "STOCKEX__SECRET_KEY": "benchmark-secret-key-long-enough-for-hs256",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--workers", "2", "--bind", f"127.0.0.1:{port}",
-         "--log-level", "warning", "stockex.api:create_app()"],
-        env=env, cwd=ROOT,
-    )
+    process = subprocess.Popen(api_server_command("gunicorn", port, 2, 1), env=env, cwd=ROOT)
     wait_for_http(f"http://127.0.0.1:{port}/health", process, 30, "gunicorn")
     return process
 

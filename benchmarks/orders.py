@@ -62,7 +62,6 @@ import random
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -78,6 +77,7 @@ from stockex.markets import sync_markets
 from stockex.migrate import upgrade
 from stockex.testing import (
     MySQLServer,
+    api_server_command,
     free_port,
     machine_cpu_shares,
     machine_cpu_ticks,
@@ -141,26 +141,12 @@ def prepare(server: MySQLServer, clients: int, workdir: Path,
 
 def serve(server: str, config: Path, workers: int, threads: int,
           worker_class: str = "") -> tuple[subprocess.Popen[bytes], int]:
-    """Start ``server`` (gunicorn or granian) on a free port with the stockex app."""
+    """Start ``server`` (gunicorn or granian) on a free port with the stockex app; either
+    way the app logs its line per request to stderr (stockex's own logging)."""
     port = free_port()
     env = {**os.environ, "STOCKEX_CONFIG": str(config)}
-    if server == "gunicorn":
-        command = [
-            sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
-            "--workers", str(workers), "--threads", str(threads),
-            "--worker-class", worker_class or ("gthread" if threads > 1 else "sync"),
-            "--keep-alive", "30", "--log-level", "warning",
-            "stockex.api:create_app()",
-        ]
-    else:
-        command = [
-            sys.executable, "-m", "granian", "--interface", "wsgi", "--factory",
-            "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-            "--blocking-threads", str(threads), "--runtime-threads", "1", "--no-log",
-            "stockex.api:create_app",
-        ]
-    # Either way the app logs its line per request to stderr (stockex's own logging).
-    process = subprocess.Popen(command, env=env)  # noqa: S603
+    process = subprocess.Popen(  # noqa: S603
+        api_server_command(server, port, workers, threads, worker_class), env=env)
     wait_for_http(f"http://127.0.0.1:{port}/health", process, 60, server)
     return process, port
 

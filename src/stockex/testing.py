@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -50,7 +51,10 @@ def _which(*names: str) -> str | None:
     return None
 
 
-def _wait_for(check, timeout: float, what: str, log: Path | None = None) -> None:  # type: ignore[no-untyped-def]
+def _wait_for(check, timeout: float, what: str, log: Path | None = None,  # type: ignore[no-untyped-def]
+              *, failing: str = "did not start") -> None:
+    """Call ``check`` until it stops raising; after ``timeout`` raise ServerUnavailable
+    ("``what`` ``failing`` within ...", with the last error and the tail of ``log``)."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -63,7 +67,7 @@ def _wait_for(check, timeout: float, what: str, log: Path | None = None) -> None
     tail = ""
     if log is not None and log.exists():
         tail = "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-20:])
-    raise ServerUnavailable(f"{what} did not start within {timeout:.0f}s: {last}{tail}")
+    raise ServerUnavailable(f"{what} {failing} within {timeout:.0f}s: {last}{tail}")
 
 
 def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float, what: str) -> None:
@@ -80,6 +84,30 @@ def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float, wh
     except ServerUnavailable:
         process.kill()
         raise
+
+
+def api_server_command(server: str, port: int, workers: int, threads: int,
+                       worker_class: str = "") -> list[str]:
+    """The command serving ``stockex.api``'s app on 127.0.0.1:``port`` as in production (see
+    the Dockerfile): gunicorn (sync workers, or ``worker_class``; gthread with several
+    threads) or granian (``threads`` blocking threads per worker, failed workers respawned,
+    logging left to stockex). Run it with ``STOCKEX_CONFIG`` (or the settings) in its
+    environment."""
+    if server == "gunicorn":
+        return [
+            sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
+            "--workers", str(workers), "--threads", str(threads),
+            "--worker-class", worker_class or ("gthread" if threads > 1 else "sync"),
+            "--log-level", "warning", "--timeout", "60", "stockex.api:create_app()",
+        ]
+    if server == "granian":
+        return [
+            sys.executable, "-m", "granian", "--interface", "wsgi", "--factory",
+            "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+            "--blocking-threads", str(threads), "--respawn-failed-workers", "--no-log",
+            "stockex.api:create_app",
+        ]
+    raise ValueError(f"unknown server {server!r} (gunicorn or granian)")
 
 
 def machine_cpu_ticks() -> list[int]:
@@ -192,11 +220,8 @@ class MySQLServer:
         pid = self.process.pid
         os.kill(pid, signal.SIGSTOP)
         try:
-            deadline = time.monotonic() + 10
-            while not _all_threads_stopped(pid):
-                if time.monotonic() > deadline:
-                    raise ServerUnavailable("mariadbd did not stop within 10s of SIGSTOP")
-                time.sleep(0.005)
+            _wait_for(lambda: _all_threads_stopped(pid), 10, "mariadbd",
+                      failing="did not stop after SIGSTOP")
             yield
         finally:
             os.kill(pid, signal.SIGCONT)
@@ -207,7 +232,8 @@ class MySQLServer:
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def _all_threads_stopped(pid: int) -> bool:
+def _all_threads_stopped(pid: int) -> None:
+    """Raise while any thread of ``pid`` is not yet stopped (state T in /proc)."""
     for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
         try:
             text = stat.read_text()
@@ -215,8 +241,7 @@ def _all_threads_stopped(pid: int) -> bool:
             continue
         # the state follows the parenthesised command name, which may hold spaces
         if text.rpartition(")")[2].split()[0] not in ("T", "t"):
-            return False
-    return True
+            raise RuntimeError(f"thread {stat.parent.name} still runs")
 
 
 def _mysql_options(directory: Path, port: int) -> list[str]:

@@ -25,7 +25,7 @@ from stockex import auth
 from stockex.db import Database
 from stockex.markets import sync_markets
 from stockex.migrate import upgrade
-from stockex.testing import free_port
+from stockex.testing import api_server_command, free_port, wait_for_http
 from stockex.trading import accounts
 
 SRC = str(Path(stockex.__file__).resolve().parent.parent)
@@ -92,37 +92,11 @@ class ApiServer:
         return env
 
     def start(self) -> None:
-        if self.server == "gunicorn":
-            command = [
-                sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
-                "--workers", str(self.workers), "--threads", str(self.threads),
-                "--worker-class", "gthread", "--log-level", "warning", "--timeout", "60",
-                "stockex.api:create_app()",
-            ]
-        else:
-            command = [
-                sys.executable, "-m", "granian", "--interface", "wsgi", "--factory",
-                "--host", "127.0.0.1", "--port", str(self.port),
-                "--workers", str(self.workers), "--blocking-threads", str(self.threads),
-                "--respawn-failed-workers", "--no-log",
-                "stockex.api:create_app",
-            ]
         self.process = subprocess.Popen(  # noqa: S603
-            command, env=self.env(), start_new_session=True,
+            api_server_command(self.server, self.port, self.workers, self.threads, "gthread"),
+            env=self.env(), start_new_session=True,
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                try:
-                    conn.request("GET", "/health")
-                    if conn.getresponse().status == 200:
-                        return
-                finally:
-                    conn.close()
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError(f"{self.server} did not come up")
+        wait_for_http(f"http://127.0.0.1:{self.port}/health", self.process, 60, self.server)
 
     def kill(self) -> None:
         """kill -9 the master and every worker."""
