@@ -19,15 +19,20 @@ afterwards.
 **The two servers.** gunicorn (5 sync workers) is the contract's production server. A sync
 worker serves one request per connection: every order pays a TCP connect, gunicorn's HTTP
 parsing in Python and a graceful close, in the API's CPU and the clients'. granian (the
-``granian`` extra; HTTP in Rust) keeps connections alive; 8 single-threaded workers by
-default. Two 20 s runs of this script on the 2-vCPU box (raw-commit baseline 1,223 and 1,144
-tx/s): gunicorn 444.8 and 463.7 orders/s (p99 48.9 and 46.3 ms, 2.66 and 2.49 ms of API CPU
-per order), granian 515.6 and 547.1 orders/s (p99 55.7 and 57.4 ms, 1.84 and 1.86 ms).
-Other granian shapes, in 10 s runs: 2 workers x 4 threads 359-524 and 3 x 2 403-489 (the
-threads of one process queue for the GIL while one of them holds the market's lock: the
-machine stayed 20-30 % idle); 6 x 1 345-538 and 12 or 16 x 1 ~500. A kept-alive connection
-stays with the process that accepted it, so with only 16 clients the split of connections
-over the workers moves the figure from run to run.
+``granian`` extra; HTTP in Rust) keeps connections alive and takes about 30 % less API CPU
+per order; 8 single-threaded workers by default. Six 20 s runs of this script on the 2-vCPU
+box, gunicorn then granian in each: gunicorn 444.8, 463.7, 347.3, 471.0, 512.0, 373.4
+orders/s (p99 46-198 ms); granian 515.6, 547.1, 280.8, 511.4, 310.0, 284.0 (p99 56-128 ms).
+
+granian is bimodal here, and ``machine_cpu_percent`` shows why: its good runs keep the
+machine ~80-87 % busy, its bad ones ~50 %. Its workers accept new connections as they come,
+and the 16 clients connect at once: ``ss -tnp`` during a 512 orders/s run showed 10 and 6
+clients on two workers and none on the other six; a kept-alive connection stays where it
+landed. The ~50 % runs fit one worker holding all 16, at one Python process's pace (not
+captured with ``ss``). The same would happen in production when every client reconnects at
+once after a restart. Other
+shapes (10 s runs): 2 workers x 4 threads 359-524 and 3 x 2 403-489 (threads of one
+process queue for the GIL while one of them holds the market's lock), 12 or 16 x 1 ~500.
 
 The clients are a minimal HTTP/1.1 client on raw sockets (:class:`MinimalHTTPClient`), so
 that the load generator takes as little as possible of the CPUs it shares with gunicorn and
