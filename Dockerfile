@@ -14,7 +14,7 @@ COPY cron_jobs ./cron_jobs
 RUN pip install '.[granian]' && useradd --system --uid 10001 stockex
 USER stockex
 EXPOSE 5010
-# API_SERVER picks the WSGI server: gunicorn (the default) or granian (about 30 % less CPU per
+# API_SERVER picks the WSGI server: gunicorn (the default) or granian (15-30 % less CPU per
 # request, keep-alive; see benchmarks/orders.py). Workers come from the environment
 # (GUNICORN_WORKERS/GUNICORN_THREADS, or granian's own GRANIAN_WORKERS and
 # GRANIAN_BLOCKING_THREADS), see docker-compose.yml. No server access log: stockex logs one

@@ -48,7 +48,7 @@ from stockex.testing import (
     free_port,
     start_mysql,
     start_redis,
-    wait_for_http,
+    wait_for_api_server,
 )
 from stockex.tiki import Kline
 
@@ -123,7 +123,7 @@ def start_gunicorn(db_url: str, redis_url: str, port: int) -> subprocess.Popen[b
         "STOCKEX__SECRET_KEY": "benchmark-secret-key-long-enough-for-hs256",
     }
     process = subprocess.Popen(api_server_command("gunicorn", port, 2, 1), env=env, cwd=ROOT)
-    wait_for_http(f"http://127.0.0.1:{port}/health", process, 30, "gunicorn")
+    wait_for_api_server("gunicorn", port, process, 2, 30)
     return process
 
 

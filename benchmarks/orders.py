@@ -14,25 +14,30 @@ afterwards.
 
     PYTHONPATH=src python benchmarks/orders.py [--server both|gunicorn|granian]
         [--clients 16] [--seconds 20] [--workers 5] [--threads 1]
-        [--worker-class sync|gthread] [--granian-workers 8] [--granian-threads 1] [--redis]
+        [--worker-class sync|gthread] [--granian-workers 3] [--granian-threads 1] [--redis]
 
 **The two servers.** gunicorn (5 sync workers) is the contract's production server. A sync
 worker serves one request per connection: every order pays a TCP connect, gunicorn's HTTP
 parsing in Python and a graceful close, in the API's CPU and the clients'. granian (the
-``granian`` extra; HTTP in Rust) keeps connections alive and takes about 30 % less API CPU
-per order; 8 single-threaded workers by default. Six 20 s runs of this script on the 2-vCPU
-box, gunicorn then granian in each: gunicorn 444.8, 463.7, 347.3, 471.0, 512.0, 373.4
-orders/s (p99 46-198 ms); granian 515.6, 547.1, 280.8, 511.4, 310.0, 284.0 (p99 56-128 ms).
+``granian`` extra; HTTP in Rust) keeps connections alive and takes 15-30 % less API CPU per
+order; 3 single-threaded workers by default. Four 20 s runs of this script on the 2-vCPU box
+(2026-11-22), gunicorn then granian in each: gunicorn 430.6, 456.7, 491.0, 465.4 orders/s
+(p99 45-55 ms); granian 456.2, 549.1, 574.3, 493.0 (p99 45-66 ms), beside baselines of
+1,142, 1,279, 1,266 and 1,058 transactions/s: granian reaches 500 when the shared host is
+quiet (baseline above ~1,200) and falls just short when it is not. Two granian-only runs of
+3 workers the same hour: 572.9 and 578.7; of 2 workers: 472.2 and 616.9 (16 connections
+hashed over two workers split unevenly); of 4 workers, 476.5, 427.1 and 507.0.
 
-granian is bimodal here, and ``machine_cpu_percent`` shows why: its good runs keep the
-machine ~80-87 % busy, its bad ones ~50 %. Its workers accept new connections as they come,
-and the 16 clients connect at once: ``ss -tnp`` during a 512 orders/s run showed 10 and 6
-clients on two workers and none on the other six; a kept-alive connection stays where it
-landed. The ~50 % runs fit one worker holding all 16, at one Python process's pace (not
-captured with ``ss``). The same would happen in production when every client reconnects at
-once after a restart. Other
-shapes (10 s runs): 2 workers x 4 threads 359-524 and 3 x 2 403-489 (threads of one
-process queue for the GIL while one of them holds the market's lock), 12 or 16 x 1 ~500.
+**Wait for every granian worker.** Each granian worker listens on a socket of its own
+(``SO_REUSEPORT``) and the kernel spreads new connections over the sockets listening at that
+moment, by a hash of the client's address and port. ``/health`` answers as soon as the first
+worker is up, while the others are still importing the app; clients that connect then all
+land on the first one or two workers and stay there (a kept-alive connection does not move).
+Earlier versions of this script started the load at that moment, and granian's figures were
+bimodal (281-547 orders/s with 8 workers, the slow runs with the machine half idle).
+:func:`stockex.testing.wait_for_api_server` now waits until all workers listen (counted in
+``/proc/net/tcp``); in production the same holds for clients that connect while the API
+starts.
 
 The clients are a minimal HTTP/1.1 client on raw sockets (:class:`MinimalHTTPClient`), so
 that the load generator takes as little as possible of the CPUs it shares with gunicorn and
@@ -52,10 +57,10 @@ the CPU goes: API processes, MariaDB, and this script's clients;
 throughput is then the CPUs over the CPU time of an order) or by waiting (idle CPUs while
 the market's lock, round trips and fsyncs hold orders up; ``steal`` is CPU the hypervisor
 gave to other guests); and ``machine_load_average`` how busy the machine was (other
-sessions share it), which moves every figure, the baseline's too. A worker's CPU per order
-under this load is about twice what the same placement costs in one quiet process (1.1-1.5
-ms through the WSGI app without gunicorn): gunicorn's per-connection work, and the context
-switches and cold caches of five workers, sixteen client threads and MariaDB on two cores.
+sessions share it), which moves every figure, the baseline's too. Under the 2-CPU load a
+granian's processes spend 1.75-2.4 ms of CPU per order; one process calling the WSGI app
+directly, one order at a time, spent 2.0-3.1 ms per order in the same hour (this host's
+speed varies by a fifth from one minute to the next).
 """
 
 from __future__ import annotations
@@ -89,7 +94,7 @@ from stockex.testing import (
     process_cpu_seconds,
     start_mysql,
     start_redis,
-    wait_for_http,
+    wait_for_api_server,
 )
 from stockex.trading import accounts
 from stockex.trading.reconcile import reconcile
@@ -152,7 +157,7 @@ def serve(server: str, config: Path, workers: int, threads: int,
     env = {**os.environ, "STOCKEX_CONFIG": str(config)}
     process = subprocess.Popen(  # noqa: S603
         api_server_command(server, port, workers, threads, worker_class), env=env)
-    wait_for_http(f"http://127.0.0.1:{port}/health", process, 60, server)
+    wait_for_api_server(server, port, process, workers)
     return process, port
 
 
@@ -375,7 +380,7 @@ def main() -> None:
                         help="threads per gunicorn worker (1: sync workers; more: gthread)")
     parser.add_argument("--worker-class", default="",
                         help="gunicorn worker class (default: sync, gthread with --threads > 1)")
-    parser.add_argument("--granian-workers", type=int, default=8,
+    parser.add_argument("--granian-workers", type=int, default=3,
                         help="granian worker processes")
     parser.add_argument("--granian-threads", type=int, default=1,
                         help="granian blocking threads (running the app) per worker")

@@ -92,7 +92,7 @@ def api_server_command(server: str, port: int, workers: int, threads: int,
     the Dockerfile): gunicorn (sync workers, or ``worker_class``; gthread with several
     threads) or granian (``threads`` blocking threads per worker, failed workers respawned,
     logging left to stockex). Run it with ``STOCKEX_CONFIG`` (or the settings) in its
-    environment."""
+    environment, and wait for it with :func:`wait_for_api_server`."""
     if server == "gunicorn":
         return [
             sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
@@ -108,6 +108,42 @@ def api_server_command(server: str, port: int, workers: int, threads: int,
             "stockex.api:create_app",
         ]
     raise ValueError(f"unknown server {server!r} (gunicorn or granian)")
+
+
+def listening_sockets(port: int) -> int:
+    """How many TCP sockets of this network namespace listen on ``port`` (IPv4 and IPv6),
+    from ``/proc/net/tcp*``: one per granian worker (each opens its own, with SO_REUSEPORT),
+    one for a whole gunicorn."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()  # sl local_address rem_address st ...
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    count += 1
+    return count
+
+
+def wait_for_api_server(server: str, port: int, process: subprocess.Popen[bytes],
+                        workers: int, timeout: float = 60) -> None:
+    """Wait until the server of :func:`api_server_command` answers ``/health`` and, for
+    granian, until every worker listens. granian's workers each listen on a socket of their
+    own and the kernel spreads new connections over the sockets listening at that moment;
+    ``/health`` answers as soon as the first worker is up, and clients that connected then
+    would all stay on it (kept-alive connections stay where they landed)."""
+    wait_for_http(f"http://127.0.0.1:{port}/health", process, timeout, server)
+    if server != "granian":
+        return
+
+    def all_listening() -> None:
+        if (listening := listening_sockets(port)) < workers:
+            raise ServerUnavailable(f"{listening} of {workers} workers listen")
+
+    try:
+        _wait_for(all_listening, timeout, server)
+    except ServerUnavailable:
+        process.kill()
+        raise
 
 
 def machine_cpu_ticks() -> list[int]:

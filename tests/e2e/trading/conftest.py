@@ -25,7 +25,7 @@ from stockex import auth
 from stockex.db import Database
 from stockex.markets import sync_markets
 from stockex.migrate import upgrade
-from stockex.testing import api_server_command, free_port, wait_for_http
+from stockex.testing import api_server_command, free_port, wait_for_api_server
 from stockex.trading import accounts
 
 SRC = str(Path(stockex.__file__).resolve().parent.parent)
@@ -96,7 +96,7 @@ class ApiServer:
             api_server_command(self.server, self.port, self.workers, self.threads, "gthread"),
             env=self.env(), start_new_session=True,
         )
-        wait_for_http(f"http://127.0.0.1:{self.port}/health", self.process, 60, self.server)
+        wait_for_api_server(self.server, self.port, self.process, self.workers)
 
     def kill(self) -> None:
         """kill -9 the master and every worker."""
