@@ -20,11 +20,12 @@ afterwards.
 worker serves one request per connection: every order pays a TCP connect, gunicorn's HTTP
 parsing in Python and a graceful close, in the API's CPU and the clients'. granian (the
 ``granian`` extra; HTTP in Rust) keeps connections alive and takes 15-30 % less API CPU per
-order; 3 single-threaded workers by default. Four 20 s runs of this script on the 2-vCPU box
-(2026-11-22), gunicorn then granian in each: gunicorn 430.6, 456.7, 491.0, 465.4 orders/s
-(p99 45-55 ms); granian 456.2, 549.1, 574.3, 493.0 (p99 45-66 ms), beside baselines of
-1,142, 1,279, 1,266 and 1,058 transactions/s: granian reaches 500 when the shared host is
-quiet (baseline above ~1,200) and falls just short when it is not. Two granian-only runs of
+order; 3 single-threaded workers by default. Six 20 s runs of this script on the 2-vCPU box
+(2026-11-22), gunicorn then granian in each: gunicorn 430.6, 456.7, 491.0, 465.4, 462.6,
+523.6 orders/s (p99 40-55 ms); granian 456.2, 549.1, 574.3, 493.0, 568.1, 556.5 (p99 45-66
+ms), beside baselines of 1,142, 1,279, 1,266, 1,058, 1,253 and 1,261 transactions/s: granian
+reaches 500 when the shared host is quiet (baseline above ~1,200) and falls short when it is
+not (granian's ratio to the baseline: 0.40-0.47; gunicorn's 0.36-0.44). Two granian-only runs of
 3 workers the same hour: 572.9 and 578.7; of 2 workers: 472.2 and 616.9 (16 connections
 hashed over two workers split unevenly); of 4 workers, 476.5, 427.1 and 507.0.
 
