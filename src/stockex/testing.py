@@ -70,20 +70,28 @@ def _wait_for(check, timeout: float, what: str, log: Path | None = None,  # type
     raise ServerUnavailable(f"{what} {failing} within {timeout:.0f}s: {last}{tail}")
 
 
-def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float, what: str) -> None:
-    """Poll ``url`` until it answers 200; on timeout kill ``process`` and raise
-    :class:`ServerUnavailable` (benchmarks start gunicorn and the simulator this way)."""
+def _answers(url: str) -> None:
+    """Raise unless ``url`` answers 200."""
     import urllib.request
 
-    def check() -> None:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
-            response.read()
+    with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+        response.read()
 
+
+def _wait_or_kill(check, process: subprocess.Popen[bytes], timeout: float,  # type: ignore[no-untyped-def]
+                  what: str) -> None:
+    """:func:`_wait_for` ``check``; on timeout kill ``process`` and raise."""
     try:
         _wait_for(check, timeout, what)
     except ServerUnavailable:
         process.kill()
         raise
+
+
+def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float, what: str) -> None:
+    """Poll ``url`` until it answers 200; on timeout kill ``process`` and raise
+    :class:`ServerUnavailable` (benchmarks start gunicorn and the simulator this way)."""
+    _wait_or_kill(lambda: _answers(url), process, timeout, what)
 
 
 def api_server_command(server: str, port: int, workers: int, threads: int,
@@ -131,19 +139,14 @@ def wait_for_api_server(server: str, port: int, process: subprocess.Popen[bytes]
     own and the kernel spreads new connections over the sockets listening at that moment;
     ``/health`` answers as soon as the first worker is up, and clients that connected then
     would all stay on it (kept-alive connections stay where they landed)."""
-    wait_for_http(f"http://127.0.0.1:{port}/health", process, timeout, server)
-    if server != "granian":
-        return
+    url = f"http://127.0.0.1:{port}/health"
 
-    def all_listening() -> None:
-        if (listening := listening_sockets(port)) < workers:
+    def ready() -> None:
+        _answers(url)
+        if server == "granian" and (listening := listening_sockets(port)) < workers:
             raise ServerUnavailable(f"{listening} of {workers} workers listen")
 
-    try:
-        _wait_for(all_listening, timeout, server)
-    except ServerUnavailable:
-        process.kill()
-        raise
+    _wait_or_kill(ready, process, timeout, server)
 
 
 def machine_cpu_ticks() -> list[int]:
