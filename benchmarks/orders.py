@@ -102,18 +102,18 @@ speed varies by a fifth from one minute to the next).
   built with PREPARE from the book's user ids), in a loop of a placement's statements over
   one PyMySQL connection: 0.585 ms of client CPU per placement against 0.572, MariaDB 1.105
   against 1.120. On loopback a round trip costs little CPU; statements cost it.
-* The token check folded into the placement's transaction, upper bound: one process calling
-  the WSGI app, 12 interleaved blocks of 200 orders, with neither the check's query nor the
-  ping the transaction's checkout would then need: 2.05 against 2.15 and 1.90 against 1.99
-  ms of CPU per order (4-5 %), before paying back the check's SELECT inside the transaction.
-  The ORM Session around a placement, against a raw pooled connection: 0.05 ms per
-  transaction (0.30 against 0.25 for ``SELECT 1`` and COMMIT).
 * mysqlclient instead of PyMySQL in the same loop: 0.41 ms of client CPU per placement
   against 0.57, about 0.15 ms of the API's 1.7-2.4.
 * MariaDB's CPU per placement in that loop, 0.98 ms, by round trip (each measured alone;
   a bare ``SELECT 1`` round trip costs 0.05): the token check 0.08; the market lock with the
   book page 0.23 (the page alone 0.11); the account lock 0.15; the writes with their durable
   COMMIT the remaining 0.5 or so.
+* The token check folded into the placement's transaction, upper bound: one process calling
+  the WSGI app, 12 interleaved blocks of 200 orders, with neither the check's query nor the
+  ping the transaction's checkout would then need: 2.05 against 2.15 and 1.90 against 1.99
+  ms of CPU per order (4-5 %), before paying back the check's SELECT inside the transaction.
+  The ORM Session around a placement, against a raw pooled connection: 0.05 ms per
+  transaction (0.30 against 0.25 for ``SELECT 1`` and COMMIT).
 """
 
 from __future__ import annotations
