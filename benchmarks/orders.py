@@ -100,8 +100,8 @@ speed varies by a fifth from one minute to the next).
   1,441 transactions/s against 1,290 and 1,215): the ratio would only have fallen.
 * One round trip fewer, the accounts locked in the market lock's round trip (the statement
   built with PREPARE from the book's user ids), in a loop of a placement's statements over
-  one PyMySQL connection: 0.585 ms of client CPU per placement against 0.572, MariaDB 1.105
-  against 1.120. On loopback a round trip costs little CPU; statements cost it.
+  one PyMySQL connection: 0.585 ms of client CPU per placement folded against 0.572 as now,
+  MariaDB 1.105 against 1.120. On loopback a round trip costs little CPU; statements do.
 * mysqlclient instead of PyMySQL in the same loop: 0.41 ms of client CPU per placement
   against 0.57, about 0.15 ms of the API's 1.7-2.4.
 * MariaDB's CPU per placement in that loop, 0.98 ms, by round trip (each measured alone;
