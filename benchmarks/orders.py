@@ -34,8 +34,8 @@ parsing in Python and a graceful close, in the API's CPU and the clients'. grani
 ``granian`` extra; HTTP in Rust) keeps connections alive and takes 15-30 % less API CPU per
 order; 3 single-threaded workers by default.
 
-Four runs of this script with its defaults (3 rounds of 10 s) on the 2-vCPU box, 2026-11-22
-between 03:38 and 03:48 UTC, pooled orders/s (p99 ms) and the pooled baseline:
+Seven runs of this script with its defaults (3 rounds of 10 s) on the 2-vCPU box, 2026-11-22
+between 03:38 and 04:05 UTC, pooled orders/s (p99 ms) and the pooled baseline:
 
 =====  ============  ============  ===========  ==========================  ===============
 run    gunicorn      granian       baseline     ratios gunicorn / granian   granian rounds
@@ -44,14 +44,18 @@ run    gunicorn      granian       baseline     ratios gunicorn / granian   gran
 2      452.9 (52)    513.1 (62)    1,235.1      0.367 / 0.415               511, 529, 499
 3      402.9 (55)    492.4 (60)    1,165.7      0.346 / 0.422               531, 471, 475
 4      417.2 (59)    468.7 (80)    1,078.7      0.387 / 0.435               451, 481, 474
+5      418.9 (58)    461.7 (80)    1,220.9      0.343 / 0.378               519, 469, 397
+6      344.5 (101)   399.4 (66)    1,064.2      0.324 / 0.375               394, 414, 390
+7      372.6 (98)    444.0 (108)   1,073.0      0.347 / 0.414               454, 442, 436
 =====  ============  ============  ===========  ==========================  ===============
 
-granian's pooled figure reached 500 orders/s in 2 of the 4 runs (6 of its 12 windows),
-gunicorn's in none (1 window of 12); p99 stayed under 100 ms in every window. The ratios
-hold where the absolute figures do not: granian runs at 0.42-0.45 of the raw-commit
-baseline, gunicorn at 0.35-0.39, and the host's speed decides which side of 500 that lands
-(granian usually passes it when the baseline is above about 1,200 transactions/s, and
-missed it in every run whose baseline was below). Earlier layouts of
+granian's pooled figure reached 500 orders/s in 2 of the 7 runs (7 of its 21 windows),
+gunicorn's in none (1 window of 21). The host's speed moved within the half hour: the same
+code's API CPU per order went from 1.87 to 2.79 ms under granian and from 2.54 to 3.39 under
+gunicorn, and in runs 6 and 7 some windows' p99 passed 100 ms (granian 101 and 208 ms,
+gunicorn 112-143). The ratios move less than the absolute figures, but they move too: the
+API is Python and the baseline mostly MariaDB's C, and a slower host does not slow both
+alike. Earlier layouts of
 this script (one 20 s window per server, then the baseline) gave, the same day, gunicorn
 419.9-523.6 orders/s and granian 456.2-594.4 in nine runs, ratios 0.34-0.44 and 0.40-0.48.
 Granian-only runs the same hour: 3 workers 572.9 and 578.7; 2 workers 472.2 and 616.9 (16
