@@ -118,6 +118,29 @@ speed varies by a fifth from one minute to the next).
   ms of CPU per order (4-5 %), before paying back the check's SELECT inside the transaction.
   The ORM Session around a placement, against a raw pooled connection: 0.05 ms per
   transaction (0.30 against 0.25 for ``SELECT 1`` and COMMIT).
+
+**Also measured and left alone** (2026-11-22, 04:35-04:55 UTC; 15 s granian-only windows,
+interleaved; the host was slow that hour, its baseline 840-1,210 transactions/s):
+
+* How long a placement holds the market's lock, timed in the API from the return of the
+  lock's round trip to the return of the COMMIT: about one over the rate (2.3 ms at 474
+  orders/s, 4.0 ms at 278), so placements do queue on it, about 0.5-0.9 ms of that being
+  the accounts' round trip. Yet the two CPUs are the limit: the machine stays 86-88 % busy
+  and the rate times the CPU per order equals that share. Locking the accounts in the
+  lock's own round trip (the book page's users gathered with GROUP_CONCAT, the lock
+  PREPAREd from them) removed the accounts' round trip but the lock's grew as much and
+  MariaDB spent about 0.2 ms more per order: 384.8, 313.3 and 441.6 orders/s against 402.8,
+  485.5 and 276.1 in three interleaved pairs (ratios 0.36, 0.33, 0.44 against 0.44, 0.41,
+  0.31).
+* granian with 2 blocking threads per worker: 3 x 2 gave 319.3, 270.2 and 420.9 orders/s
+  and 2 x 2 287.1, 341.7 and 423.1, against 346.3, 399.1 and 459.0 for 3 x 1 in the same
+  three triples; the machine was 79-83 % busy against 87-88 %: the threads wait on the GIL.
+* MariaDB's thread pool (``--thread-handling=pool-of-threads``): 318.9, 380.6 and 384.5
+  orders/s against 474.0, 367.8 and 409.4 without it (ratios 0.35, 0.43, 0.45 against 0.42,
+  0.41, 0.43): no gain.
+* MariaDB over its Unix socket instead of TCP on loopback, in the loop of a placement's
+  statements: 0.47 ms of client CPU per placement against 0.52, MariaDB 0.90 against 0.94
+  (about 3 % of an order's CPU), and in production the database is another host.
 """
 
 from __future__ import annotations
