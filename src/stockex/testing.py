@@ -318,9 +318,13 @@ def _spawn_mariadbd(directory: Path, port: int) -> subprocess.Popen[bytes]:
     )
 
 
-def start_mysql() -> MySQLServer:
-    """Start a private MariaDB/MySQL (or use ``$STOCKEX_TEST_MYSQL_URL``)."""
-    external = os.environ.get(MYSQL_URL_ENV)
+def start_mysql(*, private: bool = False) -> MySQLServer:
+    """Start a private MariaDB/MySQL (or use ``$STOCKEX_TEST_MYSQL_URL``).
+
+    ``private``: always a server of its own, whatever the environment says, for the tests
+    that stop, restart or freeze it (an external server cannot be, and others share it).
+    """
+    external = None if private else os.environ.get(MYSQL_URL_ENV)
     if external:
         return MySQLServer(url=external.rstrip("/"))
     server = _which("mariadbd", "mysqld")
@@ -428,8 +432,10 @@ def _spawn_redis(directory: Path, port: int) -> subprocess.Popen[bytes]:
     )
 
 
-def start_redis() -> RedisServer:
-    external = os.environ.get(REDIS_URL_ENV)
+def start_redis(*, private: bool = False) -> RedisServer:
+    """Start a private Redis (or use ``$STOCKEX_TEST_REDIS_URL``); ``private`` as for
+    :func:`start_mysql`."""
+    external = None if private else os.environ.get(REDIS_URL_ENV)
     if external:
         return RedisServer(url=external)
     if _which("redis-server") is None:

@@ -304,7 +304,7 @@ def test_no_message_contains_a_password_token_or_authorization(fake_slack) -> No
 
 
 def test_an_incident_opened_while_redis_was_down_is_not_alerted_twice(fake_slack) -> None:  # type: ignore[no-untyped-def]
-    server = start_redis()
+    server = start_redis(private=True)  # stopped by the test
     try:
         notifier = AlertNotifier(
             SlackApiSender(fake_slack.token, "#ops", fake_slack.api_base_url),

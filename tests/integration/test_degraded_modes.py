@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +21,7 @@ from stockex.api import create_app, services
 from stockex.db import Database
 from stockex.migrate import upgrade
 from stockex.models import Market
-from stockex.testing import MYSQL_URL_ENV, REDIS_URL_ENV, MySQLServer, start_mysql, start_redis
+from stockex.testing import MySQLServer, start_mysql, start_redis
 
 pytestmark = pytest.mark.slow
 
@@ -42,9 +41,7 @@ UNCACHED_MARKET_ROUTES = [
 @pytest.fixture(scope="module")
 def own_mysql() -> Iterator[MySQLServer]:
     """A MySQL server of this module's own, which the tests stop and start."""
-    if os.environ.get(MYSQL_URL_ENV):
-        pytest.skip("an external MySQL server cannot be stopped from here")
-    server = start_mysql()
+    server = start_mysql(private=True)
     yield server
     server.close()
 
@@ -159,9 +156,7 @@ def test_a_hung_mysql_is_bounded_too(own_mysql, make_settings) -> None:  # type:
 def test_redis_down_serves_without_cache_and_ready_says_so(  # type: ignore[no-untyped-def]
     database, make_settings, fake_slack
 ) -> None:
-    if os.environ.get(REDIS_URL_ENV):
-        pytest.skip("an external Redis cannot be stopped from here")
-    server = start_redis()
+    server = start_redis(private=True)
     try:
         settings = make_settings(
             database.url, redis={"url": server.url}, slack=slack_section(fake_slack)

@@ -166,7 +166,7 @@ def test_an_oversized_login_body_is_413_and_does_not_upset_the_limiter(  # type:
 def test_redis_going_down_never_fails_a_request_and_limits_go_on_in_process(  # type: ignore[no-untyped-def]
     database, make_settings
 ) -> None:
-    server = start_redis()
+    server = start_redis(private=True)  # stopped by the test
     try:
         settings = make_settings(database.url, redis={"url": server.url},
                                  api={"login_rate_limit": "3 per minute"})

@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.exc import StatementError
 
 from stockex import db as db_module
@@ -108,5 +108,19 @@ def test_many_rows_are_split_into_several_statements(
     database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(db_module, "UPSERT_ROWS_PER_STATEMENT", 3)
-    upsert(database, [row(60 * i) for i in range(1, 11)])
+    inserts: list[tuple[str, bool]] = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("INSERT INTO"):
+            inserts.append((statement, executemany))
+
+    event.listen(database.engine, "before_cursor_execute", seen)
+    try:
+        upsert(database, [row(60 * i) for i in range(1, 11)])
+    finally:
+        event.remove(database.engine, "before_cursor_execute", seen)
     assert sorted(stored(database)) == [60 * i for i in range(1, 11)]
+    if database.dialect == "mysql":  # literal VALUES: 3 + 3 + 3 + 1 rows
+        assert [text.count("),(") + 1 for text, _ in inserts] == [3, 3, 3, 1]
+    else:  # SQLite: one executemany of every row, the limit does not apply
+        assert [many for _, many in inserts] == [True]

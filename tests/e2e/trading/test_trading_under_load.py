@@ -93,7 +93,7 @@ def test_thousands_of_random_orders_through_http(tools, fresh_mysql_url, make_se
 @pytest.mark.parametrize("server_name", ["gunicorn", "granian"])
 def test_kill_the_api_and_restart_mysql_during_load(tools, make_settings, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                     server_name: str) -> None:
-    mysql = start_mysql()  # our own server: restarting it must not disturb other tests
+    mysql = start_mysql(private=True)  # restarting it must not disturb other tests
     try:
         url = mysql.create_database("stockex_crash")
         _, config, traders = tools.prepare_exchange(url, make_settings, USERS, tmp_path)

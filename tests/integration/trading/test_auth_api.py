@@ -88,11 +88,15 @@ def test_login_failures_are_all_the_same_401(client) -> None:  # type: ignore[no
     assert response.status_code == 401
 
 
-def test_passwords_are_scrypt_hashed_and_never_logged(client, database, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_passwords_are_scrypt_hashed_and_never_logged(  # type: ignore[no-untyped-def]
+    client, database, caplog, monkeypatch
+) -> None:
+    """Through the routes with production's hashing (the conftest's cheap one switched back)."""
     from sqlalchemy import select
 
     from stockex.models import User
 
+    monkeypatch.setattr(auth, "hash_password", REAL_HASH_PASSWORD)
     caplog.set_level(logging.DEBUG)
     secret = "correct-horse-battery"
     assert register(client, "dave", secret).status_code == 201
@@ -101,7 +105,7 @@ def test_passwords_are_scrypt_hashed_and_never_logged(client, database, caplog) 
     assert secret not in caplog.text
     with database.read() as session:
         stored = session.scalar(select(User.password_hash).where(User.username == "dave"))
-    assert secret not in stored and stored.startswith("scrypt:")
+    assert secret not in stored and stored.startswith("scrypt:32768:8:1$")
 
 
 def test_production_hash_is_werkzeug_default_scrypt() -> None:
