@@ -48,8 +48,8 @@ ALGORITHM = "HS256"
 REQUIRED_CLAIMS = ("sub", "role", "iat", "exp", "jti")
 ROLES = ("user", "admin", "system")
 RESERVED_USERNAMES = frozenset({FEE_USERNAME, "system", "admin", "root"})
-USERNAME_RE = re.compile(r"^[a-z0-9_.-]{3,32}$")
-EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,189}\.[^@\s]{1,63}$")
+USERNAME_RE = re.compile(r"[a-z0-9_.-]{3,32}")
+EMAIL_RE = re.compile(r"[^@\s]{1,64}@[^@\s]{1,189}\.[^@\s]{1,63}")
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024  # scrypt cost does not grow with length, but a body must stay sane
 
@@ -98,7 +98,7 @@ class UserView:
 
 
 def validate_username(username: object) -> str:
-    if not isinstance(username, str) or not USERNAME_RE.match(username):
+    if not isinstance(username, str) or not USERNAME_RE.fullmatch(username):
         raise InvalidInput(
             "username must be 3-32 characters of a-z, 0-9, '_', '.', '-'",
             code="invalid_username",
@@ -118,7 +118,7 @@ def validate_password(password: object) -> str:
 def validate_email(email: object) -> str | None:
     if email is None or email == "":
         return None
-    if not isinstance(email, str) or len(email) > 254 or not EMAIL_RE.match(email):
+    if not isinstance(email, str) or len(email) > 254 or not EMAIL_RE.fullmatch(email):
         raise InvalidInput("email is not a valid address", code="invalid_email")
     return email
 

@@ -20,7 +20,6 @@ from stockex.trading.order_request import parse_order_request
 bp = Blueprint("orders", __name__)
 
 ORDER_STATUSES = ("open", "filled", "cancelled")
-MAX_ID = 2**63 - 1
 
 
 @bp.post("/orders")
@@ -89,4 +88,4 @@ def _market_param() -> str | None:
 def _before_id() -> int | None:
     if not request.args.get("before_id"):
         return None
-    return int_param("before_id", 0, 1, MAX_ID)
+    return int_param("before_id", 0, 1, orders.MAX_ORDER_ID)

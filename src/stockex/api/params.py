@@ -2,16 +2,37 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from flask import request
+from flask import g, request
 
 from stockex.errors import InvalidInput
 
 
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+# Strict JSON: Python's parser would take NaN and Infinity, which could then be echoed back in
+# an error's details as invalid JSON.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
+def request_json() -> Any:
+    """The body as strict UTF-8 JSON, parsed once per request; None when it is not JSON
+    (or is too deeply nested to parse). A body over the size limit raises 413."""
+    if "stockex_json" not in g:
+        try:
+            g.stockex_json = _DECODER.decode(request.get_data(cache=True).decode("utf-8"))
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            g.stockex_json = None
+    return g.stockex_json
+
+
 def json_body() -> dict[str, Any]:
     """The request's JSON object; 400 ``invalid_json`` for anything else."""
-    data = request.get_json(silent=True, force=True)
+    data = request_json()
     if not isinstance(data, dict):
         raise InvalidInput("the request body must be a JSON object", code="invalid_json")
     return data

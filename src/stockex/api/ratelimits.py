@@ -34,6 +34,7 @@ from flask import Flask, Response, current_app, g, request
 from flask_limiter import Limiter, RateLimitExceeded
 
 from stockex.api.errors import error_response
+from stockex.api.params import request_json
 from stockex.config import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -54,7 +55,7 @@ def login_key() -> str:
     """
     username = ""
     try:
-        body = request.get_json(silent=True, force=True)  # cached: the view reads it again
+        body = request_json()  # parsed once: the view reads it again
         if isinstance(body, dict) and isinstance(body.get("username"), str):
             username = body["username"].strip().lower()[:MAX_USERNAME_IN_KEY]
     except Exception:  # noqa: BLE001 - e.g. a body over the size limit; the view answers that

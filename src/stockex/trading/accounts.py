@@ -30,9 +30,10 @@ from stockex.config import Settings
 from stockex.db import Database
 from stockex.errors import DomainError, InvalidInput, NotFound
 from stockex.models import Account, LedgerEntry, User
-from stockex.numbers import decimal_places, parse_decimal
+from stockex.numbers import decimal_places, parse_decimal, to_str
 
 ZERO = Decimal(0)
+MAX_BALANCE = Decimal(10) ** 18  # DECIMAL(36,18) stores less than this
 ACCOUNTS = Account.__table__
 LEDGER = LedgerEntry.__table__
 USERS = User.__table__
@@ -101,6 +102,13 @@ class LockedBalances:
         if available < 0 or locked < 0:
             raise BalanceInvariantError(
                 f"{reason} would leave account {account.id} at {available}/{locked}"
+            )
+        if d_available + d_locked > 0 and available + locked >= MAX_BALANCE:
+            # a credit only: moves between available and locked (locks, cancels) never fail
+            raise InvalidInput(
+                f"this would take a {asset} balance to 10^18 or beyond, more than the exchange "
+                "stores; nothing was done",
+                code="invalid_amount", details={"asset": asset, "max_balance": to_str(MAX_BALANCE)},
             )
         account.available, account.locked, account.changed = available, locked, True
         self.postings.append({
@@ -274,9 +282,10 @@ def _transfer(db: Database, settings: Settings, username: object, asset: object,
         balances = lock_balances(session, [user_id], [code])
         if reason == "withdrawal":
             if balances.available(user_id, code) < quantity:
+                available = to_str(balances.available(user_id, code))
                 raise InsufficientBalance(
-                    f"only {balances.available(user_id, code)} {code} is available",
-                    details={"asset": code, "available": str(balances.available(user_id, code))},
+                    f"only {available} {code} is available",
+                    details={"asset": code, "available": available},
                 )
             balances.post(user_id, code, -quantity, ZERO, reason)
         else:

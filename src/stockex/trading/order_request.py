@@ -38,7 +38,7 @@ FIELDS = frozenset(
     {"market", "side", "type", "price", "amount", "quote_amount", "time_in_force",
      "client_order_id"}
 )
-CLIENT_ORDER_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+CLIENT_ORDER_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _LIMIT = Decimal(10) ** 18
 
 
@@ -144,7 +144,7 @@ def parse_order_request(body: dict[str, Any], settings: Settings) -> OrderReques
 
     client_order_id = body.get("client_order_id")
     if client_order_id is not None and (
-        not isinstance(client_order_id, str) or not CLIENT_ORDER_ID_RE.match(client_order_id)
+        not isinstance(client_order_id, str) or not CLIENT_ORDER_ID_RE.fullmatch(client_order_id)
     ):
         raise InvalidInput(
             "client_order_id must be 1-64 characters of A-Z a-z 0-9 _ . : -",

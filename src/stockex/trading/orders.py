@@ -38,12 +38,14 @@ from stockex.config import MarketSettings, Settings
 from stockex.db import Database
 from stockex.errors import Conflict, NotFound, UnknownMarket
 from stockex.models import Order, Trade
+from stockex.numbers import to_str
 from stockex.trading import engine
 from stockex.trading.accounts import InsufficientBalance, LockedBalances, lock_balances
 from stockex.trading.book import lock_market, lock_market_and_read_book
 from stockex.trading.order_request import OrderRequest
 
 ZERO = Decimal(0)
+MAX_ORDER_ID = 2**63 - 1  # BIGINT
 ORDERS = Order.__table__
 TRADES = Trade.__table__
 
@@ -172,7 +174,7 @@ def _place(session: Session, user_id: int, request: OrderRequest) -> OrderView:
     if taker.time_in_force == "FOK" and not result.complete:
         raise FokNotFilled(
             "the order cannot be filled entirely right now; nothing was done",
-            details={"fillable_amount": str(result.filled_amount)},
+            details={"fillable_amount": to_str(result.filled_amount)},
         )
     if taker.type == "market" and not result.fills:
         raise InsufficientLiquidity("no resting order to trade with; nothing was done")
@@ -228,9 +230,10 @@ def _check_funds(
     asset = engine.reserved_asset(taker.side, market)
     available = balances.available(taker.user_id, asset)
     if available < needed:
+        shown = {"needed": to_str(needed), "available": to_str(available)}
         raise InsufficientBalance(
-            f"this order needs {needed} {asset} but {available} is available",
-            details={"asset": asset, "needed": str(needed), "available": str(available)},
+            f"this order needs {shown['needed']} {asset} but {shown['available']} is available",
+            details={"asset": asset, **shown},
         )
 
 
@@ -323,6 +326,8 @@ def cancel_order(db: Database, cache: Cache | None, settings: Settings, user_id:
     404 ``order_not_found`` for someone else's or no order; 409 ``order_not_open``.
     """
 
+    _known_id(order_id)
+
     def work(session: Session) -> OrderView:
         market_id = session.scalar(
             select(ORDERS.c.market_id).where(ORDERS.c.id == order_id, ORDERS.c.user_id == user_id)
@@ -359,7 +364,14 @@ def cancel_order(db: Database, cache: Cache | None, settings: Settings, user_id:
 # --------------------------------------------------------------------------- reading
 
 
+def _known_id(order_id: int) -> None:
+    """404 for an id no order can have (beyond BIGINT: SQLite's driver cannot even bind it)."""
+    if not 0 < order_id <= MAX_ORDER_ID:
+        raise NotFound(f"no order {order_id}", code="order_not_found")
+
+
 def get_order(db: Database, user_id: int, order_id: int) -> OrderView:
+    _known_id(order_id)
     with db.read() as session:
         row = session.execute(
             select(ORDERS).where(ORDERS.c.id == order_id, ORDERS.c.user_id == user_id)

@@ -59,9 +59,11 @@ def test_register_login_me_logout(client) -> None:  # type: ignore[no-untyped-de
     ("Alice", "password-123", None, "invalid_username"),
     ("a" * 33, "password-123", None, "invalid_username"),
     ("al ice", "password-123", None, "invalid_username"),
+    ("alice\n", "password-123", None, "invalid_username"),  # $ would match before it
     ("alice", "short", None, "invalid_password"),
     ("alice", 12345678, None, "invalid_password"),
     ("alice", "password-123", "not-an-email", "invalid_email"),
+    ("alice", "password-123", "a@b.cc\n", "invalid_email"),
 ])
 def test_register_validation(client, name, password, email, code) -> None:  # type: ignore[no-untyped-def]
     response = register(client, name, password, email=email)

@@ -68,6 +68,8 @@ INVALID: list[tuple[str, dict[str, Any], int, str]] = [
     ("client id", {**LIMIT_BUY, "client_order_id": "has space"}, 400,
      "invalid_client_order_id"),
     ("client id type", {**LIMIT_BUY, "client_order_id": 5}, 400, "invalid_client_order_id"),
+    ("client id with a trailing newline", {**LIMIT_BUY, "client_order_id": "abc\n"}, 400,
+     "invalid_client_order_id"),
     ("unknown field", {**LIMIT_BUY, "quantity": "1"}, 400, "unknown_field"),
 ]
 
@@ -100,7 +102,10 @@ def test_below_min_amount(exchange, make_settings, database) -> None:  # type: i
 
 def test_not_json(book) -> None:  # type: ignore[no-untyped-def]
     before = book.snapshot()
-    for data in (b"{nope", b"[1, 2]", b""):
+    nested = b"[" * 30_000 + b"]" * 30_000  # deeper than Python's parser can recurse
+    constants = [b'{"market": "asaxu", "side": NaN}', b'{"amount": Infinity}',
+                 b'{"price": -Infinity}']
+    for data in (b"{nope", b"[1, 2]", b"", nested, *constants, b'{"side": "\xff"}'):
         response = book.client.post("/api/v1/orders", data=data, headers=book.headers("carol"),
                                      content_type="application/json")
         assert response.status_code == 400
@@ -190,10 +195,12 @@ def test_cancel_rejections(book) -> None:  # type: ignore[no-untyped-def]
         assert response.status_code == 409
         assert response.get_json()["error"]["code"] == "order_not_open"
     alices = book.client.get("/api/v1/orders", headers=book.headers("alice")).get_json()
-    for path in (f"/api/v1/orders/{alices[0]['id']}", "/api/v1/orders/999999"):
-        response = book.client.delete(path, headers=book.headers("carol"))
-        assert response.status_code == 404
-        assert response.get_json()["error"]["code"] == "order_not_found"
+    for path in (f"/api/v1/orders/{alices[0]['id']}", "/api/v1/orders/999999",
+                 f"/api/v1/orders/{2**63}", f"/api/v1/orders/{10**30}"):
+        for response in (book.client.delete(path, headers=book.headers("carol")),
+                         book.client.get(path, headers=book.headers("carol"))):
+            assert response.status_code == 404, (path, response.get_json())
+            assert response.get_json()["error"]["code"] == "order_not_found"
     assert book.snapshot() == before
 
 
@@ -225,3 +232,44 @@ def test_withdrawal_rejections(book) -> None:  # type: ignore[no-untyped-def]
                                 headers=book.headers("carol"))
     assert response.status_code == 403
     assert book.snapshot() == before
+
+
+def test_amounts_in_rejections_are_plain_decimals(exchange) -> None:  # type: ignore[no-untyped-def]
+    """CONTRACT §4: decimals as strings, never scientific notation (a zero balance read back
+    from DECIMAL(36,18) is Decimal('0E-18'))."""
+    exchange.user("erin", ASA="0.001")
+    admin = exchange.user("root2", admin=True)
+    exchange.client.post("/api/v1/admin/withdrawals", headers=admin,
+                         json={"username": "erin", "asset": "ASA", "amount": "0.001"})
+    error = exchange.order("erin", expect=400, **{**LIMIT_BUY, "amount": "0.001"})["error"]
+    assert error["code"] == "insufficient_balance"
+    assert error["details"] == {"asset": "XU", "needed": "0.1", "available": "0"}
+    assert "E-" not in error["message"]
+    response = exchange.client.post("/api/v1/admin/withdrawals", headers=admin,
+                                    json={"username": "erin", "asset": "ASA", "amount": "1"})
+    assert response.get_json()["error"]["details"] == {"asset": "ASA", "available": "0"}
+
+
+def test_a_balance_beyond_what_the_database_stores_is_refused(exchange) -> None:  # type: ignore[no-untyped-def]
+    """DECIMAL(36,18) holds less than 10^18: a credit that would reach it, by a deposit or a
+    trade, is a 400 that changes nothing, not a 500 from the database (or a clipped balance);
+    moves between available and locked still go through."""
+    admin = exchange.user("root3", admin=True)
+    exchange.user("frank", XU="999999999999999999", ASA="1")
+    exchange.user("gina", XU="10")
+    exchange.order("gina", side="buy", type="limit", price="2", amount="1")
+    before = exchange.snapshot()
+    response = exchange.client.post("/api/v1/admin/deposits", headers=admin,
+                                    json={"username": "frank", "asset": "XU", "amount": "1"})
+    assert response.status_code == 400, response.get_json()
+    assert response.get_json()["error"]["code"] == "invalid_amount"
+    error = exchange.order("frank", expect=400, side="sell", type="limit", price="2",
+                           amount="1")["error"]  # would credit frank 2 XU less the fee
+    assert (error["code"], error["details"]["asset"]) == ("invalid_amount", "XU")
+    assert exchange.snapshot() == before
+    mine = exchange.order("frank", side="buy", type="limit", price="1", amount="5")
+    assert mine["status"] == "open"
+    response = exchange.client.delete(f"/api/v1/orders/{mine['id']}",
+                                      headers=exchange.headers("frank"))
+    assert response.status_code == 200, response.get_json()
+    exchange.assert_reconciles()
