@@ -4,10 +4,12 @@ and turns that function's errors into one line on stderr and a non-zero exit sta
 from __future__ import annotations
 
 import logging
+import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from sqlalchemy.exc import SQLAlchemyError
@@ -21,7 +23,7 @@ EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 
 
-def _fail(message: str, code: int = EXIT_FAILURE) -> None:
+def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     alerts = sys.modules.get("stockex.alerts")
     if alerts is not None:  # let queued alerts reach the log first: our line comes last
         alerts.flush(5.0)
@@ -57,7 +59,38 @@ def reports_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _UsageError(click.UsageError):
+    """A usage error shown as one line, like every other error (CONTRACT §3)."""
+
+    def show(self, file: Any = None) -> None:
+        message = " ".join(self.format_message().split()).rstrip(".")
+        hint = f" (see '{self.ctx.command_path} --help')" if self.ctx else ""
+        click.echo(f"stockex: {message}{hint}", file=file, err=True)
+
+
+class _Group(click.Group):
+    """The top-level group: click's usage errors from any subcommand become :class:`_UsageError`."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        with _one_line_usage_errors():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _one_line_usage_errors():
+            return super().invoke(ctx)
+
+
+@contextmanager
+def _one_line_usage_errors() -> Iterator[None]:
+    try:
+        yield
+    except click.exceptions.NoArgsIsHelpError:
+        raise  # no arguments at all: click shows the help
+    except click.UsageError as exc:
+        raise _UsageError(exc.format_message(), exc.ctx) from exc
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
 def cli(verbose: bool) -> None:
     """stockex: Tiki-Exchange crawler, market data and trading API.
@@ -97,17 +130,45 @@ def db_upgrade() -> None:
         click.echo(f"migrated {before or 'empty'} -> {after}; {changed} market(s) synced")
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, bound as Werkzeug binds its own (raises OSError)."""
+    from werkzeug.serving import get_sockaddr, select_address_family
+
+    family = select_address_family(host, port)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(get_sockaddr(host, port, family))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 @cli.command()
 @click.option("--host", default=None, help="Bind address (default: api.host).")
-@click.option("--port", type=int, default=None, help="Port (default: api.port).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Port (default: api.port).")
 @reports_errors
 def serve(host: str | None, port: int | None) -> None:
     """Run the API with the development server (production: gunicorn 'stockex.api:create_app()')."""
+    from werkzeug.serving import make_server
+
     from stockex.api import create_app
 
     settings = settings_from_env()
-    app = create_app(settings, development=True)
-    app.run(host=host or settings.api.host, port=port or settings.api.port, threaded=True)
+    host, port = host or settings.api.host, port or settings.api.port
+    # Bound here, not by Werkzeug, which prints several lines and exits when the port is taken.
+    try:
+        listener = _listen(host, port)
+    except OSError as exc:
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+    with listener:
+        app = create_app(settings, development=True)
+        server = make_server(host, port, app, threaded=True, fd=listener.fileno())
+    server.log_startup()
+    server.serve_forever()
 
 
 @cli.command()
@@ -190,7 +251,8 @@ class _ProgressBars:
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address.")
-@click.option("--port", type=int, default=5011, show_default=True, help="Port (0: any free).")
+@click.option("--port", type=click.IntRange(0, 65535), default=5011, show_default=True,
+              help="Port (0: any free).")
 @click.option("--markets", default="asaxu", show_default=True, help="Comma-separated markets.")
 @click.option("--origin", default=None,
               help="First minute with data: epoch seconds or ISO-8601 (no offset: configured "
@@ -221,11 +283,15 @@ def sim(host: str, port: int, markets: str, origin: str | None, gaps: tuple[str,
     config["origin"] = parse_time(origin, settings_from_env().tz) if origin else DEFAULT_ORIGIN
     try:
         config["gaps"] = tuple(tuple(int(x) for x in g.split(":", 1)) for g in gaps)
+        if port:  # Werkzeug prints several lines and exits on a taken port: try it first
+            _listen(host, port).close()
         run_simulator(host, port, **config)
     except ValueError as exc:
         _fail(f"sim: {exc}")
     except OSError as exc:
         _fail(f"sim: cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
 @cli.group()
 def candles() -> None:
     """Candle rollup commands."""
@@ -273,7 +339,11 @@ def user_create(name: str, password_stdin: bool, admin: bool, email: str | None)
     from stockex.auth import create_user
     from stockex.db import Database
 
-    password = sys.stdin.read().removesuffix("\n").removesuffix("\r")
+    try:  # bytes, decoded here: a text stdin may decode with the locale or surrogateescape
+        password = sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError:
+        _fail("--password-stdin: the password is not UTF-8")
+    password = password.removesuffix("\n").removesuffix("\r")
     settings = settings_from_env()
     database = Database(settings.database.url)
     try:

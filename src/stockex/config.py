@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -176,12 +177,17 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(CONFIG_PATH_ENV, f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError(str(path), f"not UTF-8 text (line {line})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         raise ConfigError(str(path), f"not valid YAML{where}") from None
+    except RecursionError:
+        raise ConfigError(str(path), "nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -200,6 +206,8 @@ def _apply_override(raw: dict[str, Any], name: str, value: str) -> None:
     except yaml.YAMLError:
         problem = f"environment value is not valid YAML: {value!r}"
         raise ConfigError(".".join(parts), problem) from None
+    except RecursionError:
+        raise ConfigError(".".join(parts), "nested too deeply") from None
     if len(parts) == 1:
         raw[parts[0]] = parsed
         return
@@ -303,8 +311,9 @@ _MARKET_TYPES: dict[str, Any] = {
     "maker_fee": Decimal,
     "taker_fee": Decimal,
 }
-_MARKET_ID = re.compile(r"^[a-z0-9]{2,32}$")
-_ASSET = re.compile(r"^[A-Z0-9]{1,16}$")
+# Matched with fullmatch: "$" would also match before a trailing newline.
+_MARKET_ID = re.compile(r"[a-z0-9]{2,32}")
+_ASSET = re.compile(r"[A-Z0-9]{1,16}")
 
 
 def _build_markets(raw: Any) -> tuple[MarketSettings, ...]:
@@ -346,7 +355,7 @@ def _decimal(key: str, value: Any) -> Decimal:
 def _validate_timezone(name: str) -> str:
     try:
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "Europe" is a directory
         raise ConfigError("timezone", f"unknown timezone {name!r}") from None
     return name
 
@@ -383,7 +392,7 @@ def _validate(s: Settings) -> None:
     for key in ("login_rate_limit", "order_rate_limit"):
         _validate_rate_limit(f"api.{key}", getattr(s.api, key))
     for origin in s.api.cors_origins:
-        if origin != "*" and not _ORIGIN.match(origin):
+        if origin != "*" and not _ORIGIN.fullmatch(origin):
             raise ConfigError(
                 "api.cors_origins", f"expected origins like https://app.example.com, got {origin!r}"
             )
@@ -396,7 +405,7 @@ def _validate(s: Settings) -> None:
     _validate_markets(s)
 
 
-_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?$")
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?")
 
 
 def _validate_rate_limit(key: str, value: str) -> None:
@@ -416,8 +425,10 @@ def _validate_database_url(url: str) -> None:
 
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise ConfigError("database.url", f"not a database URL: {url!r}") from None
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise ConfigError("database.url", f"bad port in {url!r}")
     backend = parsed.get_backend_name()
     if backend not in SUPPORTED_DATABASES:
         raise ConfigError(
@@ -429,9 +440,15 @@ def _validate_url(key: str, url: str, schemes: tuple[str, ...]) -> None:
     parts = urlsplit(url)
     if parts.scheme not in schemes or not (parts.netloc or parts.path):
         raise ConfigError(key, f"not a {'/'.join(schemes)} URL: {url!r}")
+    try:
+        parts.port  # noqa: B018 - reading the port parses it
+    except ValueError:
+        raise ConfigError(key, f"bad port in {url!r}") from None
 
 
 def _positive(key: str, value: float, *, allow_zero: bool = False) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(key, f"expected a finite number, got {value}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
@@ -440,19 +457,24 @@ def _validate_markets(s: Settings) -> None:
     seen: set[str] = set()
     for i, m in enumerate(s.markets):
         where = f"markets[{i}]"
-        if not _MARKET_ID.match(m.id):
+        if not _MARKET_ID.fullmatch(m.id):
             raise ConfigError(f"{where}.id", f"expected 2-32 of [a-z0-9], got {m.id!r}")
         if m.id in seen:
             raise ConfigError(f"{where}.id", f"duplicate market {m.id!r}")
         seen.add(m.id)
         for key in ("base", "quote"):
-            if not _ASSET.match(getattr(m, key)):
+            if not _ASSET.fullmatch(getattr(m, key)):
                 raise ConfigError(f"{where}.{key}", "expected an upper-case asset code like ASA")
         if m.base == m.quote:
             raise ConfigError(f"{where}.quote", "must differ from base")
         for key in ("price_precision", "amount_precision"):
             if not 0 <= getattr(m, key) <= 18:
                 raise ConfigError(f"{where}.{key}", "expected 0..18 decimal places")
+        if m.price_precision + m.amount_precision > 18:  # a total (price x amount) has their sum
+            raise ConfigError(
+                f"{where}.amount_precision",
+                "price_precision + amount_precision must be at most 18 (the stored decimals)",
+            )
         if m.min_amount <= 0:
             raise ConfigError(f"{where}.min_amount", "must be > 0")
         if m.min_amount.as_tuple().exponent < -m.amount_precision:  # type: ignore[operator]

@@ -19,12 +19,12 @@ STOCKEX = [sys.executable, "-m", "stockex.cli"]
 
 
 def run(args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None,
-        stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKEX")}
     full_env.update(env or {})
     return subprocess.run(
         STOCKEX + args, env=full_env, cwd=cwd, input=stdin, capture_output=True, text=True,
-        timeout=120, check=False,
+        timeout=timeout, check=False,
     )
 
 
@@ -134,3 +134,78 @@ def test_serve_embedded_default(served: str) -> None:
     assert [m["id"] for m in json.loads(body)] == ["asaxu"]
     status, ctype, body = get(served + "/ready")
     assert status == 200
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The single ``stockex: ...`` line a failing command printed on stderr."""
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("stockex: "), result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("args", [
+    ["serve", "--port", "99999"],
+    ["serve", "--port", "0"],  # serve has no "any free port"
+    ["sim", "--port", "65536"],
+    ["sim", "--port", "-1"],
+])
+def test_ports_out_of_range_are_refused(args: list[str], tmp_path: Path) -> None:
+    # Before: the OS wrapped 99999 to 34463 and served there until killed.
+    result = run(args, cwd=tmp_path, timeout=30)
+    assert result.returncode == 2
+    assert "--port" in one_error_line(result)
+
+
+def test_password_stdin_that_is_not_utf8(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKEX")}
+    result = subprocess.run(
+        STOCKEX + ["user", "create", "bob", "--password-stdin"], env=env, cwd=tmp_path,
+        input=b"caf\xe9-password\n", capture_output=True, timeout=120, check=False,
+    )
+    stderr = result.stderr.decode()
+    assert result.returncode == 1
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines() == ["stockex: --password-stdin: the password is not UTF-8"]
+    assert not (tmp_path / "stockex.db").exists()  # nothing was touched
+
+
+@pytest.mark.parametrize("command", ["serve", "sim"])
+def test_busy_port_is_one_line(command: str, tmp_path: Path) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        env = {"STOCKEX__SECRET_KEY": "cli-test-secret-key-long-enough-for-hs256-000"}
+        result = run([command, "--port", str(port)], env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    line = one_error_line(result)
+    assert line.startswith(f"stockex: {'sim: ' if command == 'sim' else ''}"
+                           f"cannot listen on 127.0.0.1:{port}: ")
+    assert "in use" in line
+
+
+@pytest.mark.parametrize(("args", "command"), [
+    (["user", "create", "bob"], "stockex user create"),  # --password-stdin is required
+    (["--bogus"], "stockex"),
+    (["nosuch"], "stockex"),
+    (["db", "upgrade", "extra"], "stockex db upgrade"),
+    (["deposit", "alice"], "stockex deposit"),
+    (["serve", "--port", "http"], "stockex serve"),
+    (["crawl", "--once=yes"], None),  # click knows no command here: no hint
+])
+def test_usage_errors_are_one_line(args: list[str], command: str | None, tmp_path: Path) -> None:
+    result = run(args, cwd=tmp_path)
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert line.endswith(f" (see '{command} --help')") if command else "--once" in line
+    assert not (tmp_path / "stockex.db").exists()
+
+
+def test_help_is_unchanged_by_one_line_usage_errors() -> None:
+    result = run(["user", "create", "--help"])
+    assert result.returncode == 0
+    assert result.stdout.startswith("Usage: stockex user create [OPTIONS] NAME")
+    assert "--password-stdin" in result.stdout
+    bare = run([])  # no command: the help, as click shows it
+    assert bare.returncode == 2 and "Commands:" in bare.stdout + bare.stderr

@@ -94,6 +94,13 @@ def test_markets_list_override_as_yaml() -> None:
         ({"markets": [{"id": "asaxu", "base": "ASA", "quote": "XU", "min_amount": "0.0001"}]},
          "markets[0].min_amount", "amount_precision"),
         ({"secret_key": ""}, "secret_key", "empty"),
+        ({"timezone": "Europe"}, "timezone", "unknown timezone"),  # a directory of zones
+        ({"database": {"url": "mysql+pymysql://u:p@h:abc/db"}}, "database.url",
+         "not a database URL"),
+        ({"database": {"url": "mysql+pymysql://u:p@h:99999/db"}}, "database.url", "port"),
+        ({"redis": {"url": "redis://h:abc/0"}}, "redis.url", "port"),
+        ({"redis": {"url": "redis://h:99999/0"}}, "redis.url", "port"),
+        ({"tiki": {"base_url": "http://h:abc"}}, "tiki.base_url", "port"),
     ],
 )
 def test_bad_values_name_the_key(raw: dict, key: str, fragment: str) -> None:
@@ -128,3 +135,58 @@ def test_unquoted_iso_time_is_accepted() -> None:
     """YAML reads an unquoted ISO time as a datetime; a time key takes it as its ISO text."""
     s = load_settings(environ={"STOCKEX__CRAWLER__START": "2024-01-01T00:00:00+07:00"})
     assert s.crawler_start_epoch == 1704042000
+
+
+def test_config_file_that_is_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_bytes(b"timezone: Europe/Berlin\nsecret_key: caf\xe9\n")  # Latin-1
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    assert info.value.key == str(path)
+    assert "not UTF-8" in str(info.value) and "line 2" in str(info.value)
+
+
+def test_deeply_nested_yaml(tmp_path: Path) -> None:
+    nested = "[" * 2000 + "]" * 2000
+    path = write(tmp_path, f"crawler:\n  markets: {nested}\n")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_settings(path, environ={})
+    with pytest.raises(ConfigError, match="^config: crawler.markets: nested too deeply"):
+        load_settings(environ={"STOCKEX__CRAWLER__MARKETS": nested})
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", ".NaN"])
+def test_numbers_must_be_finite(value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"STOCKEX__TIKI__TIMEOUT_SECONDS": value})
+    assert info.value.key == "tiki.timeout_seconds"
+    assert "finite" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("market", "key"),
+    [
+        ({"id": "asaxu\n", "base": "ASA", "quote": "XU"}, "markets[0].id"),
+        ({"id": "asaxu", "base": "ASA\n", "quote": "XU"}, "markets[0].base"),
+        ({"id": "asaxu", "base": "ASA", "quote": "XU\n"}, "markets[0].quote"),
+    ],
+)
+def test_names_with_a_trailing_newline_are_refused(market: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from_mapping({"markets": [market]})
+    assert info.value.key == key
+    assert "\n" not in str(info.value)  # the newline is shown escaped: still one line
+
+
+def test_precisions_fit_the_stored_decimals() -> None:
+    """A trade's total has price_precision + amount_precision decimals; DECIMAL(36,18) holds 18."""
+    market = {"id": "asaxu", "base": "ASA", "quote": "XU", "min_amount": "1"}
+    fits = settings_from_mapping({"markets": [{**market, "price_precision": 9,
+                                               "amount_precision": 9}]})
+    assert fits.markets[0].price_precision + fits.markets[0].amount_precision == 18
+    with pytest.raises(ConfigError) as info:
+        settings_from_mapping({"markets": [market, {**market, "id": "btcvnd",
+                                                    "price_precision": 10,
+                                                    "amount_precision": 9}]})
+    assert info.value.key == "markets[1].amount_precision"
+    assert "18" in info.value.problem

@@ -45,7 +45,7 @@ def test_cors_origins() -> None:
 
 
 @pytest.mark.parametrize("origin", ["app.example.com", "https://app.example.com/", "ftp://x.y",
-                                    "https://app.example.com/path"])
+                                    "https://app.example.com/path", "https://app.example.com\n"])
 def test_bad_cors_origins_name_the_key(origin: str) -> None:
     with pytest.raises(ConfigError) as error:
         settings_from_mapping({"api": {"cors_origins": [origin]}})
