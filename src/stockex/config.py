@@ -426,9 +426,9 @@ def _validate_database_url(url: str) -> None:
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):  # ValueError: a port that is not a number
-        raise ConfigError("database.url", f"not a database URL: {url!r}") from None
+        raise ConfigError("database.url", f"not a database URL: {_shown(url)}") from None
     if parsed.port is not None and not 0 < parsed.port < 65536:
-        raise ConfigError("database.url", f"bad port in {url!r}")
+        raise ConfigError("database.url", f"bad port in {_shown(url)}")
     backend = parsed.get_backend_name()
     if backend not in SUPPORTED_DATABASES:
         raise ConfigError(
@@ -436,14 +436,25 @@ def _validate_database_url(url: str) -> None:
         )
 
 
+def _shown(url: str) -> str:
+    """The URL quoted for an error message, its password or webhook secret hidden (also
+    when it is too malformed for a URL, e.g. without "://")."""
+    from stockex.redaction import REDACTED, redact
+
+    return re.sub(r":[^:@/\s]+@", f":{REDACTED}@", redact(repr(url)))
+
+
 def _validate_url(key: str, url: str, schemes: tuple[str, ...]) -> None:
     parts = urlsplit(url)
     if parts.scheme not in schemes or not (parts.netloc or parts.path):
-        raise ConfigError(key, f"not a {'/'.join(schemes)} URL: {url!r}")
+        raise ConfigError(key, f"not a {'/'.join(schemes)} URL: {_shown(url)}")
     try:
         parts.port  # noqa: B018 - reading the port parses it
     except ValueError:
-        raise ConfigError(key, f"bad port in {url!r}") from None
+        raise ConfigError(key, f"bad port in {_shown(url)}") from None
+
+
+MAX_DURATION = 10**9  # every such key is seconds or minutes: 10^9 s is 31 years
 
 
 def _positive(key: str, value: float, *, allow_zero: bool = False) -> None:
@@ -451,6 +462,8 @@ def _positive(key: str, value: float, *, allow_zero: bool = False) -> None:
         raise ConfigError(key, f"expected a finite number, got {value}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    if value > MAX_DURATION:  # beyond, time.sleep and datetime arithmetic overflow
+        raise ConfigError(key, f"must be at most {MAX_DURATION}, got {value}")
 
 
 def _validate_markets(s: Settings) -> None:

@@ -113,6 +113,19 @@ def test_bad_values_name_the_key(raw: dict, key: str, fragment: str) -> None:
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(("raw", "key"), [
+    ({"database": {"url": "mysql+pymysql://u:s3cret-pw@h:abc/db"}}, "database.url"),
+    ({"database": {"url": "mysql+pymysql://u:s3cret-pw@h:99999/db"}}, "database.url"),
+    ({"redis": {"url": "redis://:s3cret-pw@h:abc/0"}}, "redis.url"),
+    ({"redis": {"url": "rediss//:s3cret-pw@h/0"}}, "redis.url"),
+])
+def test_bad_urls_are_shown_without_their_password(raw: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from_mapping(raw)
+    assert info.value.key == key
+    assert "s3cret-pw" not in str(info.value) and "***" in str(info.value)
+
+
 def test_env_override_with_unknown_section_is_refused() -> None:
     with pytest.raises(ConfigError, match="^config: nosuch: unknown key$"):
         load_settings(environ={"STOCKEX__NOSUCH__KEY": "1"})
@@ -161,6 +174,20 @@ def test_numbers_must_be_finite(value: str) -> None:
         load_settings(environ={"STOCKEX__TIKI__TIMEOUT_SECONDS": value})
     assert info.value.key == "tiki.timeout_seconds"
     assert "finite" in str(info.value)
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("CRAWLER__INTERVAL_SECONDS", str(10**30)), ("TIKI__TIMEOUT_SECONDS", "1.0e+30"),
+    ("API__JWT_TTL_SECONDS", str(10**30)),
+    ("CRAWLER__CHUNK_MINUTES", str(10**9 + 1)), ("SLACK__COOLDOWN_SECONDS", str(10**12)),
+])
+def test_durations_have_an_upper_bound(name: str, value: str) -> None:
+    """time.sleep(1e30) raises OverflowError: refused at load instead."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={f"STOCKEX__{name}": value})
+    assert info.value.key == name.lower().replace("__", ".")
+    assert "at most 1000000000" in str(info.value)
+    load_settings(environ={f"STOCKEX__{name}": str(10**9)})  # the bound itself is fine
 
 
 @pytest.mark.parametrize(
