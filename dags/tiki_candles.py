@@ -17,7 +17,8 @@ chunks of `crawler.chunk_minutes`, upserts each chunk in one transaction and rec
   and local time, gap count).
 * **Failures** retry with exponential backoff (`STOCKEX_DAG_RETRIES`, default 4); each failed
   try is logged and posted to Slack (dag, task, market, try number, error) by
-  `stockex.crawler.report_task_failure`; the next success posts "resolved".
+  `stockex.crawler.report_task_failure`; the next success posts "resolved". A failure of
+  `configured_markets` (bad settings: every crawl would be `upstream_failed`) is posted too.
   A long first backfill that hits `execution_timeout` simply continues in the next run.
 """
 
@@ -60,7 +61,7 @@ def _report_success(context: Any) -> None:
     default_args={"owner": "stockex"},
 )
 def tiki_candles() -> None:
-    @task(retries=1, retry_delay=timedelta(seconds=10))
+    @task(retries=1, retry_delay=timedelta(seconds=10), on_failure_callback=_report_failure)
     def configured_markets() -> list[str]:
         """The markets to crawl: `crawler.markets` of the stockex settings."""
         from stockex.crawler import configured_markets as markets

@@ -285,8 +285,11 @@ class AlertNotifier:
             f":rotating_light: *{event.service}* on `{self.host}`: "
             f"*{event.error_type}* in {event.source}"
         ]
+        # redacted before they are clipped: a cut through a credential would leave its
+        # pattern (a URL password, "[parameters: ...]") unrecognisable and the rest visible
         if event.message:
-            lines.append("> " + _clip(event.message, MAX_MESSAGE_CHARS).replace("\n", "\n> "))
+            message = redact(event.message, self.secrets)
+            lines.append("> " + _clip(message, MAX_MESSAGE_CHARS).replace("\n", "\n> "))
         lines += _context_lines(event.context, self.secrets)
         if suppressed:
             lines.append(
@@ -294,7 +297,7 @@ class AlertNotifier:
                 f"(cooldown {self.cooldown_seconds:g} s)_"
             )
         if event.exc is not None:
-            text = "".join(traceback.format_exception(event.exc))
+            text = redact("".join(traceback.format_exception(event.exc)), self.secrets)
             if len(text) > MAX_TRACEBACK_CHARS:
                 text = "... (truncated)\n" + text[-MAX_TRACEBACK_CHARS:]
             lines.append("```" + text.replace("```", "'''").rstrip() + "```")

@@ -78,6 +78,13 @@ bag = DagBag(dag_folder=sys.argv[1])
 dag = bag.dags.get("tiki_candles")
 out = {"import_errors": {str(k): str(v) for k, v in bag.import_errors.items()},
        "dag_ids": sorted(bag.dags)}
+def callback_names(task):
+    callbacks = task.on_failure_callback
+    if not isinstance(callbacks, list):
+        callbacks = [callbacks] if callbacks else []
+    return [getattr(f, "__name__", str(f)) for f in callbacks]
+
+
 if dag is not None:
     crawl = dag.get_task("crawl_market")
     out.update(
@@ -92,11 +99,9 @@ if dag is not None:
         retries=crawl.retries,
         retry_exponential_backoff=crawl.retry_exponential_backoff,
         execution_timeout=crawl.execution_timeout.total_seconds(),
-        on_failure_callback=[getattr(f, "__name__", str(f))
-                             for f in (crawl.on_failure_callback or [])]
-        if isinstance(crawl.on_failure_callback, list)
-        else [getattr(crawl.on_failure_callback, "__name__", "")],
+        on_failure_callback=callback_names(crawl),
         upstream=sorted(crawl.upstream_task_ids),
+        markets_on_failure_callback=callback_names(dag.get_task("configured_markets")),
     )
 print("PROBE " + json.dumps(out))
 """
@@ -129,6 +134,7 @@ def test_dagbag_imports_the_dag_with_zero_errors_and_no_io(airflow_home: Path) -
     assert probe["upstream"] == ["configured_markets"]
     assert probe["retries"] >= 1 and probe["retry_exponential_backoff"] > 1
     assert probe["on_failure_callback"] == ["_report_failure"]
+    assert probe["markets_on_failure_callback"] == ["_report_failure"]  # bad settings too
     assert time.monotonic() - started < 120
 
 

@@ -303,6 +303,27 @@ def test_no_message_contains_a_password_token_or_authorization(fake_slack) -> No
         assert "Bearer" not in body.replace("Bearer ***", "")
 
 
+def test_secrets_where_the_message_or_traceback_is_cut_do_not_leak(fake_slack) -> None:  # type: ignore[no-untyped-def]
+    """The message is clipped at MAX_MESSAGE_CHARS and the traceback to its last
+    MAX_TRACEBACK_CHARS; a cut through a credential must not leave part of it readable
+    (cut, "...:db-pass-w0" is no longer a URL password, nor "[parameters: ('bob', '$scr" a
+    parameters block)."""
+    settings = settings_for(fake_slack, cooldown=0)
+    notifier = alerts.notifier_for(settings)
+    url = f"mysql+pymysql://stockex:{DB_PASSWORD}@db:3306/stockex"
+    hash_ = "$scrypt$ln=15,r=8,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo"
+    secret = f"{url} [parameters: ('bob', '{hash_}')]"
+    prefixes = range(900, 1000, 3)  # the clip falls in the password, then in the hash
+    for prefix in prefixes:
+        notifier.alert_exception(f"cut {prefix}", failure("x" * prefix + secret))
+    notifier.alert_exception("cut traceback", failure(secret + "y" * 2990))  # keeps its tail
+    assert alerts.flush(10)
+    assert len(fake_slack.messages) == len(prefixes) + 1
+    for message in fake_slack.messages:
+        for part in (DB_PASSWORD[:6], DB_PASSWORD[-6:], hash_[:10], hash_[-6:]):
+            assert part not in message.raw, (part, message.text[-400:])
+
+
 def test_an_incident_opened_while_redis_was_down_is_not_alerted_twice(fake_slack) -> None:  # type: ignore[no-untyped-def]
     server = start_redis(private=True)  # stopped by the test
     try:

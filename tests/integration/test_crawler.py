@@ -533,6 +533,36 @@ def test_the_loop_keeps_running_after_a_failed_run_and_stops_on_request(
     assert same_values(stored(database), expected(minute(0), minute(299)))
 
 
+def test_the_loop_alerts_when_a_crawl_cannot_even_start(
+    make_settings: Any, start_simulator: Any, fake_slack: Any, tmp_path: Path
+) -> None:
+    """No run row can be written (here: a database without its tables, as when MySQL is
+    down): the loop goes on, and Slack hears of it, not only the log."""
+    now = FakeClock(minute(300))
+    _, url = start_simulator(clock=now)
+    unmigrated = Database(f"sqlite:///{tmp_path / 'empty.db'}")
+    settings = make_settings(
+        unmigrated.url, tiki={"base_url": url, "timeout_seconds": 2},
+        crawler={"start": iso(ORIGIN), "markets": ["asaxu"], "interval_seconds": 1},
+        slack={"token": fake_slack.token, "base_url": fake_slack.api_base_url,
+               "channel": "#ops", "cooldown_seconds": 300},
+    )
+    stop = threading.Event()
+    failures: list[int] = []
+    loop = threading.Thread(target=lambda: failures.append(run_forever(
+        settings, db=unmigrated, client=fast_client(url), stop=stop, clock=now)))
+    loop.start()
+    try:
+        texts = [m.text for m in fake_slack.wait_for(1, timeout=20)]
+    finally:
+        stop.set()
+        loop.join(30)
+        unmigrated.dispose()
+    assert not loop.is_alive() and failures and failures[0] >= 1
+    assert "*stockex-crawler*" in texts[0] and "in crawler asaxu" in texts[0], texts
+    assert "no such table" in texts[0]
+
+
 def test_the_loop_with_until_ends_by_itself(
     database: Database, make_settings: Any, start_simulator: Any
 ) -> None:

@@ -166,6 +166,15 @@ def test_decimals_stay_exact(scripted) -> None:
     assert str(kline.volume) == "12.345"
 
 
+def test_the_widest_values_the_database_stores_pass(scripted) -> None:
+    upstream, client = scripted
+    upstream.answer(f"[[{T0},1,999999999999999999.999999999999999999,0.000000000000000001,"
+                    f"1.0000000000000000000000,25e2]]")  # trailing zeros and an exponent fit
+    [kline] = client.fetch_klines("asaxu", T0, T9)
+    assert kline.high == Decimal("999999999999999999.999999999999999999")
+    assert (kline.low, kline.close, kline.volume) == (Decimal("1E-18"), 1, 2500)
+
+
 def test_rows_are_sorted_and_a_repeated_ts_keeps_the_last(scripted) -> None:
     upstream, client = scripted
     t1 = T0 + 60
@@ -224,6 +233,11 @@ def test_malformed_simulated_row_names_market_and_ts(sim_client) -> None:
         (f'[{T0},1,2,1,2,"NaN"]', T0, "not a number"),
         (f"[{T0},1,2,1,2,NaN]", T0, "volume NaN is not finite"),
         (f"[{T0},1,Infinity,1,2,1]", T0, "high Infinity is not finite"),
+        # what DECIMAL(36,18) cannot store: the database would refuse it on every run
+        (f"[{T0},1,2,1,2,0.0000000000000000001]", T0, "volume 1E-19 does not fit"),
+        (f"[{T0},1,2,1,2,1e-19]", T0, "volume 1E-19 does not fit"),
+        (f"[{T0},1,1000000000000000000,1,2,1]", T0, "high 1000000000000000000 does not fit"),
+        (f"[{T0},1,2,1,2,1.5e18]", T0, "volume 1.5E+18 does not fit"),
         (f"[{T0},true,2,1,2,1]", T0, "open True is not a number"),
         (f"[{T0},1,2,1,2,null]", T0, "volume None is not a number"),
         (f"[{T0},10,9,8,9,1]", T0, "high 9 < max(open, close) 10"),

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from stockex import alerts
 from stockex.config import Settings
 from stockex.crawler.run import crawl_market
 from stockex.crawler.summary import SUCCESS, ChunkProgress, CrawlFailed, CrawlSummary
@@ -97,10 +98,12 @@ def run_forever(
                 except CrawlFailed as exc:
                     failures += 1
                     summary = exc.summary
-                except Exception:
+                except Exception as exc:  # before a run could start: database down, ...
                     failures += 1
                     reached = False
                     log.exception("%s: crawl could not run; trying again next interval", market)
+                    # the run's own failures alert in crawl_market; these have no run row
+                    alerts.crawler_failed(market, exc, settings=settings)
                     continue
                 reached = reached and summary.status == SUCCESS and until is not None and (
                     summary.window_to >= until - until % MINUTE
