@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -52,6 +53,8 @@ def book(database):  # type: ignore[no-untyped-def]
 def test_depth_sums_open_limit_orders_per_price(client, book) -> None:  # type: ignore[no-untyped-def]
     body = client.get("/api/v1/markets/asaxu/depth").get_json()
     assert body["market"] == "asaxu" and isinstance(body["timestamp"], int)
+    local = datetime.fromisoformat(body["timestamp_local"])  # CONTRACT §4: *_local beside it
+    assert local.utcoffset() == timedelta(hours=7) and local.timestamp() == body["timestamp"]
     assert body["asks"] == [["25050", "0.001"], ["25100", "3"], ["25200.5", "3"]]
     assert body["bids"] == [["24950", "0.25"], ["24900", "3"]]
 

@@ -116,9 +116,11 @@ def depth(market: str) -> Response:
     def compute() -> bytes:
         with svc.db.read() as session:
             book = read_depth(session, spec.id, limit)
+        now = int(time.time())
         return _dumps({
             "market": spec.id,
-            "timestamp": int(time.time()),
+            "timestamp": now,
+            "timestamp_local": clock_for(svc.settings.timezone).local_iso(now),
             "asks": [[to_str(p), to_str(a)] for p, a in book.asks],
             "bids": [[to_str(p), to_str(a)] for p, a in book.bids],
         })

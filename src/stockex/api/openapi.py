@@ -149,10 +149,11 @@ SCHEMAS: dict[str, Any] = {
     },
     "Depth": {
         "type": "object",
-        "required": ["market", "timestamp", "asks", "bids"],
+        "required": ["market", "timestamp", "timestamp_local", "asks", "bids"],
         "properties": {
             "market": {"type": "string", "example": "asaxu"},
             "timestamp": EPOCH,
+            "timestamp_local": LOCAL_TIME,
             "asks": {"type": "array", "items": ref("PriceLevel"),
                      "description": "Sell side, best (lowest) price first"},
             "bids": {"type": "array", "items": ref("PriceLevel"),
