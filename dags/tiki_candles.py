@@ -16,8 +16,9 @@ chunks of `crawler.chunk_minutes`, upserts each chunk in one transaction and rec
 * **XCom** holds only a small summary per market (status, rows written, window in UTC epoch
   and local time, gap count).
 * **Failures** retry with exponential backoff (`STOCKEX_DAG_RETRIES`, default 4); each failed
-  try is logged and posted to Slack (dag, task, market, try number, error) by
-  `stockex.crawler.report_task_failure`; the next success posts "resolved". A failure of
+  try is logged and posted to Slack (dag, task, try number, market, window, error) by
+  `stockex.crawler.report_task_failure`; the next success posts "resolved". Each try is a
+  process of its own: the cooldown between tries and "resolved" need `redis.url`. A failure of
   `configured_markets` (bad settings: every crawl would be `upstream_failed`) is posted too.
   A long first backfill that hits `execution_timeout` simply continues in the next run.
 """

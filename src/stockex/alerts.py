@@ -471,10 +471,18 @@ def airflow_fields(context: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     return where, fields
 
 
-def airflow_task_failed(context: Mapping[str, Any], settings: Settings | None = None) -> None:
-    """Airflow ``on_failure_callback``: alert with dag/task/try, then wait for delivery."""
+def airflow_task_failed(
+    context: Mapping[str, Any],
+    settings: Settings | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Airflow ``on_failure_callback``: alert with dag/task/try (and ``extra`` context lines;
+    a ``window`` of epoch seconds is shown in local time), then wait for delivery."""
     try:
         source, fields = airflow_fields(context)
+        for key, value in (extra or {}).items():
+            fields[key] = (_window_text(value, _settings(settings)) if key == "window"
+                           else value)
         error = context.get("exception")
         if not isinstance(error, BaseException):
             error = AirflowTaskFailed(str(error) if error else "the task failed")

@@ -26,12 +26,14 @@ def configured_markets(settings: Settings | None = None) -> list[str]:
 def crawl_configured_market(market: str, settings: Settings | None = None) -> dict[str, Any]:
     """One run of ``market`` with its own database engine and client; a small summary dict.
 
-    For the Airflow task: raises :class:`CrawlFailed` (so the task retries) on failure.
+    For the Airflow task: raises :class:`CrawlFailed` (so the task retries) on failure. The
+    task's callbacks alert (:func:`report_task_failure` adds the market, run and window), so
+    the run does not alert itself as well.
     """
     settings = settings or load_settings()
     db = Database(settings.database.url, pool_size=1)
     try:
-        return crawl_market(db, settings, market).brief()
+        return crawl_market(db, settings, market, alert=False).brief()
     finally:
         db.dispose()
 
@@ -55,8 +57,18 @@ def report_task_failure(context: Mapping[str, Any]) -> str:
     except Exception as exc:  # pragma: no cover - defensive
         message = f"task failed (the failure report itself failed: {exc})"
     log.error("airflow: %s", message)
-    alerts.airflow_task_failed(context)  # to Slack when configured; never raises
+    alerts.airflow_task_failed(context, extra=_run_fields(context.get("exception")))
     return message
+
+
+def _run_fields(exception: Any) -> dict[str, Any]:
+    """The failed run's market, id and window for the alert (what the crawler's own alert
+    would have said), when the task failed in a run."""
+    if not isinstance(exception, CrawlFailed):
+        return {}
+    summary = exception.summary
+    return {"market": summary.market, "crawl_run_id": summary.run_id,
+            "window": (summary.window_from, summary.window_to)}
 
 
 def _market_of(exception: Any, context: Mapping[str, Any]) -> str | None:

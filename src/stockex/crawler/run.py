@@ -96,8 +96,12 @@ def crawl_market(
     clock: Callable[[], float] = time.time,
     stop: threading.Event | None = None,
     on_chunk: Callable[[ChunkProgress], None] | None = None,
+    alert: bool = True,
 ) -> CrawlSummary:
     """One crawl run of ``market`` (see the module docstring for the whole contract).
+
+    ``alert=False`` leaves Slack to the caller (the Airflow task's callbacks, which add the
+    DAG, task, try and log URL): one message per failure, not two.
 
     ``client`` defaults to one built from ``settings.tiki`` (closed at the end); pass your own
     to tune retries. ``until`` caps the window at that minute (inclusive). ``clock`` is "now"
@@ -135,18 +139,18 @@ def crawl_market(
         status, error = FAILED, _describe(exc)
         summary = _finish(db, run, status, error, started_at, window_from, window_to, clock)
         if isinstance(exc, Exception):
-            # After the run row is committed, never inside a transaction; never raises.
-            alerts.crawler_failed(
-                market, exc, window=(window_from, window_to), run_id=run.run_id,
-                settings=settings,
-            )
+            if alert:  # after the run row is committed, never inside a transaction; never raises
+                alerts.crawler_failed(
+                    market, exc, window=(window_from, window_to), run_id=run.run_id,
+                    settings=settings,
+                )
             raise CrawlFailed(summary) from exc
         raise  # KeyboardInterrupt, SystemExit: the run row is closed, let them through
     finally:
         if own_client:
             client.close()
     summary = _finish(db, run, status, error, started_at, window_from, window_to, clock)
-    if status == SUCCESS:
+    if status == SUCCESS and alert:
         alerts.crawler_recovered(market, run_id=run.run_id, settings=settings)  # if it failed
     return summary
 
