@@ -310,13 +310,14 @@ def test_429_honours_retry_after(sim_client, sleeps) -> None:
     assert sim.request_count == 3
 
 
-def test_retry_after_is_capped_at_backoff_max(scripted, sleeps) -> None:
+def test_retry_after_is_honoured_beyond_backoff_max_up_to_its_own_cap(scripted, sleeps) -> None:
     upstream, _ = scripted
     with TikiClient(_url_of(scripted), backoff_max=2.5, sleep=sleeps) as client:
         upstream.answer("slow down", status=429, Retry_After="120")
+        upstream.answer("slow down", status=429, Retry_After="86400")
         upstream.answer("[]")
         assert client.fetch_klines("asaxu", T0, T9) == []
-    assert sleeps.delays == [2.5]
+    assert sleeps.delays == [120.0, 300.0]  # asked for; capped at retry_after_max
 
 
 def test_timeouts_are_retried(sim_client, sleeps) -> None:

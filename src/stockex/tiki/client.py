@@ -265,18 +265,20 @@ class TikiClient:
         max_attempts: int = 6,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
+        retry_after_max: float = 300.0,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
-        if timeout <= 0 or backoff_base < 0 or backoff_max < 0:
+        if timeout <= 0 or backoff_base < 0 or backoff_max < 0 or retry_after_max < 0:
             raise ValueError("timeout must be positive and backoff delays non-negative")
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        self.retry_after_max = retry_after_max
         self._owns_session = session is None
         self._session = session if session is not None else requests.Session()
         self._sleep = sleep
@@ -347,9 +349,11 @@ class TikiClient:
         raise UpstreamUnavailable(market, time_from, time_to, self.max_attempts, last_failure)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        """Seconds to wait after failed ``attempt``: Retry-After if given, else full jitter."""
+        """Seconds to wait after failed ``attempt``: Retry-After if given (up to
+        ``retry_after_max``: a rate limiter asking for two minutes gets them; retrying sooner
+        is what gets a client banned), else full jitter up to ``backoff_max``."""
         if retry_after is not None:
-            return min(retry_after, self.backoff_max)
+            return min(retry_after, self.retry_after_max)
         ceiling = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
         return self._jitter.uniform(0, ceiling)
 
