@@ -5,7 +5,7 @@ from __future__ import annotations
 import string
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from stockex.config import settings_from_mapping
@@ -121,12 +121,12 @@ def test_url_passwords_never_survive(password: str) -> None:
 
 @given(token=st.text(string.ascii_letters + string.digits + "-_.", min_size=8, max_size=60))
 def test_authorization_headers_never_survive(token: str) -> None:
-    for text in (
-        f"Authorization: Bearer {token}",
-        f"headers={{'Authorization': 'Bearer {token}'}}",
-        f'"authorization":"Bearer {token}"',
-    ):
-        assert token not in redact(text)
+    templates = ("Authorization: Bearer {}", "headers={{'Authorization': 'Bearer {}'}}",
+                 '"authorization":"Bearer {}"')
+    # a token that is part of the labels themselves ("Authoriz") would be found in them
+    assume(not any(token in t.format("") for t in templates))
+    for template in templates:
+        assert token not in redact(template.format(token))
 
 
 def test_the_quick_precheck_lets_every_pattern_look() -> None:
