@@ -43,6 +43,7 @@ from stockex.mysql_pool import (
     mark_answered,
     unpinged_checkout,
 )
+from stockex.numbers import MAX_AMOUNT
 
 if TYPE_CHECKING:
     from stockex.batch import WriteBatch
@@ -54,7 +55,6 @@ T = TypeVar("T")
 SCALE = 18
 INTEGER_DIGITS = 18
 _QUANTUM = Decimal(1).scaleb(-SCALE)
-_MAX_AMOUNT = Decimal(10) ** INTEGER_DIGITS
 # DECIMAL(36,18) needs 36 significant digits; the default context only carries 28.
 _CONTEXT = Context(prec=INTEGER_DIGITS + SCALE + 4)
 
@@ -73,7 +73,7 @@ def quantize(value: Decimal) -> Decimal:
     q = value.quantize(_QUANTUM, context=_CONTEXT)
     if q != value:
         raise AmountOutOfRange(f"{value} has more than {SCALE} decimal places")
-    if q.copy_abs() >= _MAX_AMOUNT:  # copy_abs is exact; abs() would round to 28 digits
+    if q.copy_abs() >= MAX_AMOUNT:  # copy_abs is exact; abs() would round to 28 digits
         raise AmountOutOfRange(f"{value} does not fit DECIMAL(36,18)")
     return q
 

@@ -6,7 +6,18 @@ ever touches them.
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
+
+#: What ``DECIMAL(36,18)`` stores: less than this, with at most 18 decimal places.
+MAX_AMOUNT = Decimal(10) ** 18
+_AMOUNT_QUANTUM = Decimal(1).scaleb(-18)
+_AMOUNT_CONTEXT = Context(prec=40)  # 36 digits and some; the default context carries 28
+
+
+def fits_amount(value: Decimal) -> bool:
+    """Whether ``DECIMAL(36,18)`` stores ``value`` exactly (its sign aside)."""
+    return (value.copy_abs() < MAX_AMOUNT
+            and value.quantize(_AMOUNT_QUANTUM, context=_AMOUNT_CONTEXT) == value)
 
 
 def to_str(value: Decimal | None) -> str | None:

@@ -23,7 +23,7 @@ import random
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from decimal import Context, Decimal
+from decimal import Decimal
 from itertools import chain
 from operator import ge, le, lt
 from types import TracebackType
@@ -31,6 +31,8 @@ from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import requests
+
+from stockex.numbers import fits_amount
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -127,10 +129,8 @@ class UpstreamDataError(UpstreamError):
 
 
 _FIELDS = ("open", "high", "low", "close", "volume")
-# What DECIMAL(36,18) stores: below 10^18, at most 18 decimal places. A value beyond would be
-# refused by the database on every run, stalling the crawl at that minute as a database error.
-_LIMIT = Decimal(10) ** 18
-_WIDE = Context(prec=80)
+# A value DECIMAL(36,18) does not store (stockex.numbers.fits_amount) would be refused by the
+# database on every run, stalling the crawl at that minute as a database error.
 # 19 digits in a row (10^18 or more, or 19 decimal places) or an exponent: only such an answer
 # can hold a value that does not fit, and takes the row-by-row path that checks each exactly.
 # (Digits made nines, then one substring search: a regular expression took 15 times longer.)
@@ -141,10 +141,6 @@ _NINETEEN_DIGITS = b"9" * 19
 def _maybe_too_wide(body: bytes) -> bool:
     return (_NINETEEN_DIGITS in body.translate(_DIGITS_AS_NINES)
             or b"e" in body or b"E" in body)
-
-
-def _fits(number: Decimal) -> bool:
-    return number < _LIMIT and number.normalize(_WIDE).as_tuple().exponent >= -18  # type: ignore[operator]
 
 
 def _to_decimal(market: str, ts: int, name: str, value: Any) -> Decimal:
@@ -159,7 +155,7 @@ def _to_decimal(market: str, ts: int, name: str, value: Any) -> Decimal:
         raise UpstreamDataError(market, ts, f"{name} {number} is not finite")
     if number < 0:
         raise UpstreamDataError(market, ts, f"{name} {number} is negative")
-    if not _fits(number):
+    if not fits_amount(number):
         raise UpstreamDataError(
             market, ts, f"{name} {number:.40} does not fit DECIMAL(36,18) (below 10^18, at most "
             "18 decimal places)")

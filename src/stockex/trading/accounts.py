@@ -30,10 +30,9 @@ from stockex.config import Settings
 from stockex.db import Database
 from stockex.errors import DomainError, InvalidInput, NotFound
 from stockex.models import Account, LedgerEntry, User
-from stockex.numbers import decimal_places, parse_decimal, to_str
+from stockex.numbers import MAX_AMOUNT, decimal_places, parse_decimal, to_str
 
 ZERO = Decimal(0)
-MAX_BALANCE = Decimal(10) ** 18  # DECIMAL(36,18) stores less than this
 ACCOUNTS = Account.__table__
 LEDGER = LedgerEntry.__table__
 USERS = User.__table__
@@ -103,12 +102,12 @@ class LockedBalances:
             raise BalanceInvariantError(
                 f"{reason} would leave account {account.id} at {available}/{locked}"
             )
-        if d_available + d_locked > 0 and available + locked >= MAX_BALANCE:
+        if d_available + d_locked > 0 and available + locked >= MAX_AMOUNT:
             # a credit only: moves between available and locked (locks, cancels) never fail
             raise InvalidInput(
                 f"this would take a {asset} balance to 10^18 or beyond, more than the exchange "
                 "stores; nothing was done",
-                code="invalid_amount", details={"asset": asset, "max_balance": to_str(MAX_BALANCE)},
+                code="invalid_amount", details={"asset": asset, "max_balance": to_str(MAX_AMOUNT)},
             )
         account.available, account.locked, account.changed = available, locked, True
         self.postings.append({
@@ -228,7 +227,7 @@ def fee_user_id(session: Session) -> int:
 def parse_amount(value: object, field_name: str = "amount") -> Decimal:
     """A positive decimal with at most 18 places; 400 ``invalid_<field>`` otherwise."""
     number = parse_decimal(value)
-    if number is None or number <= 0 or decimal_places(number) > 18 or number >= 10**18:
+    if number is None or number <= 0 or decimal_places(number) > 18 or number >= MAX_AMOUNT:
         raise InvalidInput(
             f"{field_name} must be a positive decimal string with at most 18 decimal places",
             code=f"invalid_{field_name}", details={field_name: value},

@@ -32,14 +32,13 @@ from typing import Any
 
 from stockex.config import MarketSettings, Settings
 from stockex.errors import InvalidInput, UnknownMarket
-from stockex.numbers import decimal_places, parse_decimal, to_str
+from stockex.numbers import MAX_AMOUNT, decimal_places, parse_decimal, to_str
 
 FIELDS = frozenset(
     {"market", "side", "type", "price", "amount", "quote_amount", "time_in_force",
      "client_order_id"}
 )
 CLIENT_ORDER_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-_LIMIT = Decimal(10) ** 18
 
 
 @dataclass(frozen=True)
@@ -80,7 +79,7 @@ def _positive(body: dict[str, Any], key: str, places: int) -> Decimal | None:
         return None
     raw = body[key]
     number = parse_decimal(raw)
-    if number is None or number <= 0 or number >= _LIMIT:
+    if number is None or number <= 0 or number >= MAX_AMOUNT:
         raise InvalidInput(
             f"{key} must be a positive decimal string, e.g. \"1.5\"",
             code=f"invalid_{key}", details={key: raw},
@@ -139,7 +138,7 @@ def parse_order_request(body: dict[str, Any], settings: Settings) -> OrderReques
             code="below_min_amount",
             details={"amount": to_str(amount), "min_amount": to_str(market.min_amount)},
         )
-    if price is not None and amount is not None and price * amount >= _LIMIT:
+    if price is not None and amount is not None and price * amount >= MAX_AMOUNT:
         raise InvalidInput("the order's value is too large", code="invalid_amount")
 
     client_order_id = body.get("client_order_id")
