@@ -420,10 +420,7 @@ def crawler_failed(
     """A crawl run of ``market`` failed while fetching ``window`` (epoch seconds)."""
     context: dict[str, Any] = {"market": market, "run_id": run_id}
     if window is not None:
-        try:
-            context["window"] = _window_text(window, _settings(settings))
-        except Exception:  # noqa: BLE001 - a malformed window must not lose the alert
-            context["window"] = repr(window)
+        context["window"] = _window_line(window, settings)
     alert_exception(
         crawler_source(market), exc, context, settings=settings, service=SERVICE_CRAWLER
     )
@@ -445,6 +442,13 @@ def _window_text(window: tuple[int, int], settings: Settings) -> str:
     tz = settings.tz
     start, end = (datetime.fromtimestamp(int(t), tz).isoformat() for t in window)
     return f"{start} .. {end} ({int(window[0])}..{int(window[1])})"
+
+
+def _window_line(window: tuple[int, int], settings: Settings | None) -> str:
+    try:
+        return _window_text(window, _settings(settings))
+    except Exception:  # noqa: BLE001 - a malformed window must not lose the alert
+        return repr(window)
 
 
 def airflow_fields(context: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -474,15 +478,18 @@ def airflow_fields(context: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
 def airflow_task_failed(
     context: Mapping[str, Any],
     settings: Settings | None = None,
-    extra: Mapping[str, Any] | None = None,
+    *,
+    market: str | None = None,
+    crawl_run_id: int | None = None,
+    window: tuple[int, int] | None = None,
 ) -> None:
-    """Airflow ``on_failure_callback``: alert with dag/task/try (and ``extra`` context lines;
-    a ``window`` of epoch seconds is shown in local time), then wait for delivery."""
+    """Airflow ``on_failure_callback``: alert with dag/task/try (and, for a failed crawl run,
+    its market, id and window as :func:`crawler_failed` shows them), then wait for delivery."""
     try:
         source, fields = airflow_fields(context)
-        for key, value in (extra or {}).items():
-            fields[key] = (_window_text(value, _settings(settings)) if key == "window"
-                           else value)
+        fields.update(market=market, crawl_run_id=crawl_run_id)  # None: no line
+        if window is not None:
+            fields["window"] = _window_line(window, settings)
         error = context.get("exception")
         if not isinstance(error, BaseException):
             error = AirflowTaskFailed(str(error) if error else "the task failed")

@@ -57,7 +57,7 @@ def report_task_failure(context: Mapping[str, Any]) -> str:
     except Exception as exc:  # pragma: no cover - defensive
         message = f"task failed (the failure report itself failed: {exc})"
     log.error("airflow: %s", message)
-    alerts.airflow_task_failed(context, extra=_run_fields(context.get("exception")))
+    alerts.airflow_task_failed(context, **_run_fields(context.get("exception")))
     return message
 
 
