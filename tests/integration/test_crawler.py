@@ -8,6 +8,7 @@ expected data is the simulator's own pure series (``kline_at``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -502,6 +504,22 @@ def test_until_caps_the_window(
 # --------------------------------------------------------------------------- the loop
 
 
+@contextlib.contextmanager
+def loop_running(settings: Any, db: Database, url: str, clock: Any) -> Iterator[list[int]]:
+    """``run_forever`` on a thread, stopped and joined on exit; yields the list its result
+    (failed runs) lands in once it has returned."""
+    stop = threading.Event()
+    failures: list[int] = []
+    loop = threading.Thread(target=lambda: failures.append(run_forever(
+        settings, db=db, client=fast_client(url), stop=stop, clock=clock)))
+    loop.start()
+    try:
+        yield failures
+    finally:
+        stop.set()
+        loop.join(30)
+
+
 def test_the_loop_keeps_running_after_a_failed_run_and_stops_on_request(
     database: Database, make_settings: Any, start_simulator: Any
 ) -> None:
@@ -509,12 +527,7 @@ def test_the_loop_keeps_running_after_a_failed_run_and_stops_on_request(
     sim, url = start_simulator(clock=now, malformed_ts=minute(150))
     settings = crawl_settings(make_settings, database, url, chunk_minutes=100,
                               interval_seconds=1)
-    stop = threading.Event()
-    failures: list[int] = []
-    loop = threading.Thread(target=lambda: failures.append(run_forever(
-        settings, db=database, client=fast_client(url), stop=stop, clock=now)))
-    loop.start()
-    try:
+    with loop_running(settings, database, url, now) as failures:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and "failed" not in [r.status for r in
                                                                 run_rows(database)]:
@@ -523,10 +536,7 @@ def test_the_loop_keeps_running_after_a_failed_run_and_stops_on_request(
         while time.monotonic() < deadline and "success" not in [r.status for r in
                                                                  run_rows(database)]:
             time.sleep(0.05)
-    finally:
-        stop.set()
-        loop.join(30)
-    assert not loop.is_alive()
+    assert failures, "the loop did not return after stop"
     statuses = [r.status for r in run_rows(database)]
     assert statuses[0] == "failed" and "success" in statuses
     assert failures and failures[0] >= 1
@@ -547,18 +557,12 @@ def test_the_loop_alerts_when_a_crawl_cannot_even_start(
         slack={"token": fake_slack.token, "base_url": fake_slack.api_base_url,
                "channel": "#ops", "cooldown_seconds": 300},
     )
-    stop = threading.Event()
-    failures: list[int] = []
-    loop = threading.Thread(target=lambda: failures.append(run_forever(
-        settings, db=unmigrated, client=fast_client(url), stop=stop, clock=now)))
-    loop.start()
     try:
-        texts = [m.text for m in fake_slack.wait_for(1, timeout=20)]
+        with loop_running(settings, unmigrated, url, now) as failures:
+            texts = [m.text for m in fake_slack.wait_for(1, timeout=20)]
     finally:
-        stop.set()
-        loop.join(30)
         unmigrated.dispose()
-    assert not loop.is_alive() and failures and failures[0] >= 1
+    assert failures and failures[0] >= 1, "the loop did not return after stop"
     assert "*stockex-crawler*" in texts[0] and "in crawler asaxu" in texts[0], texts
     assert "no such table" in texts[0]
 
