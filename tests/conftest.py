@@ -9,6 +9,11 @@
   :class:`stockex.testing.FakeSlack`.
 
 At the end, the run reports how many tests passed on each backend.
+
+Hypothesis profile ``ci`` (``pytest --hypothesis-profile=ci``, which ``.ci/run`` and the
+Jenkinsfile pass): the same examples on every run and no per-example
+deadline, so a landing run does not fail on a rare draw or a slow minute of a shared host.
+Without it the property tests explore new examples on every run.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy import delete
 
 from stockex.config import Settings, settings_from_mapping
@@ -30,6 +37,11 @@ from stockex.markets import sync_markets
 from stockex.migrate import upgrade
 from stockex.models import Base
 from stockex.testing import FakeSlack, MySQLServer, RedisServer, start_mysql, start_redis
+
+hypothesis_settings.register_profile(
+    "ci", derandomize=True, deadline=None, database=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 TEST_SECRET = "test-secret-key-that-is-long-enough-for-hs256"
 
