@@ -69,12 +69,14 @@ class AmountOutOfRange(ValueError):
 
 
 def quantize(value: Decimal) -> Decimal:
-    """Round-free conversion to 18 decimal places; refuses values with more precision."""
+    """Round-free conversion to 18 decimal places; refuses values with more precision, too
+    large (the magnitude first: from 10^22 on the quantize itself would overflow its
+    context) and not finite."""
+    if not value.is_finite() or value.copy_abs() >= MAX_AMOUNT:  # copy_abs is exact
+        raise AmountOutOfRange(f"{value} does not fit DECIMAL(36,18)")
     q = value.quantize(_QUANTUM, context=_CONTEXT)
     if q != value:
         raise AmountOutOfRange(f"{value} has more than {SCALE} decimal places")
-    if q.copy_abs() >= MAX_AMOUNT:  # copy_abs is exact; abs() would round to 28 digits
-        raise AmountOutOfRange(f"{value} does not fit DECIMAL(36,18)")
     return q
 
 
