@@ -1,17 +1,21 @@
-"""TikiClient against real HTTP on loopback: the simulator, and a scripted upstream for bodies
-and statuses the simulator never produces. Backoff sleeps are recorded, not waited out.
+"""TikiClient against real HTTP on loopback: the simulator, a scripted upstream for bodies
+and statuses the simulator never produces, and a raw-socket upstream for answers no WSGI
+server sends (a dripping body, an endless chunked one). Backoff sleeps are recorded, not
+waited out.
 """
 
 from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
+import requests
 from werkzeug.serving import make_server
 
 from stockex.tiki import (
@@ -66,6 +70,136 @@ class ScriptedUpstream:
         status, body, headers = self.answers.pop(0) if self.answers else (500, b"no script", [])
         start_response(f"{status} X", [("Content-Length", str(len(body))), *headers])
         return [body]
+
+
+class RawUpstream:
+    """A loopback HTTP/1.1 server on raw sockets, for answers no WSGI server sends: a body
+    dripped a byte at a time, a chunked body with no end in sight. ``respond(conn, stop)``
+    writes the answer once the request head is in; a client hanging up ends it."""
+
+    def __init__(self, respond: Callable[[socket.socket, threading.Event], None]) -> None:
+        self._respond = respond
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.connections = 0
+        self._stop = threading.Event()
+        self._handlers: list[threading.Thread] = []
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:  # closed
+                return
+            self.connections += 1
+            handler = threading.Thread(target=self._handle, args=(conn,), daemon=True)
+            self._handlers.append(handler)
+            handler.start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            head = b""
+            try:
+                while b"\r\n\r\n" not in head:
+                    data = conn.recv(4096)
+                    if not data:
+                        return
+                    head += data
+                self._respond(conn, self._stop)
+            except OSError:
+                pass  # the client hung up
+
+    def all_hung_up(self, within: float) -> bool:
+        """Whether every answer ended (the client closed its connection) within ``within`` s."""
+        end = time.monotonic() + within
+        for handler in list(self._handlers):
+            handler.join(max(0.0, end - time.monotonic()))
+        return not any(handler.is_alive() for handler in self._handlers)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+        self._acceptor.join(5)
+        self.all_hung_up(5)
+
+
+def drip(body: bytes, every: float) -> Callable[[socket.socket, threading.Event], None]:
+    """An answer whose body comes one byte per ``every`` seconds, never stalling longer."""
+
+    def respond(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body))
+        for i in range(len(body)):
+            if stop.wait(every):
+                return
+            conn.sendall(body[i:i + 1])
+
+    return respond
+
+
+def chunked_array(spaces: int) -> Callable[[socket.socket, threading.Event], None]:
+    """A chunked answer, no Content-Length: ``[``, ``spaces`` blanks, ``]`` (valid JSON)."""
+
+    def respond(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n1\r\n[\r\n")
+        piece = b" " * 4096
+        for _ in range(spaces // len(piece)):
+            if stop.is_set():
+                return
+            conn.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+        conn.sendall(b"1\r\n]\r\n0\r\n\r\n")
+
+    return respond
+
+
+@pytest.fixture
+def raw_upstream() -> Iterator[Callable[..., RawUpstream]]:
+    servers: list[RawUpstream] = []
+
+    def start(respond: Callable[[socket.socket, threading.Event], None]) -> RawUpstream:
+        servers.append(RawUpstream(respond))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def count_body_reads(session: requests.Session) -> list[int]:
+    """Sizes of the body reads made on ``session``'s answers (a response hook runs once the
+    head is in, before any of the body is read). urllib3's read, read1 and read_chunked do
+    not call one another, so no byte is counted twice."""
+    sizes: list[int] = []
+
+    def hook(response: requests.Response, **_: Any) -> None:
+        raw = response.raw
+        for name in ("read", "read1"):
+            read = getattr(raw, name)
+
+            def counted(*args: Any, _read: Any = read, **kwargs: Any) -> bytes:
+                data = _read(*args, **kwargs)
+                sizes.append(len(data))
+                return data
+
+            setattr(raw, name, counted)
+        chunked = raw.read_chunked
+
+        def counted_chunks(*args: Any, **kwargs: Any) -> Iterator[bytes]:
+            for data in chunked(*args, **kwargs):
+                sizes.append(len(data))
+                yield data
+
+        raw.read_chunked = counted_chunks
+
+    session.hooks["response"].append(hook)
+    return sizes
 
 
 def _serve(app: Any) -> tuple[str, Any]:
@@ -363,8 +497,6 @@ def test_connection_refused_is_retried_then_unavailable(sleeps) -> None:
 
 
 def test_a_session_passed_in_is_used_and_left_open(scripted) -> None:
-    import requests
-
     upstream, _ = scripted
     upstream.answer("[]")
     upstream.answer("[]")
@@ -378,3 +510,93 @@ def test_a_session_passed_in_is_used_and_left_open(scripted) -> None:
 
 def _url_of(scripted: tuple[ScriptedUpstream, TikiClient]) -> str:
     return scripted[1].base_url
+
+
+# --- deadline and size cap ------------------------------------------------------------------
+
+
+def test_a_dripping_body_is_cut_off_at_the_deadline_and_retried(raw_upstream, sleeps) -> None:
+    body = b"[" + b" " * 58 + b"]"  # 60 bytes, one per 0.05 s: 3 s to send in full
+    upstream = raw_upstream(drip(body, every=0.05))
+    timeout, attempts = 0.3, 2
+    with TikiClient(upstream.url, timeout, max_attempts=attempts, sleep=sleeps) as client:
+        started = time.monotonic()
+        with pytest.raises(UpstreamUnavailable) as caught:
+            client.fetch_klines("asaxu", T0, T9)
+        elapsed = time.monotonic() - started
+    assert caught.value.last_failure == "deadline: body not received within 0.3 s"
+    assert caught.value.attempts == attempts and upstream.connections == attempts
+    assert len(sleeps.delays) == attempts - 1  # backed off like any timeout
+    # Each attempt: the deadline plus at most one more read timeout (and some slack).
+    assert elapsed < attempts * (timeout + timeout) + 0.5 < len(body) * 0.05
+    assert upstream.all_hung_up(within=1.0)  # each cut-off response was closed
+
+
+def test_the_deadline_is_per_attempt(scripted, sleeps) -> None:
+    upstream, _ = scripted
+    upstream.answer("[]")
+    upstream.answer("[]")
+    clock = FakeClock(1000.0)
+
+    def late_first_head(response: requests.Response, **_: Any) -> None:
+        if len(upstream.requests) == 1:  # the head came in, then time ran out
+            clock.now += 5.0 + 0.001
+
+    with requests.Session() as session:
+        session.hooks["response"].append(late_first_head)
+        client = TikiClient(_url_of(scripted), 5.0, session=session, sleep=sleeps, clock=clock)
+        assert client.fetch_klines("asaxu", T0, T9) == []
+    assert len(upstream.requests) == 2 and len(sleeps.delays) == 1
+
+
+def test_an_oversized_body_by_content_length_is_a_data_error_not_retried(
+    scripted, sleeps
+) -> None:
+    upstream, _ = scripted
+    cap = 1000
+    upstream.answer("[" + " " * (cap - 2) + "]")  # exactly the cap: fine
+    upstream.answer("[" + " " * (cap - 1) + "]")
+    with requests.Session() as session:
+        reads = count_body_reads(session)
+        client = TikiClient(_url_of(scripted), session=session, max_body_bytes=cap, sleep=sleeps)
+        assert client.fetch_klines("asaxu", T0, T9) == []
+        assert sum(reads) == cap
+        reads.clear()
+        with pytest.raises(UpstreamDataError) as caught:
+            client.fetch_klines("asaxu", T0, T9)
+    assert caught.value.market == "asaxu" and caught.value.ts is None
+    assert caught.value.problem.startswith("body of 1001 bytes (Content-Length) is over the "
+                                           "1000-byte cap")
+    assert sum(reads) == 0  # refused by its head: none of the body was read
+    assert len(upstream.requests) == 2 and sleeps.delays == []  # not retried
+
+
+def test_an_oversized_chunked_body_is_cut_off_after_cap_plus_one_bytes(
+    raw_upstream, sleeps
+) -> None:
+    upstream = raw_upstream(chunked_array(spaces=2 * 1024 * 1024))
+    cap = 1000
+    with requests.Session() as session:
+        reads = count_body_reads(session)
+        client = TikiClient(upstream.url, session=session, max_body_bytes=cap, sleep=sleeps)
+        with pytest.raises(UpstreamDataError) as caught:
+            client.fetch_klines("asaxu", T0, T9)
+    assert caught.value.market == "asaxu"
+    assert caught.value.problem.startswith("body is over the 1000-byte cap")
+    assert 0 < sum(reads) <= cap + 1
+    assert upstream.connections == 1 and sleeps.delays == []  # not retried
+
+
+def test_the_body_of_a_rejection_is_read_only_for_its_start(scripted, sleeps) -> None:
+    upstream, _ = scripted
+    start = '{"errors": ["market.market.doesnt_exist"]}'
+    upstream.answer(start + " " * 2 * 1024 * 1024, status=404)
+    with requests.Session() as session:
+        reads = count_body_reads(session)
+        client = TikiClient(_url_of(scripted), session=session, sleep=sleeps)
+        with pytest.raises(UpstreamRejected) as caught:
+            client.fetch_klines("dogevnd", T0, T9)
+    assert caught.value.status == 404
+    assert str(caught.value).endswith(": " + (start + " " * 200)[:200])
+    assert sum(reads) <= 1024
+    assert sleeps.delays == []

@@ -9,8 +9,13 @@ and callers page on by the last ``ts`` they received.
 Failure contract of :meth:`TikiClient.fetch_klines`:
 
 * connection errors, timeouts, 429 and 5xx are retried with exponential backoff and full
-  jitter; when ``max_attempts`` are used up, :class:`UpstreamUnavailable` is raised;
+  jitter; when ``max_attempts`` are used up, :class:`UpstreamUnavailable` is raised. A
+  timeout is also an attempt whose body is not complete ``timeout`` seconds after the
+  request began (the deadline: an upstream that drips bytes never trips a per-read timeout);
 * any other 4xx is not retried: :class:`UpstreamRejected`;
+* a body longer than ``max_body_bytes`` (:data:`MAX_BODY_BYTES` unless given), by its
+  ``Content-Length`` or while it is read: :class:`UpstreamDataError`, not retried (the same
+  request would get the same answer); at most ``max_body_bytes + 1`` bytes are read;
 * a body that is not a JSON array of valid rows: :class:`UpstreamDataError` for the whole
   answer, so that the caller stores nothing of that chunk.
 """
@@ -31,12 +36,14 @@ from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import requests
+from urllib3.exceptions import DecodeError, ProtocolError, ReadTimeoutError, SSLError
 
 from stockex.numbers import fits_amount
 
 __all__ = [
     "DEFAULT_BASE_URL",
     "Kline",
+    "MAX_BODY_BYTES",
     "TikiClient",
     "UpstreamDataError",
     "UpstreamError",
@@ -64,6 +71,17 @@ _RETRYABLE_EXCEPTIONS = (
     requests.Timeout,
     requests.exceptions.ChunkedEncodingError,
 )
+
+# The longest answer we read. An answer holds at most a row per minute of the window asked
+# for: crawler.chunk_minutes, 1000 by default (Peatio's own cap, 10,000 points, applies only
+# to requests without both time_from and time_to). Sized for 10,000 rows, for room above the
+# default chunk: the widest row DECIMAL(36,18) stores is about 200 bytes (a 10-digit ts and
+# five values of 37 characters) and real ASA/XU rows about 50, so 10,000 wide rows make 2 MB
+# and 4 MiB is twice that, yet still a bound on what one answer holds in memory unparsed.
+MAX_BODY_BYTES = 4 * 1024 * 1024
+_CAP_HINT = " (crawler.chunk_minutes sets how many rows one request asks for)"
+_READ_BYTES = 64 * 1024  # per read; a read returns what one socket read brought, maybe less
+_DETAIL_BYTES = 800  # of an error answer: the 200 characters of a message, 4 UTF-8 bytes each
 
 log = logging.getLogger("stockex.tiki")
 
@@ -245,10 +263,82 @@ def parse_klines(market: str, body: bytes, time_from: int, time_to: int) -> list
     return [by_ts[ts] for ts in sorted(by_ts)]
 
 
+class _DeadlinePassed(Exception):
+    """An attempt's answer was not complete by its deadline."""
+
+
+def _read_up_to(
+    response: requests.Response, limit: int, deadline: float, clock: Callable[[], float]
+) -> bytes:
+    """The first ``limit`` bytes of a streamed body (decoded), fewer only if it ends first.
+
+    ``read1`` makes one socket read per call, so a body dripped a byte at a time hands back
+    control after each byte and ``deadline`` is checked between reads: the last read may
+    take one more read timeout. Raises _DeadlinePassed, or the requests exception that
+    requests' own body reading (``iter_content``) would raise.
+    """
+    chunks: list[bytes] = []
+    received = 0
+    try:
+        while received < limit:
+            if clock() > deadline:
+                raise _DeadlinePassed
+            chunk = response.raw.read1(min(_READ_BYTES, limit - received), decode_content=True)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            received += len(chunk)
+    except ProtocolError as exc:
+        raise requests.exceptions.ChunkedEncodingError(exc) from exc
+    except DecodeError as exc:
+        raise requests.exceptions.ContentDecodingError(exc) from exc
+    except ReadTimeoutError as exc:
+        raise requests.ConnectionError(exc) from exc
+    except SSLError as exc:
+        raise requests.exceptions.SSLError(exc) from exc
+    return b"".join(chunks)
+
+
+def _content_length(response: requests.Response) -> int | None:
+    """The declared length of the body as we will read it; None if unknown or compressed
+    (then Content-Length counts the compressed bytes, and the decoded ones are counted
+    while they are read)."""
+    if response.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        return None
+    try:
+        length = int(response.headers.get("Content-Length", ""))
+    except ValueError:
+        return None
+    return length if length >= 0 else None
+
+
+def _error_detail(
+    response: requests.Response, deadline: float, clock: Callable[[], float]
+) -> str:
+    """The start of an error answer, for the message only: the status decides what happens,
+    so a body that is late or breaks off just leaves the detail short."""
+    try:
+        head = _read_up_to(response, _DETAIL_BYTES, deadline, clock)
+    except (_DeadlinePassed, requests.RequestException):
+        return ""
+    try:
+        text = head.decode(response.encoding or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        text = head.decode("utf-8", errors="replace")
+    return text[:200]
+
+
 class TikiClient:
     """Fetches one-minute k-lines from Tiki-Exchange (or a stand-in at ``base_url``).
 
-    ``sleep`` is injectable so tests can record backoff delays instead of waiting them out.
+    ``timeout`` bounds each socket read and each attempt as a whole: an answer whose body is
+    not complete ``timeout`` seconds after the request began is given up (checked between
+    reads, so one more read timeout at most). Only bounded per read, as a watchdog thread
+    would be needed to cut them short: the head of the answer (status line and headers), and
+    the body of a redirect, which requests reads in full before it follows the redirect.
+
+    ``sleep`` and ``clock`` (monotonic seconds) are injectable so tests can record backoff
+    delays instead of waiting them out, and move time past a deadline.
     A ``session`` passed in stays the caller's: :meth:`close` only closes a session the
     client created itself.
     """
@@ -262,11 +352,15 @@ class TikiClient:
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         retry_after_max: float = 300.0,
+        max_body_bytes: int = MAX_BODY_BYTES,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if max_body_bytes < 1:
+            raise ValueError("max_body_bytes must be at least 1")
         if timeout <= 0 or backoff_base < 0 or backoff_max < 0 or retry_after_max < 0:
             raise ValueError("timeout must be positive and backoff delays non-negative")
         self.base_url = base_url.rstrip("/")
@@ -275,9 +369,11 @@ class TikiClient:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.retry_after_max = retry_after_max
+        self.max_body_bytes = max_body_bytes
         self._owns_session = session is None
         self._session = session if session is not None else requests.Session()
         self._sleep = sleep
+        self._clock = clock
         self._jitter = random.Random()  # noqa: S311 - jitter spreads retries, not a secret
 
     def close(self) -> None:
@@ -312,23 +408,30 @@ class TikiClient:
         last_failure = ""
         for attempt in range(1, self.max_attempts + 1):
             retry_after: float | None = None
+            deadline = self._clock() + self.timeout
             try:
-                response = self._session.get(
-                    url, params=params, headers=BROWSER_HEADERS, timeout=self.timeout
-                )
+                # Streamed, so that the body is read against the deadline and the size cap;
+                # `with` closes the response, which a streamed one needs to free the connection.
+                with self._session.get(
+                    url, params=params, headers=BROWSER_HEADERS, timeout=self.timeout,
+                    stream=True,
+                ) as response:
+                    status = response.status_code
+                    if status < 400:
+                        body = self._read_body(market, response, deadline)
+                        return parse_klines(market, body, time_from, time_to)
+                    if status != 429 and status < 500:
+                        detail = _error_detail(response, deadline, self._clock)
+                        raise UpstreamRejected(status, response.url, detail)
+                    last_failure = f"HTTP {status}"
+                    if status == 429:
+                        retry_after = _retry_after_seconds(response)
+            except _DeadlinePassed:
+                last_failure = f"deadline: body not received within {float(self.timeout)} s"
             except _RETRYABLE_EXCEPTIONS as exc:
                 last_failure = f"{type(exc).__name__}: {exc}"
             except requests.RequestException as exc:  # bad URL and the like: a config error
                 raise UpstreamRejected(None, url, f"{type(exc).__name__}: {exc}") from exc
-            else:
-                status = response.status_code
-                if status < 400:
-                    return parse_klines(market, response.content, time_from, time_to)
-                if status != 429 and status < 500:
-                    raise UpstreamRejected(status, response.url, response.text[:200])
-                last_failure = f"HTTP {status}"
-                if status == 429:
-                    retry_after = _retry_after_seconds(response)
             if attempt < self.max_attempts:
                 delay = self._backoff(attempt, retry_after)
                 log.warning(
@@ -343,6 +446,18 @@ class TikiClient:
                 )
                 self._sleep(delay)
         raise UpstreamUnavailable(market, time_from, time_to, self.max_attempts, last_failure)
+
+    def _read_body(self, market: str, response: requests.Response, deadline: float) -> bytes:
+        """The whole body of a k-line answer; UpstreamDataError past ``max_body_bytes``."""
+        cap = self.max_body_bytes
+        declared = _content_length(response)
+        if declared is not None and declared > cap:
+            raise UpstreamDataError(market, None, f"body of {declared} bytes (Content-Length) "
+                                    f"is over the {cap}-byte cap{_CAP_HINT}")
+        body = _read_up_to(response, cap + 1, deadline, self._clock)
+        if len(body) > cap:
+            raise UpstreamDataError(market, None, f"body is over the {cap}-byte cap{_CAP_HINT}")
+        return body
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         """Seconds to wait after failed ``attempt``: Retry-After if given (up to
