@@ -408,7 +408,7 @@ def order_load(port: int, tokens: list[str], seconds: float,
             price = 1000 + rng.randint(0, 5) if side == "buy" else 1000 - rng.randint(0, 5)
             body = json.dumps({
                 "market": "asaxu", "side": side, "type": "limit", "price": str(price),
-                "amount": f"{rng.randint(100, 2000) / 1000:.3f}",
+                "amount": f"{rng.randint(100, 2000) / 1000:.3f}", "time_in_force": "GTC",
             }).encode()
             began = time.monotonic()
             try:

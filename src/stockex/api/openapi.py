@@ -397,13 +397,14 @@ TRADING_SCHEMAS: dict[str, Any] = {
     },
     "OrderRequest": {
         "type": "object",
-        "required": ["market", "side", "type"],
+        "required": ["market", "side", "type", "time_in_force"],
         "additionalProperties": False,
         "description": (
             "Limit orders need `price` and `amount`; market orders take no price; a market "
             "buy gives `amount` (base) or `quote_amount` (quote to spend), never both. "
-            "`time_in_force` defaults to GTC for limit and IOC for market orders (which never "
-            "rest, so GTC is refused for them)."
+            "`time_in_force` is required, as on Binance: GTC rests the unfilled rest, IOC "
+            "cancels it, FOK fills entirely or not at all; market orders never rest, so GTC "
+            "is refused for them."
         ),
         "properties": {
             "market": {"type": "string", "example": "asaxu"},

@@ -9,7 +9,8 @@ Every mistake is a 400 with its own code (CONTRACT §6), before anything touches
                                when it names no configured market)
 ``invalid_side``               not ``buy`` / ``sell``
 ``invalid_type``               not ``limit`` / ``market``
-``invalid_time_in_force``      not ``GTC`` / ``IOC`` / ``FOK``, or ``GTC`` on a market order
+``invalid_time_in_force``      missing, not ``GTC`` / ``IOC`` / ``FOK``, or ``GTC`` on a market
+                               order
 ``invalid_price``              missing on a limit order, given on a market order, not a
                                positive decimal string
 ``invalid_amount``             missing, not a positive decimal string, or given together with
@@ -108,8 +109,7 @@ def parse_order_request(body: dict[str, Any], settings: Settings) -> OrderReques
         raise UnknownMarket(market_id)
     side = _choice(body, "side", ("buy", "sell"), None)
     kind = _choice(body, "type", ("limit", "market"), None)
-    tif = _choice(body, "time_in_force", ("GTC", "IOC", "FOK"),
-                  "GTC" if kind == "limit" else "IOC")
+    tif = _choice(body, "time_in_force", ("GTC", "IOC", "FOK"), None)  # required (CONTRACT §5)
     if kind == "market" and tif == "GTC":
         raise InvalidInput(
             "market orders never rest: time_in_force must be IOC or FOK",

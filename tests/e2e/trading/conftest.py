@@ -141,7 +141,7 @@ def random_order(rng: random.Random, seq: str) -> dict[str, Any]:
         body.update(price=price, amount=amount,
                     time_in_force=rng.choice(["GTC", "GTC", "GTC", "IOC", "FOK"]))
     elif side == "buy" and rng.random() < 0.5:
-        body.update(quote_amount=quote)
+        body.update(quote_amount=quote, time_in_force="IOC")
     else:
         body.update(amount=amount, time_in_force=rng.choice(["IOC", "IOC", "FOK"]))
     if rng.random() < 0.02:  # now and then a request that must be refused

@@ -52,7 +52,11 @@ class Exchange:
         return {"Authorization": f"Bearer {self.tokens[name]}"}
 
     def order(self, name: str, expect: int | None = 201, **body: Any) -> dict[str, Any]:
+        """POST ``body`` as ``name``; ``market`` defaults to asaxu and the required
+        ``time_in_force`` to what a client would send: GTC for a limit order, IOC for a
+        market order."""
         body.setdefault("market", "asaxu")
+        body.setdefault("time_in_force", "GTC" if body.get("type") == "limit" else "IOC")
         response = self.client.post("/api/v1/orders", json=body, headers=self.headers(name))
         if expect is not None:
             assert response.status_code == expect, response.get_json()

@@ -156,7 +156,8 @@ def test_concurrent_repeats_of_one_client_order_id_make_one_order(  # type: igno
     user = auth.create_user(mysql_database, settings, "racer", "password-123")
     accounts.deposit(mysql_database, settings, "racer", "XU", "100000")
     request = parse_order_request({"market": "asaxu", "side": "buy", "type": "limit",
-                                   "price": "100", "amount": "1", "client_order_id": "x"},
+                                   "price": "100", "amount": "1", "time_in_force": "GTC",
+                                   "client_order_id": "x"},
                                   settings)
     results: list[object] = []
 
