@@ -141,6 +141,21 @@ interleaved; the host was slow that hour, its baseline 840-1,210 transactions/s)
 * MariaDB over its Unix socket instead of TCP on loopback, in the loop of a placement's
   statements: 0.47 ms of client CPU per placement against 0.52, MariaDB 0.90 against 0.94
   (about 3 % of an order's CPU), and in production the database is another host.
+
+**And on 2026-11-22 between 06:40 and 07:10 UTC** (interleaved 10 s windows, 3 rounds):
+
+* gunicorn's C HTTP parser (``gunicorn_h1c``, the ``gunicorn[fast]`` extra, used by gunicorn
+  25.2+ when installed): 502.3 and 448.8 orders/s pooled against 486.2 and 454.7 with the
+  Python parser, within the noise. A sync worker's cost is its connection per request, not
+  the parsing: py-spy put 12 % of a worker's samples in ``close_graceful``, which (gunicorn
+  27.0.1) half-closes and waits for the client's FIN before the next accept. 7 sync
+  workers: 442.0 against 448.8 for 5.
+* Redis configured, so the token revocation check goes there instead of to MariaDB:
+  gunicorn 323.8 against 328.3, granian 507.8 against 492.0 orders/s pooled (a slow hour),
+  within the noise.
+* One process calling the WSGI app directly spends 1.42 ms of CPU per order; under load
+  granian's processes spend 1.6-2.2 and gunicorn's 2.2-2.9 ms: the rest is the servers and
+  two CPUs shared by some twenty busy processes and threads.
 """
 
 from __future__ import annotations
