@@ -541,22 +541,6 @@ def test_minutes_found_empty_are_asked_again_for_an_hour_only(
                                                   skip=((minute(50), minute(138)),)))
 
 
-def test_a_run_with_its_clock_ahead_does_not_skip_the_minutes_it_could_not_see(
-    database: Database, make_settings: Any, start_simulator: Any
-) -> None:
-    upstream_now = FakeClock(minute(100) + 10)
-    _, url = start_simulator(clock=upstream_now)
-    settings = crawl_settings(make_settings, database, url)
-    ahead = FakeClock(upstream_now.now + 24 * 60 * 60)  # the crawler's clock a day ahead
-    skewed = crawl_market(database, settings, "asaxu", clock=ahead)
-    assert skewed.window_to == minute(99 + 24 * 60)
-    assert same_values(stored(database), expected(minute(0), minute(99)))
-
-    upstream_now.now = minute(105) + 10  # the clock is right again
-    crawl_market(database, settings, "asaxu", clock=upstream_now)
-    assert same_values(stored(database), expected(minute(0), minute(104)))
-
-
 # --------------------------------------------------------------------------- the loop
 
 

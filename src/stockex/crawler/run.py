@@ -183,13 +183,11 @@ def _window(
             .limit(1)
         )
     start = newest if newest is not None else ceil_minute(settings.crawler_start_epoch)
+    if checked_to is not None:
+        start = max(start, checked_to - RECHECK_MINUTES * MINUTE)
     end = last_closed_minute(now)
     if until is not None:
         end = min(end, until - until % MINUTE)
-    if checked_to is not None:
-        # Not past this run's end: a run whose clock was ahead (a VM resumed, NTP stepped)
-        # "checked" minutes that had not happened yet.
-        start = max(start, min(checked_to, end) - RECHECK_MINUTES * MINUTE)
     return int(start), end, newest
 
 
