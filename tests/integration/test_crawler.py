@@ -501,46 +501,6 @@ def test_until_caps_the_window(
     assert (summary.window_to, summary.inserted) == (minute(99), 100)
 
 
-def test_a_market_not_listed_yet_is_walked_once_not_every_run(
-    database: Database, make_settings: Any, start_simulator: Any
-) -> None:
-    day = 24 * 60 * 60
-    now = FakeClock(ORIGIN - day + 10)  # the simulator's market lists at ORIGIN
-    simulator, url = start_simulator(clock=now)
-    settings = crawl_settings(make_settings, database, url, start=ORIGIN - 30 * day)
-    first = crawl_market(database, settings, "asaxu", clock=now)
-    assert (first.inserted, first.requests) == (0, 42)  # 29 days of empty 1,000-minute chunks
-
-    now.now += 60
-    second = crawl_market(database, settings, "asaxu", clock=now)
-    assert second.requests == 1  # the last hour asked again, not 29 days
-    assert second.window_from == first.window_to - crawler_run.RECHECK_MINUTES * 60
-
-    now.now = minute(100) + 10  # listed; minutes 0..99 closed
-    before = simulator.request_count
-    listed = crawl_market(database, settings, "asaxu", clock=now)
-    assert simulator.request_count - before == listed.requests == 2  # a day and 160 minutes
-    assert same_values(stored(database), expected(minute(0), minute(99)))
-
-
-def test_minutes_found_empty_are_asked_again_for_an_hour_only(
-    database: Database, make_settings: Any, start_simulator: Any
-) -> None:
-    now = FakeClock(minute(200) + 10)
-    simulator, url = start_simulator(clock=now, gaps=((minute(50), minute(199)),))
-    settings = crawl_settings(make_settings, database, url)
-    crawl_market(database, settings, "asaxu", clock=now)
-    assert same_values(stored(database), expected(minute(0), minute(49)))
-
-    simulator.config.gaps = ()  # the upstream publishes the missing minutes late
-    now.now = minute(201) + 10
-    late = crawl_market(database, settings, "asaxu", clock=now)
-    # The last hour of the previous run's window (139..199) is asked again; 50..138 are not.
-    assert late.window_from == minute(199) - crawler_run.RECHECK_MINUTES * 60 == minute(139)
-    assert same_values(stored(database), expected(minute(0), minute(200),
-                                                  skip=((minute(50), minute(138)),)))
-
-
 # --------------------------------------------------------------------------- the loop
 
 

@@ -6,10 +6,7 @@
 * **Window.** From the high-water mark — the newest stored minute of the market, else
   ``crawler.start`` — **inclusive** (a minute stored while it was still open is fetched again
   and ends with its final values) up to the last closed minute, or ``until`` if earlier. The
-  still-open minute is never requested, so it is never stored. It starts no earlier than an
-  hour before the end of the last successful run's window: what that run found empty is not
-  asked for again (a market not listed yet, or quiet for days), except that last hour, for
-  k-lines the upstream publishes late.
+  still-open minute is never requested, so it is never stored.
 * **Chunks.** The window is walked in chunks of ``crawler.chunk_minutes``. The upstream may
   cut an answer short (Peatio caps k-line answers), so a chunk is paged on from the minute
   after the last one received until the chunk is covered; an empty answer ends the chunk —

@@ -49,10 +49,6 @@ progress_log = logging.getLogger("stockex.crawler.progress")
 
 #: At most this many gap ranges are kept in a run row and logged; gap_minutes counts all.
 MAX_REPORTED_GAPS = 200
-#: Minutes before the end of the last successful run's window that the next run asks for
-#: again even though that run found them empty: k-lines the upstream publishes late (Peatio
-#: derives them from trades, seconds to minutes behind) are still picked up.
-RECHECK_MINUTES = 60
 
 
 @dataclass
@@ -162,29 +158,12 @@ def crawl_market(
 def _window(
     db: Database, settings: Settings, market: str, now: int, until: int | None
 ) -> tuple[int, int, int | None]:
-    """(first minute, last minute, newest stored minute or None) of this run.
-
-    The window starts at the newest stored minute, else ``crawler.start`` — but never more
-    than :data:`RECHECK_MINUTES` before the end of the last successful run's window: the
-    minutes before that were already asked for and the upstream had nothing for them (a
-    market not listed yet, or quiet since its newest stored minute). Without this, every run
-    of a market with no data walks again from ``crawler.start``: about 1,500 requests a
-    minute for a start two years before its listing. The hour asked again is for k-lines
-    the upstream publishes late.
-    """
+    """(first minute, last minute, newest stored minute or None) of this run."""
     with db.read() as session:
         newest = session.scalar(
             select(func.max(Candle.time)).where(Candle.market_id == market)
         )
-        checked_to = session.scalar(
-            select(CrawlRun.window_to)
-            .where(CrawlRun.market_id == market, CrawlRun.status == SUCCESS)
-            .order_by(CrawlRun.id.desc())
-            .limit(1)
-        )
     start = newest if newest is not None else ceil_minute(settings.crawler_start_epoch)
-    if checked_to is not None:
-        start = max(start, checked_to - RECHECK_MINUTES * MINUTE)
     end = last_closed_minute(now)
     if until is not None:
         end = min(end, until - until % MINUTE)
