@@ -44,6 +44,13 @@ def parse_decimal(value: object) -> Decimal | None:
 
 
 def decimal_places(value: Decimal) -> int:
-    """How many decimal places ``value`` really has (trailing zeros do not count)."""
-    exponent = value.normalize().as_tuple().exponent
-    return max(0, -exponent) if isinstance(exponent, int) else 0
+    """How many decimal places ``value`` really has (trailing zeros do not count).
+
+    Counted on the digits themselves: ``normalize()`` would round to its context's 28
+    digits first, and ``123456789012345678.0000000000001`` would count 0 places.
+    """
+    _, digits, exponent = value.as_tuple()
+    if not isinstance(exponent, int):  # NaN, Infinity
+        return 0
+    zeros = len(digits) - len(bytes(digits).rstrip(b"\0"))
+    return max(0, -(exponent + zeros)) if any(digits) else 0
