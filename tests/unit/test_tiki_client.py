@@ -6,9 +6,12 @@ waited out.
 
 from __future__ import annotations
 
+import gzip
+import json
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -159,6 +162,34 @@ def chunked_array(spaces: int) -> Callable[[socket.socket, threading.Event], Non
     return respond
 
 
+def encoded(body: bytes, encoding: str, *, chunked: bool = False,
+            every: float = 0.0) -> Callable[[socket.socket, threading.Event], None]:
+    """An answer with ``body`` sent as it is (``Content-Encoding: encoding``), with its
+    Content-Length or chunked in pieces of 64 KiB, or a byte per ``every`` seconds."""
+
+    def respond(conn: socket.socket, stop: threading.Event) -> None:
+        framing = (b"Transfer-Encoding: chunked" if chunked or every
+                   else b"Content-Length: %d" % len(body))
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Encoding: %s\r\n%s\r\n\r\n" % (encoding.encode(), framing))
+        if not (chunked or every):
+            conn.sendall(body)
+            return
+        step = 1 if every else 65536
+        for i in range(0, len(body), step):
+            if stop.wait(every) if every else stop.is_set():
+                return
+            piece = body[i:i + step]
+            conn.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+        conn.sendall(b"0\r\n\r\n")
+
+    return respond
+
+
+def gzipped(data: bytes) -> bytes:
+    return gzip.compress(data, mtime=0)
+
+
 @pytest.fixture
 def raw_upstream() -> Iterator[Callable[..., RawUpstream]]:
     servers: list[RawUpstream] = []
@@ -287,6 +318,8 @@ def test_request_carries_params_and_browser_headers(scripted) -> None:
     assert headers["HTTP_ORIGIN"] == "https://exchange.tiki.vn"
     assert headers["HTTP_REFERER"] == "https://exchange.tiki.vn/"
     assert headers["HTTP_ACCEPT_LANGUAGE"] == "vi-VN,vi;q=0.9,en;q=0.8"
+    # Only what the client decodes itself, even with Brotli or zstd importable.
+    assert headers["HTTP_ACCEPT_ENCODING"] == "gzip, deflate"
     assert "Chrome/" in headers["HTTP_USER_AGENT"] and "Mozilla/5.0" in headers["HTTP_USER_AGENT"]
 
 
@@ -600,3 +633,62 @@ def test_the_body_of_a_rejection_is_read_only_for_its_start(scripted, sleeps) ->
     assert str(caught.value).endswith(": " + (start + " " * 200)[:200])
     assert sum(reads) <= 1024
     assert sleeps.delays == []
+
+
+ROW = [T0, 1, 2, 0.5, 1.5, 10]
+
+
+@pytest.mark.parametrize(("encoding", "compress"),
+                         [("gzip", gzipped), ("deflate", zlib.compress)])
+@pytest.mark.parametrize("chunked", [False, True])
+def test_compressed_answers_are_decoded(raw_upstream, sleeps, encoding, compress,
+                                        chunked) -> None:
+    rows = json.dumps([ROW, [T9, 2, 2, 2, 2, 0]]).encode()
+    upstream = raw_upstream(encoded(compress(rows), encoding, chunked=chunked))
+    with TikiClient(upstream.url, sleep=sleeps) as client:
+        klines = client.fetch_klines("asaxu", T0, T9)
+    assert [k.ts for k in klines] == [T0, T9]
+    assert klines[0].high == Decimal("2") and klines[0].volume == Decimal("10")
+
+
+def test_a_compressed_body_dripped_is_cut_off_at_the_deadline(raw_upstream, sleeps) -> None:
+    """The gzip header, then empty stored deflate blocks a byte at a time: bytes keep coming
+    while nothing decodes (urllib3's decoding would read on past any deadline)."""
+    body = gzipped(b"")[:10] + b"\x00\x00\x00\xff\xff" * 12  # 70 bytes: 3.5 s at 0.05 s
+    upstream = raw_upstream(encoded(body, "gzip", every=0.05))
+    timeout, attempts = 0.3, 2
+    with TikiClient(upstream.url, timeout, max_attempts=attempts, sleep=sleeps) as client:
+        started = time.monotonic()
+        with pytest.raises(UpstreamUnavailable) as caught:
+            client.fetch_klines("asaxu", T0, T9)
+        elapsed = time.monotonic() - started
+    assert caught.value.last_failure == "deadline: body not received within 0.3 s"
+    assert elapsed < attempts * (timeout + timeout) + 0.5 < len(body) * 0.05
+
+
+def test_a_compression_bomb_stops_at_the_cap(raw_upstream, sleeps) -> None:
+    bomb = gzipped(b"[" + b" " * (64 * 1024 * 1024) + b"]")  # 64 MiB in about 64 KiB
+    upstream = raw_upstream(encoded(bomb, "gzip"))
+    with requests.Session() as session:
+        reads = count_body_reads(session)
+        client = TikiClient(upstream.url, session=session, max_body_bytes=1000, sleep=sleeps)
+        with pytest.raises(UpstreamDataError) as caught:
+            client.fetch_klines("asaxu", T0, T9)
+    assert caught.value.problem.startswith("body is over the 1000-byte cap")
+    assert sum(reads) <= 64 * 1024  # one raw read decoded 1,001 bytes, and that was all
+    assert sleeps.delays == []
+
+
+@pytest.mark.parametrize(("encoding", "body", "problem"), [
+    ("br", b"\x0b\x01\x80[]\x03", "Content-Encoding 'br' was not asked for"),
+    ("gzip", b"not gzip at all", "the body does not decode: "),
+    ("gzip", gzipped(b"[]")[:-4], "the compressed body ends early"),
+])
+def test_a_body_that_does_not_decode_is_a_data_error(raw_upstream, sleeps, encoding, body,
+                                                     problem) -> None:
+    upstream = raw_upstream(encoded(body, encoding))
+    with TikiClient(upstream.url, sleep=sleeps) as client:
+        with pytest.raises(UpstreamDataError) as caught:
+            client.fetch_klines("asaxu", T0, T9)
+    assert caught.value.problem.startswith(problem)
+    assert upstream.connections == 1 and sleeps.delays == []  # not retried

@@ -26,6 +26,7 @@ import json
 import logging
 import random
 import time
+import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -36,7 +37,7 @@ from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import requests
-from urllib3.exceptions import DecodeError, ProtocolError, ReadTimeoutError, SSLError
+from urllib3.exceptions import ProtocolError, ReadTimeoutError, SSLError
 
 from stockex.numbers import fits_amount
 
@@ -57,6 +58,9 @@ DEFAULT_BASE_URL = "https://api.tiki.vn"
 # client presents itself the way the exchange's own web app does.
 BROWSER_HEADERS = {
     "Accept": "application/json, text/plain, */*",
+    # A browser's encodings but Brotli and zstd: the client decodes the body itself, piece
+    # by piece, so that the deadline and the size cap hold for compressed answers too.
+    "Accept-Encoding": "gzip, deflate",
     "Accept-Language": "vi-VN,vi;q=0.9,en;q=0.8",
     "Origin": "https://exchange.tiki.vn",
     "Referer": "https://exchange.tiki.vn/",
@@ -267,31 +271,58 @@ class _DeadlinePassed(Exception):
     """An attempt's answer was not complete by its deadline."""
 
 
+class _Undecodable(Exception):
+    """A body in an encoding we did not ask for, or whose gzip/deflate stream is broken."""
+
+
+#: zlib's window bits per Content-Encoding: gzip's header and trailer, deflate's zlib ones.
+_ZLIB_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS,
+               "deflate": zlib.MAX_WBITS}
+
+
+def _decoder(response: requests.Response) -> Any:
+    """A zlib decompressor for the body's Content-Encoding; None for an unencoded body."""
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    if encoding not in _ZLIB_WBITS:
+        raise _Undecodable(f"Content-Encoding {encoding!r} was not asked for")
+    return zlib.decompressobj(_ZLIB_WBITS[encoding])
+
+
 def _read_up_to(
     response: requests.Response, limit: int, deadline: float, clock: Callable[[], float]
 ) -> bytes:
     """The first ``limit`` bytes of a streamed body (decoded), fewer only if it ends first.
 
-    ``read1`` makes one socket read per call, so a body dripped a byte at a time hands back
-    control after each byte and ``deadline`` is checked between reads: the last read may
-    take one more read timeout. Raises _DeadlinePassed, or the requests exception that
+    The raw body is read with ``read1``, one socket read per call, and decoded here, never
+    more than ``limit`` bytes (zlib's ``max_length``, so a compression bomb stops at the
+    cap). ``deadline`` is checked after every read that did not finish the body: a body
+    dripped a byte at a time, compressed or not, is given up at the deadline plus at most
+    one read timeout. (urllib3's own decoding would go on reading while the decoder gives
+    nothing back.) Raises _DeadlinePassed, _Undecodable, or the requests exception that
     requests' own body reading (``iter_content``) would raise.
     """
+    decoder = _decoder(response)
     chunks: list[bytes] = []
     received = 0
     try:
         while received < limit:
-            if clock() > deadline:
-                raise _DeadlinePassed
-            chunk = response.raw.read1(min(_READ_BYTES, limit - received), decode_content=True)
-            if not chunk:
+            want = _READ_BYTES if decoder is not None else min(_READ_BYTES, limit - received)
+            raw = response.raw.read1(want, decode_content=False)
+            if not raw:
+                if decoder is not None and not decoder.eof:
+                    raise _Undecodable("the compressed body ends early")
                 break
+            chunk = raw if decoder is None else decoder.decompress(raw, limit - received)
             chunks.append(chunk)
             received += len(chunk)
+            if received < limit and clock() > deadline:
+                raise _DeadlinePassed
+    except zlib.error as exc:
+        raise _Undecodable(f"the body does not decode: {exc}") from exc
     except ProtocolError as exc:
         raise requests.exceptions.ChunkedEncodingError(exc) from exc
-    except DecodeError as exc:
-        raise requests.exceptions.ContentDecodingError(exc) from exc
     except ReadTimeoutError as exc:
         raise requests.ConnectionError(exc) from exc
     except SSLError as exc:
@@ -319,7 +350,7 @@ def _error_detail(
     so a body that is late or breaks off just leaves the detail short."""
     try:
         head = _read_up_to(response, _DETAIL_BYTES, deadline, clock)
-    except (_DeadlinePassed, requests.RequestException):
+    except (_DeadlinePassed, _Undecodable, requests.RequestException):
         return ""
     try:
         text = head.decode(response.encoding or "utf-8", errors="replace")
@@ -454,7 +485,10 @@ class TikiClient:
         if declared is not None and declared > cap:
             raise UpstreamDataError(market, None, f"body of {declared} bytes (Content-Length) "
                                     f"is over the {cap}-byte cap{_CAP_HINT}")
-        body = _read_up_to(response, cap + 1, deadline, self._clock)
+        try:
+            body = _read_up_to(response, cap + 1, deadline, self._clock)
+        except _Undecodable as exc:
+            raise UpstreamDataError(market, None, str(exc)) from exc
         if len(body) > cap:
             raise UpstreamDataError(market, None, f"body is over the {cap}-byte cap{_CAP_HINT}")
         return body
