@@ -40,7 +40,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from stockex.cache import KEY_PREFIX, Cache
 from stockex.config import Settings
 from stockex.db import Database
-from stockex.errors import Conflict, DomainError, InvalidInput, NotFound
+from stockex.errors import USER_GONE, Conflict, DomainError, InvalidInput, Unauthorized
 from stockex.models import RevokedToken, User
 from stockex.trading.accounts import FEE_USERNAME, all_assets, ensure_accounts
 
@@ -61,14 +61,6 @@ _REVOKED_LOADED_KEY = KEY_PREFIX + "revoked-loaded"
 _DUMMY_HASH = generate_password_hash("not-a-real-password-at-all")
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class Unauthorized(DomainError):
-    status = 401
-    code = "invalid_token"
-
-    def __init__(self, message: str, *, code: str | None = None) -> None:
-        super().__init__(message, code=code, headers={"WWW-Authenticate": "Bearer"})
 
 
 class Forbidden(DomainError):
@@ -169,8 +161,8 @@ def create_user(
 def get_user(db: Database, user_id: int) -> UserView:
     with db.read() as session:
         user = session.get(User, user_id)
-        if user is None:
-            raise NotFound("no such user", code="unknown_user")
+        if user is None:  # a token signed with our key, for a user no longer here
+            raise Unauthorized(USER_GONE)
         return UserView(user.id, user.username, user.role, user.email)
 
 

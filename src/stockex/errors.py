@@ -47,6 +47,22 @@ class Conflict(DomainError):
     code = "conflict"
 
 
+#: Why a correctly signed token is refused when its user does not exist (the database was
+#: reset or the user removed while the token lived).
+USER_GONE = "the token's user does not exist"
+
+
+class Unauthorized(DomainError):
+    """401: no valid token (missing, expired, tampered, revoked, or for a user that does not
+    exist), or wrong credentials at login."""
+
+    status = 401
+    code = "invalid_token"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message, code=code, headers={"WWW-Authenticate": "Bearer"})
+
+
 class UnknownMarket(NotFound):
     code = "unknown_market"
 

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from stockex.batch import Ref, WriteBatch, is_mysql, mysql_cursor
 from stockex.config import Settings
 from stockex.db import Database
-from stockex.errors import DomainError, InvalidInput, NotFound
+from stockex.errors import USER_GONE, DomainError, InvalidInput, NotFound, Unauthorized
 from stockex.models import Account, LedgerEntry, User
 from stockex.numbers import MAX_AMOUNT, decimal_places, parse_decimal, to_str
 
@@ -148,15 +148,24 @@ class LockedBalances:
 
 
 def ensure_accounts(session: Session, user_ids: Iterable[int], assets: Iterable[str]) -> None:
-    """Create the missing zero accounts for every (user, asset); existing ones stay as they are."""
+    """Create the missing zero accounts for every (user, asset); existing ones stay as they are.
+
+    Every user must exist: makers have orders and the fee account is created first, so a
+    missing one is a caller whose token outlived its user (a reset database) — 401, where the
+    insert would have failed on its foreign key (a 500).
+    """
     now = int(time.time())
+    users = sorted(set(user_ids))
     rows = [
         {"user_id": u, "asset": a, "available": ZERO, "locked": ZERO, "updated_at": now}
-        for u in sorted(set(user_ids))
+        for u in users
         for a in sorted(set(assets))
     ]
     if not rows:
         return
+    found = set(session.scalars(select(USERS.c.id).where(USERS.c.id.in_(users))))
+    if len(found) < len(users):
+        raise Unauthorized(USER_GONE)
     ignore = "OR IGNORE" if session.get_bind().dialect.name == "sqlite" else "IGNORE"
     session.execute(insert(ACCOUNTS).prefix_with(ignore), rows)
 
@@ -306,5 +315,7 @@ def balances_of(db: Database, settings: Settings, user_id: int) -> list[BalanceV
                 ACCOUNTS.c.user_id == user_id
             )
         ).all()
+        if not rows and session.get(User, user_id) is None:
+            raise Unauthorized(USER_GONE)
     found = {r.asset: BalanceView(r.asset, r.available, r.locked) for r in rows}
     return [found.get(a, BalanceView(a, ZERO, ZERO)) for a in assets]

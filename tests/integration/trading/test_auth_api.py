@@ -152,6 +152,22 @@ def test_bad_tokens_get_401(client, settings, kind: str) -> None:  # type: ignor
         assert response.get_json()["error"]["code"] in ("invalid_token", "token_expired")
 
 
+def test_a_token_whose_user_does_not_exist_gets_401(client, settings) -> None:  # type: ignore[no-untyped-def]
+    """Signed with our key, for a user id not in the database (a database reset while the
+    token lived): 401, never a 500 from the accounts' foreign key, nor a zero balance."""
+    token = auth.issue_token(settings, 998, "user")
+    order = {"market": "asaxu", "side": "buy", "type": "limit", "price": "100", "amount": "1",
+             "time_in_force": "GTC"}
+    for method, path, body in (("get", "/api/v1/me", None), ("get", "/api/v1/balances", None),
+                               ("post", "/api/v1/orders", order),
+                               ("post", "/api/v1/orders", {**order, "side": "sell"})):
+        response = getattr(client, method)(path, headers=bearer(token), json=body)
+        assert response.status_code == 401, (path, response.get_json())
+        error = response.get_json()["error"]
+        assert (error["code"], error["message"]) == (
+            "invalid_token", "the token's user does not exist")
+
+
 @pytest.mark.parametrize("header", ["", "Bearer", "Bearer ", "Basic abc", "token abc"])
 def test_missing_or_malformed_header(client, header: str) -> None:  # type: ignore[no-untyped-def]
     response = client.get("/api/v1/me", headers={"Authorization": header} if header else {})
