@@ -15,6 +15,7 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 
 from stockex.config import ConfigError, Settings, load_settings
+from stockex.db import RUN_UPGRADE, is_missing_table
 from stockex.errors import DomainError
 from stockex.logs import configure_logging, register_secrets
 from stockex.redaction import secrets_from_settings
@@ -54,7 +55,8 @@ def reports_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             _fail(f"{exc.code}: {exc.message}")
         except SQLAlchemyError as exc:
             detail = getattr(exc, "orig", None) or exc
-            _fail(f"database error: {str(detail).splitlines()[0]}")
+            hint = f" ({RUN_UPGRADE}, or check database.url)" if is_missing_table(exc) else ""
+            _fail(f"database error: {str(detail).splitlines()[0]}{hint}")
 
     return wrapper
 

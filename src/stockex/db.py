@@ -255,6 +255,21 @@ def _column_renderer(
     return others
 
 
+#: What to do when the schema is missing or behind (a table not found, /ready's check).
+RUN_UPGRADE = "the database schema is not migrated: run `stockex db upgrade`"
+
+
+def is_missing_table(exc: BaseException) -> bool:
+    """True for a query on a table that does not exist: the schema was never migrated here
+    (or ``database.url`` points at another database). MySQL error 1146; SQLite's message."""
+    if not isinstance(exc, DBAPIError) or exc.orig is None:
+        return False
+    args = getattr(exc.orig, "args", ())
+    if args and isinstance(args[0], int):
+        return args[0] == 1146  # ER_NO_SUCH_TABLE
+    return str(exc.orig).startswith("no such table")
+
+
 def is_retryable(exc: BaseException) -> bool:
     """True for errors after which the database rolled back and running again is safe."""
     if not isinstance(exc, DBAPIError) or exc.orig is None:

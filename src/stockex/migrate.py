@@ -6,6 +6,7 @@ differences between the migrated schema and :mod:`stockex.models` (empty when th
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from alembic import command
@@ -29,11 +30,28 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
+@functools.cache
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
 def head_revision() -> str:
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    head = _scripts().get_current_head()
     if head is None:  # pragma: no cover - the package always ships its migrations
         raise RuntimeError("no migrations found in stockex/migrations")
     return head
+
+
+def schema_behind(db: Database) -> bool:
+    """Whether this code needs ``stockex db upgrade`` first: nothing migrated, or a revision
+    before this code's head. A revision this code does not know is newer (a rollback of the
+    code after a migration): not behind, the older code keeps serving."""
+    current = current_revision(db)
+    if current is None:
+        return True
+    if current == head_revision():
+        return False
+    return current in {script.revision for script in _scripts().walk_revisions()}
 
 
 def current_revision(db: Database) -> str | None:

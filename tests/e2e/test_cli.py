@@ -65,6 +65,13 @@ def test_db_upgrade_sqlite_twice(tmp_path: Path) -> None:
     assert "up to date" in second.stdout and "0 market(s) synced" in second.stdout
 
 
+def test_a_command_before_db_upgrade_says_to_run_it(tmp_path: Path) -> None:
+    line = one_error_line(run(["reconcile"], cwd=tmp_path))
+    assert line.startswith("stockex: database error: no such table: ")
+    assert line.endswith("(the database schema is not migrated: run `stockex db upgrade`, "
+                         "or check database.url)")
+
+
 def test_db_upgrade_mysql_twice(fresh_mysql_url: str, tmp_path: Path) -> None:
     env = {"STOCKEX__DATABASE__URL": fresh_mysql_url}
     first = run(["db", "upgrade"], env=env, cwd=tmp_path)

@@ -138,6 +138,7 @@ def services_db_url(app: Flask) -> str:
 
 def test_a_hung_mysql_is_bounded_too(own_mysql, make_settings) -> None:  # type: ignore[no-untyped-def]
     url = own_mysql.create_database("stockex_hung")
+    upgrade(Database(url))
     settings = make_settings(url)
     app = with_test_routes(create_app(settings))
     client = app.test_client()
@@ -235,3 +236,39 @@ def test_authenticated_requests_survive_a_mysql_restart_and_are_bounded_when_it_
         assert seconds < 4.0, f"{seconds:.2f}s"
     assert me()[0].status_code == 200
     own_mysql.drop_database("stockex_auth_outage")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mysql"])
+def test_an_unmigrated_database_is_not_ready_and_routes_say_what_to_run(  # type: ignore[no-untyped-def]
+    kind, tmp_path, make_settings, request
+) -> None:
+    """``stockex serve`` before ``stockex db upgrade``: /ready is 503 and names the command;
+    a route that reads a table answers 503 schema_not_migrated, not a 500."""
+    empty = Database(request.getfixturevalue("fresh_mysql_url") if kind == "mysql"
+                     else f"sqlite:///{tmp_path / 'empty.db'}")
+    client = create_app(make_settings(empty.url), db=empty).test_client()
+    ready = client.get("/ready")
+    assert ready.status_code == 503
+    run_upgrade = "the database schema is not migrated: run `stockex db upgrade`"
+    assert ready.get_json()["error"]["details"]["checks"] == {"database": run_upgrade}
+    for method, path, body in (
+        ("get", "/api/v1/markets/asaxu/candles", None),
+        ("get", "/api/v1/markets/asaxu/depth", None),
+        ("post", "/api/v1/auth/register", {"username": "alice", "password": "password-123"}),
+    ):
+        response = getattr(client, method)(path, json=body)
+        assert response.status_code == 503, (path, response.get_json())
+        assert response.get_json()["error"]["code"] == "schema_not_migrated"
+        assert response.get_json()["error"]["message"] == run_upgrade
+
+    upgrade(empty)
+    assert client.get("/ready").status_code == 200
+    assert client.get("/api/v1/markets/asaxu/depth").status_code == 200
+
+
+def test_a_schema_newer_than_the_code_is_ready(database, make_settings) -> None:  # type: ignore[no-untyped-def]
+    """After a migration, code rolled back to the previous release keeps serving."""
+    with database.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = 'ffff_from_the_future'")
+    client = create_app(make_settings(database.url), db=database).test_client()
+    assert client.get("/ready").get_json()["checks"] == {"database": "ok"}

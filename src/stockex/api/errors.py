@@ -17,6 +17,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException
 
+from stockex.db import RUN_UPGRADE, is_missing_table
 from stockex.errors import DomainError
 
 log = logging.getLogger("stockex.api")
@@ -90,6 +91,10 @@ def register_error_handlers(app: Flask) -> None:
             if on_down is not None:
                 on_down(exc)
             return error_response(503, "database_unavailable", "the database is not reachable")
+        if is_missing_table(exc):  # the operator's to fix, not a bug: say what to run
+            log.error("%s %s: %s (%s)", request.method, request.path, RUN_UPGRADE,
+                      str(getattr(exc, "orig", exc)).splitlines()[0])
+            return error_response(503, "schema_not_migrated", RUN_UPGRADE)
         log.exception("unhandled error in %s %s", request.method, request.path)
         hook = app.extensions.get("stockex.on_unhandled_error")
         if hook is not None:

@@ -38,7 +38,8 @@ _ERROR_TEXT = {
     409: "Conflict with the current state",
     429: "Rate limited; see the Retry-After header",
     500: "Internal error (details are in the server log, never in the response)",
-    503: "A backing service (database, Redis) is unavailable",
+    503: "A backing service (database, Redis) is unavailable, or the database schema is "
+         "not migrated (`schema_not_migrated`: run `stockex db upgrade`)",
 }
 
 EPOCH = {"type": "integer", "format": "int64", "description": "Unix epoch seconds (UTC)",

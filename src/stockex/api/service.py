@@ -7,6 +7,8 @@ from flask import Blueprint, Response, jsonify
 from stockex.api import services
 from stockex.api.errors import error_response
 from stockex.api.incidents import DATABASE, REDIS, report_dependency
+from stockex.db import RUN_UPGRADE
+from stockex.migrate import schema_behind
 
 bp = Blueprint("service", __name__)
 
@@ -19,7 +21,8 @@ def health() -> Response:
 
 @bp.get("/ready")
 def ready() -> Response:
-    """200 when the database and (if configured) Redis answer; 503 naming what does not.
+    """200 when the database (migrated to this code's schema) and, if configured, Redis
+    answer; 503 naming what does not.
 
     A check turning bad raises an alert, and turning good again resolves it.
     """
@@ -27,8 +30,12 @@ def ready() -> Response:
     checks: dict[str, str] = {}
     try:
         svc.db.ping()
-        checks[DATABASE] = "ok"
-        report_dependency(DATABASE, None)
+        if schema_behind(svc.db):  # every route would fail on a missing table or column
+            checks[DATABASE] = RUN_UPGRADE
+            report_dependency(DATABASE, RuntimeError(RUN_UPGRADE))
+        else:
+            checks[DATABASE] = "ok"
+            report_dependency(DATABASE, None)
     except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
         checks[DATABASE] = f"unavailable: {type(exc).__name__}"
         report_dependency(DATABASE, exc)
