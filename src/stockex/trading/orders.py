@@ -171,13 +171,20 @@ def _place(session: Session, user_id: int, request: OrderRequest) -> OrderView:
     )
     fee_uid, resting = lock_market_and_read_book(session, market.id, taker)
     result = engine.match(taker, resting, market)
+    # A market order that can trade nothing is insufficient_liquidity, FOK or IOC alike
+    # (CONTRACT §6); fok_not_filled is for a FOK order that could fill only part.
+    if taker.type == "market" and not result.fills:
+        raise InsufficientLiquidity(
+            "only your own orders rest at those prices (they would be cancelled, not "
+            "traded with); nothing was done" if result.self_cancelled else
+            "nothing to trade with: the book is empty, or the order is smaller than one "
+            "amount step at the best price; nothing was done"
+        )
     if taker.time_in_force == "FOK" and not result.complete:
         raise FokNotFilled(
             "the order cannot be filled entirely right now; nothing was done",
             details={"fillable_amount": to_str(result.filled_amount)},
         )
-    if taker.type == "market" and not result.fills:
-        raise InsufficientLiquidity("no resting order to trade with; nothing was done")
 
     users = {user_id, fee_uid, *(f.maker.user_id for f in result.fills)}
     balances = lock_balances(session, users, (market.base, market.quote))

@@ -112,10 +112,10 @@ class Model:
                 if left_quote == 0:
                     complete = True
                     break
+        if kind == "market" and not fills:  # nothing to match, FOK or IOC (CONTRACT §6)
+            return "insufficient_liquidity", []
         if tif == "FOK" and not complete:
             return "fok_not_filled", []
-        if kind == "market" and not fills:
-            return "insufficient_liquidity", []
         pay_asset = "XU" if side == "buy" else "ASA"
         if kind == "limit":
             assert price is not None and amount is not None

@@ -180,15 +180,26 @@ def test_insufficient_liquidity(exchange) -> None:  # type: ignore[no-untyped-de
     before = exchange.snapshot()
     for body in ({"side": "buy", "type": "market", "amount": "1"},
                  {"side": "buy", "type": "market", "quote_amount": "100"},
-                 {"side": "sell", "type": "market", "amount": "1"}):
+                 {"side": "sell", "type": "market", "amount": "1"},
+                 # FOK too: an empty book is "nothing to match", not a partial fill
+                 {"side": "sell", "type": "market", "amount": "1", "time_in_force": "FOK"}):
         error = exchange.order("dave", expect=409, **body)["error"]
         assert error["code"] == "insufficient_liquidity"
+        assert error["message"].startswith("nothing to trade with: the book is empty")
     assert exchange.snapshot() == before
     # only the user's own order rests: it would be cancelled, but nothing is recorded
     exchange.order("dave", side="sell", type="limit", price="100", amount="1")
     before = exchange.snapshot()
     error = exchange.order("dave", expect=409, side="buy", type="market", amount="1")["error"]
     assert error["code"] == "insufficient_liquidity"
+    assert error["message"].startswith("only your own orders rest at those prices")
+    assert exchange.snapshot() == before
+    # a quote_amount too small to buy one amount step (0.001 ASA) of what rests
+    exchange.user("erin", XU="10")
+    before = exchange.snapshot()
+    error = exchange.order("erin", expect=409, side="buy", type="market", quote_amount="0.05")
+    assert error["error"]["code"] == "insufficient_liquidity"
+    assert "smaller than one amount step" in error["error"]["message"]
     assert exchange.snapshot() == before
 
 
