@@ -130,6 +130,12 @@ def test_responses_to_authenticated_requests_are_not_cached(app, client) -> None
     assert response.headers["Cache-Control"] == "no-store"
     assert "Authorization" in response.headers["Vary"]
     assert client.get("/whoami").headers["Cache-Control"] == "no-store"
+    # Login and register carry a password and answer with a token or a user (RFC 6749 §5.1),
+    # whether they succeed or not.
+    for path in ("/api/v1/auth/register", "/api/v1/auth/login"):
+        body = {"username": "frank", "password": "password-123"}
+        for response in (client.post(path, json=body), client.post(path, json={})):
+            assert response.headers["Cache-Control"] == "no-store", (path, response.status)
 
 
 def test_cors_is_off_unless_configured(client) -> None:  # type: ignore[no-untyped-def]

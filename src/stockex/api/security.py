@@ -7,7 +7,8 @@
   the API (JSON and CSV never need to load anything), and for Swagger UI under ``/api/docs``
   one that allows its own scripts and styles, its inline start-up script and Google Fonts.
   Responses to requests that carried credentials (an ``Authorization`` header, or a user set
-  on ``flask.g.user_id``) get ``Cache-Control: no-store``. HSTS is added on HTTPS requests.
+  on ``flask.g.user_id``, or a password: login and register, whose answer may be a token,
+  RFC 6749 §5.1) get ``Cache-Control: no-store``. HSTS is added on HTTPS requests.
 * CORS is off unless ``api.cors_origins`` lists origins (or ``"*"``): then requests from those
   origins get ``Access-Control-Allow-Origin`` (and the headers a client needs to read), and
   their preflight ``OPTIONS`` requests are answered with 204 and the allowed methods/headers.
@@ -33,6 +34,8 @@ DOCS_CSP = (
     "form-action 'self'"
 )
 DOCS_PREFIX = "/api/docs"
+#: Requests that carry a password (and answer with a token or a user): never cached.
+CREDENTIAL_PATHS = frozenset({"/api/v1/auth/login", "/api/v1/auth/register"})
 
 _ALWAYS = tuple(
     (name.lower(), name, value)
@@ -102,7 +105,8 @@ def install_security(app: Flask, settings: Settings) -> None:
             headers.add("Content-Security-Policy", DOCS_CSP if is_docs else API_CSP)
         if request.is_secure and "strict-transport-security" not in present:
             headers.add("Strict-Transport-Security", "max-age=31536000")
-        if "Authorization" in request.headers or g.get("user_id") is not None:
+        if (request.path in CREDENTIAL_PATHS or "Authorization" in request.headers
+                or g.get("user_id") is not None):
             headers["Cache-Control"] = "no-store"
             if "vary" in present:
                 response.vary.add("Authorization")
