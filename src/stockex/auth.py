@@ -139,7 +139,9 @@ def create_user(
     if role not in ROLES:
         raise InvalidInput(f"role must be one of {', '.join(ROLES)}", code="invalid_role")
     if name in RESERVED_USERNAMES and role != "system":
-        raise Conflict(f"username {name!r} is taken", code="username_taken")
+        reserved = ", ".join(sorted(RESERVED_USERNAMES))
+        raise Conflict(f"username {name!r} is reserved ({reserved} are); choose another",
+                       code="username_taken")
     hashed = hash_password(secret)  # slow on purpose; outside the transaction
 
     def work(session: Session) -> UserView:

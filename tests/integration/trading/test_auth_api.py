@@ -73,10 +73,13 @@ def test_register_validation(client, name, password, email, code) -> None:  # ty
 
 def test_usernames_are_unique_and_system_names_reserved(client) -> None:  # type: ignore[no-untyped-def]
     assert register(client, "bob.b-1_").status_code == 201
-    for name in ("bob.b-1_", "fees"):
+    for name in ("bob.b-1_", "fees", "admin"):
         response = register(client, name)
         assert response.status_code == 409
         assert response.get_json()["error"]["code"] == "username_taken"
+    # A reserved name is not "taken" by anyone: the message says what it is.
+    assert register(client, "admin").get_json()["error"]["message"] == (
+        "username 'admin' is reserved (admin, fees, root, system are); choose another")
 
 
 def test_login_failures_are_all_the_same_401(client) -> None:  # type: ignore[no-untyped-def]
