@@ -155,9 +155,16 @@ def _listen(host: str, port: int) -> socket.socket:
 @reports_errors
 def serve(host: str | None, port: int | None) -> None:
     """Run the API with the development server (production: gunicorn 'stockex.api:create_app()')."""
-    from werkzeug.serving import make_server
+    from werkzeug.serving import WSGIRequestHandler, make_server
 
     from stockex.api import create_app
+
+    class OneAccessLine(WSGIRequestHandler):
+        """stockex logs one access line per request itself (stockex.access); Werkzeug's own,
+        with terminal colour codes, would be a second one."""
+
+        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+            pass
 
     settings = settings_from_env()
     host, port = host or settings.api.host, port or settings.api.port
@@ -168,7 +175,8 @@ def serve(host: str | None, port: int | None) -> None:
         _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
     with listener:
         app = create_app(settings, development=True)
-        server = make_server(host, port, app, threaded=True, fd=listener.fileno())
+        server = make_server(host, port, app, threaded=True, fd=listener.fileno(),
+                             request_handler=OneAccessLine)
     server.log_startup()
     server.serve_forever()
 

@@ -104,9 +104,10 @@ def served(tmp_path: Path):  # type: ignore[no-untyped-def]
     assert run(["db", "upgrade"], cwd=tmp_path).returncode == 0
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKEX")}
+    log = (tmp_path / "serve.err").open("wb")  # the test may read it (same tmp_path)
     process = subprocess.Popen(  # noqa: S603
         STOCKEX + ["serve", "--port", str(port)], cwd=tmp_path, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL, stderr=log,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -118,12 +119,21 @@ def served(tmp_path: Path):  # type: ignore[no-untyped-def]
             time.sleep(0.1)
     else:
         process.kill()
-        raise AssertionError(process.stderr.read().decode() if process.stderr else "no start")
+        log.close()
+        raise AssertionError((tmp_path / "serve.err").read_text())
     yield base
     process.terminate()
     process.wait(10)
-    if process.stderr:
-        process.stderr.close()
+    log.close()
+
+
+def test_serve_logs_one_access_line_per_request(served: str, tmp_path: Path) -> None:
+    for _ in range(3):
+        assert get(served + "/api/v1/markets")[0] == 200
+    time.sleep(0.2)
+    lines = [line for line in (tmp_path / "serve.err").read_text().splitlines()
+             if "/api/v1/markets" in line]
+    assert len(lines) == 3 and all("stockex.access" in line for line in lines), lines
 
 
 def test_serve_embedded_default(served: str) -> None:
