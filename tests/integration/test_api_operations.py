@@ -197,6 +197,18 @@ def test_the_placeholder_secret_key_is_refused_outside_development(database) -> 
     assert create_app(settings, db=database, testing=True).testing
 
 
+def test_a_short_secret_key_is_refused_outside_development(database) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings().replace(database={"url": database.url}, secret_key="x" * 31)
+    with pytest.raises(ConfigError) as refused:
+        create_app(settings, db=database)
+    assert str(refused.value).startswith(
+        "config: secret_key: 31 characters is too short to sign tokens with")
+    assert create_app(settings, db=database, development=True).test_client().get(
+        "/health").status_code == 200
+    long_enough = settings.replace(secret_key="x" * 32)
+    assert create_app(long_enough, db=database).test_client().get("/health").status_code == 200
+
+
 def test_body_over_the_limit_is_413_json(app, client) -> None:  # type: ignore[no-untyped-def]
     @app.post("/echo")
     def echo():  # type: ignore[no-untyped-def]

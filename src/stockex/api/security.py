@@ -1,7 +1,8 @@
 """HTTP hardening: the secret-key check, security headers and CORS.
 
-* :func:`check_secret_key` refuses the placeholder ``secret_key`` (``change-me``) unless the
-  app is built for development (``stockex serve``) or tests: anyone could sign tokens with it.
+* :func:`check_secret_key` refuses the placeholder ``secret_key`` (``change-me``), and any
+  key shorter than 32 characters, unless the app is built for development (``stockex
+  serve``) or tests: anyone could sign tokens with it.
 * Every response gets ``X-Content-Type-Options: nosniff``, ``X-Frame-Options: DENY``,
   ``Referrer-Policy: no-referrer`` and a Content-Security-Policy: ``default-src 'none'`` for
   the API (JSON and CSV never need to load anything), and for Swagger UI under ``/api/docs``
@@ -52,17 +53,29 @@ CORS_EXPOSED_HEADERS = "X-Request-ID, Retry-After, Content-Disposition"
 CORS_MAX_AGE = "600"
 
 
+#: HS256 wants a key of at least its hash's 256 bits (RFC 7518 §3.2): 32 characters.
+MIN_SECRET_KEY_LENGTH = 32
+
+
 def check_secret_key(settings: Settings, *, development: bool = False) -> None:
-    """Raise :class:`ConfigError` for the placeholder key outside development and tests."""
-    if settings.secret_key != DEFAULT_SECRET_KEY:
+    """Raise :class:`ConfigError` outside development and tests for the placeholder key or
+    one shorter than :data:`MIN_SECRET_KEY_LENGTH` (a short HMAC key can be guessed offline
+    from any token, and then anyone can sign tokens)."""
+    key = settings.secret_key
+    if key == DEFAULT_SECRET_KEY:
+        problem = f"the placeholder {DEFAULT_SECRET_KEY!r} is refused outside development"
+    elif len(key) < MIN_SECRET_KEY_LENGTH:
+        problem = (f"{len(key)} characters is too short to sign tokens with (HS256 wants at "
+                   f"least {MIN_SECRET_KEY_LENGTH})")
+    else:
         return
     if development:
-        log.warning("secret_key is still the placeholder: acceptable for development only")
+        log.warning("secret_key: %s; acceptable for development only", problem)
         return
     raise ConfigError(
         "secret_key",
-        f"the placeholder {DEFAULT_SECRET_KEY!r} is refused outside development; set a long "
-        "random string (STOCKEX__SECRET_KEY)",
+        f"{problem}; set a long random string, e.g. `python -c 'import secrets; "
+        f"print(secrets.token_urlsafe(48))'` (STOCKEX__SECRET_KEY)",
     )
 
 
