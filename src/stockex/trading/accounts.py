@@ -238,7 +238,8 @@ def parse_amount(value: object, field_name: str = "amount") -> Decimal:
     number = parse_decimal(value)
     if number is None or number <= 0 or decimal_places(number) > 18 or number >= MAX_AMOUNT:
         raise InvalidInput(
-            f"{field_name} must be a positive decimal string with at most 18 decimal places",
+            f"{field_name} must be below 10^18" if number is not None and number >= MAX_AMOUNT
+            else f"{field_name} must be a positive decimal string with at most 18 decimal places",
             code=f"invalid_{field_name}", details={field_name: value},
         )
     return number

@@ -82,6 +82,7 @@ def _positive(body: dict[str, Any], key: str, places: int) -> Decimal | None:
     number = parse_decimal(raw)
     if number is None or number <= 0 or number >= MAX_AMOUNT:
         raise InvalidInput(
+            f"{key} must be below 10^18" if number is not None and number > 0 else
             f"{key} must be a positive decimal string, e.g. \"1.5\"",
             code=f"invalid_{key}", details={key: raw},
         )
@@ -103,7 +104,10 @@ def parse_order_request(body: dict[str, Any], settings: Settings) -> OrderReques
         )
     market_id = body.get("market")
     if not isinstance(market_id, str) or not market_id:
-        raise InvalidInput("market is required", code="invalid_market")
+        raise InvalidInput("market is required" if market_id in (None, "") else
+                           "market must be a market id string, e.g. \"asaxu\"",
+                           code="invalid_market",
+                           details={} if market_id is None else {"market": market_id})
     market = settings.market(market_id)
     if market is None:
         raise UnknownMarket(market_id)

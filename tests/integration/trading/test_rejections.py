@@ -95,6 +95,18 @@ def test_invalid_orders(book, body: dict[str, Any], status: int, code: str) -> N
     assert book.snapshot() == before
 
 
+@pytest.mark.parametrize(("body", "message"), [
+    ({**LIMIT_BUY, "price": "1000000000000000000"}, "price must be below 10^18"),
+    ({**LIMIT_BUY, "price": "-1"}, 'price must be a positive decimal string, e.g. "1.5"'),
+    ({**LIMIT_BUY, "market": 5}, 'market must be a market id string, e.g. "asaxu"'),
+    ({k: v for k, v in LIMIT_BUY.items() if k != "market"}, "market is required"),
+])
+def test_rejection_messages_say_what_is_wrong(book, body, message: str) -> None:  # type: ignore[no-untyped-def]
+    response = book.client.post("/api/v1/orders", json=body, headers=book.headers("carol"))
+    assert response.status_code == 400
+    assert response.get_json()["error"]["message"] == message
+
+
 def test_below_min_amount(exchange, make_settings, database) -> None:  # type: ignore[no-untyped-def]
     from stockex.api import create_app
 
@@ -251,6 +263,9 @@ def test_withdrawal_rejections(book) -> None:  # type: ignore[no-untyped-def]
     response = book.client.post("/api/v1/admin/deposits", json=cases[0][0],
                                 headers=book.headers("carol"))
     assert response.status_code == 403
+    huge = {"username": "carol", "asset": "XU", "amount": "99999999999999999999"}
+    response = book.client.post("/api/v1/admin/deposits", json=huge, headers=admin)
+    assert response.get_json()["error"]["message"] == "amount must be below 10^18"
     assert book.snapshot() == before
 
 
