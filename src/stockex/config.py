@@ -199,6 +199,16 @@ def _apply_override(raw: dict[str, Any], name: str, value: str) -> None:
     parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
     if not all(parts) or len(parts) > 2:
         raise ConfigError(name, "expected STOCKEX__SECTION__KEY or STOCKEX__KEY")
+    # Named after the variable, not the key: a typo here is not in the config file.
+    if parts[0] not in {f.name for f in dataclasses.fields(Settings)}:
+        raise ConfigError(name, f"unknown key {parts[0]!r}")
+    if len(parts) == 2:
+        section = _SECTIONS.get(parts[0])
+        if section is None:
+            raise ConfigError(name, f"{parts[0]!r} is not a section (use {ENV_PREFIX}"
+                                    f"{parts[0].upper()})")
+        if parts[1] not in {f.name for f in dataclasses.fields(section)}:
+            raise ConfigError(name, f"unknown key {parts[0]}.{parts[1]}")
     try:
         parsed = yaml.safe_load(value) if value.strip() else ""
         if parsed is None and value.strip().startswith("#"):

@@ -126,9 +126,17 @@ def test_bad_urls_are_shown_without_their_password(raw: dict, key: str) -> None:
     assert "s3cret-pw" not in str(info.value) and "***" in str(info.value)
 
 
-def test_env_override_with_unknown_section_is_refused() -> None:
-    with pytest.raises(ConfigError, match="^config: nosuch: unknown key$"):
-        load_settings(environ={"STOCKEX__NOSUCH__KEY": "1"})
+@pytest.mark.parametrize(("name", "problem"), [
+    ("STOCKEX__NOSUCH__KEY", "unknown key 'nosuch'"),
+    ("STOCKEX__DATABSE__URL", "unknown key 'databse'"),
+    ("STOCKEX__DATABASE__URLL", "unknown key database.urll"),
+    ("STOCKEX__TIMEZONE__NAME", "'timezone' is not a section (use STOCKEX__TIMEZONE)"),
+])
+def test_env_override_with_an_unknown_key_names_the_variable(name: str, problem: str) -> None:
+    """The typo is in the environment, not in the config file: the error says where."""
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ={name: "1"})
+    assert str(refused.value) == f"config: {name}: {problem}"
 
 
 def test_invalid_yaml_file(tmp_path: Path) -> None:
