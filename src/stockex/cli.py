@@ -4,6 +4,7 @@ and turns that function's errors into one line on stderr and a non-zero exit sta
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import sys
 from collections.abc import Callable, Iterator
@@ -290,16 +291,33 @@ def sim(host: str, port: int, markets: str, origin: str | None, gaps: tuple[str,
 
     config: dict[str, Any] = dict(faults)
     config["markets"] = tuple(m.strip() for m in markets.split(",") if m.strip())
-    config["origin"] = parse_time(origin, settings_from_env().tz) if origin else DEFAULT_ORIGIN
     try:
-        config["gaps"] = tuple(tuple(int(x) for x in g.split(":", 1)) for g in gaps)
+        config["origin"] = (parse_time(origin, settings_from_env().tz) if origin
+                            else DEFAULT_ORIGIN)
+    except DomainError as exc:
+        _fail(f"sim: --origin: {exc.message}")
+    config["gaps"] = tuple(_gap(g) for g in gaps)
+    try:
         if port:  # Werkzeug prints several lines and exits on a taken port: try it first
             _listen(host, port).close()
         run_simulator(host, port, **config)
-    except ValueError as exc:
-        _fail(f"sim: {exc}")
+    except ValueError as exc:  # SimulatorConfig's checks name its fields: say the flags
+        _fail("sim: " + re.sub(r"\b(" + "|".join(config) + r")\b",
+                               lambda m: "--" + m.group(1).replace("_", "-"), str(exc)))
     except OSError as exc:
         _fail(f"sim: cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
+def _gap(text: str) -> tuple[int, int]:
+    """``FROM:TO`` of ``--gap``: epoch seconds, FROM <= TO."""
+    first, _, last = text.partition(":")
+    try:
+        gap = int(first), int(last)
+    except ValueError:
+        _fail(f"sim: --gap must be FROM:TO in epoch seconds, got {text!r}")
+    if gap[0] > gap[1]:
+        _fail(f"sim: --gap {text!r} ends before it starts")
+    return gap
 
 
 @cli.group()

@@ -72,6 +72,17 @@ def test_a_command_before_db_upgrade_says_to_run_it(tmp_path: Path) -> None:
                          "or check database.url)")
 
 
+@pytest.mark.parametrize(("args", "line"), [
+    (["--gap", "abc"], "stockex: sim: --gap must be FROM:TO in epoch seconds, got 'abc'"),
+    (["--gap", "5:1"], "stockex: sim: --gap '5:1' ends before it starts"),
+    (["--origin", "garbage"],
+     "stockex: sim: --origin: not a time: 'garbage' (use epoch seconds or ISO-8601)"),
+    (["--error-rate", "2"], "stockex: sim: --error-rate must be within [0, 1]"),
+])
+def test_sim_argument_errors_name_the_flag(args: list[str], line: str, tmp_path: Path) -> None:
+    assert one_error_line(run(["sim", "--port", "0", *args], cwd=tmp_path)) == line
+
+
 def test_db_upgrade_mysql_twice(fresh_mysql_url: str, tmp_path: Path) -> None:
     env = {"STOCKEX__DATABASE__URL": fresh_mysql_url}
     first = run(["db", "upgrade"], env=env, cwd=tmp_path)
