@@ -6,6 +6,7 @@ message and exits non-zero. Keep codes stable: clients branch on them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Set
 from typing import Any
 
 
@@ -68,3 +69,13 @@ class UnknownMarket(NotFound):
 
     def __init__(self, market: str) -> None:
         super().__init__(f"unknown market {market!r}", details={"market": market})
+
+
+def refuse_unknown_fields(body: Mapping[str, Any], fields: Set[str]) -> None:
+    """400 ``unknown_field`` (listing them) when ``body`` has keys outside ``fields``."""
+    unknown = sorted(set(body) - fields)
+    if unknown:
+        raise InvalidInput(
+            f"unknown field(s): {', '.join(unknown)}", code="unknown_field",
+            details={"fields": unknown},
+        )

@@ -35,7 +35,7 @@ def withdraw() -> Response:
 
 
 def _transfer(use_case) -> Response:  # type: ignore[no-untyped-def]
-    body = json_body()
+    body = json_body(frozenset({"username", "asset", "amount"}))
     svc = services()
     balance = use_case(svc.db, svc.settings, body.get("username"), body.get("asset"),
                        body.get("amount"))

@@ -18,7 +18,7 @@ bp = Blueprint("auth", __name__)
 @bp.post("/auth/register")
 def register() -> tuple[Response, int]:
     """201 the new user; 400 invalid_username/invalid_password/invalid_email; 409 username_taken."""
-    body = json_body()
+    body = json_body(frozenset({"username", "password", "email"}))
     svc = services()
     user = auth.create_user(
         svc.db, svc.settings, body.get("username"), body.get("password"), email=body.get("email")
@@ -30,7 +30,7 @@ def register() -> tuple[Response, int]:
 @limit_login
 def login() -> Response:
     """A bearer token for valid credentials; 401 invalid_credentials otherwise."""
-    body = json_body()
+    body = json_body(frozenset({"username", "password"}))
     svc = services()
     user = auth.authenticate(svc.db, body.get("username"), body.get("password"))
     token = auth.issue_token(svc.settings, user.id, user.role)

@@ -334,6 +334,7 @@ ORDER_ERROR_CODES = (
 TRADING_SCHEMAS: dict[str, Any] = {
     "RegisterRequest": {
         "type": "object",
+        "additionalProperties": False,
         "required": ["username", "password"],
         "properties": {
             "username": {"type": "string", "pattern": "^[a-z0-9_.-]{3,32}$", "example": "alice"},
@@ -343,6 +344,7 @@ TRADING_SCHEMAS: dict[str, Any] = {
     },
     "LoginRequest": {
         "type": "object",
+        "additionalProperties": False,
         "required": ["username", "password"],
         "properties": {
             "username": {"type": "string"},
@@ -379,6 +381,7 @@ TRADING_SCHEMAS: dict[str, Any] = {
     },
     "TransferRequest": {
         "type": "object",
+        "additionalProperties": False,
         "required": ["username", "asset", "amount"],
         "properties": {
             "username": {"type": "string"},

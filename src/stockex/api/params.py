@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import g, request
 
-from stockex.errors import InvalidInput
+from stockex.errors import InvalidInput, refuse_unknown_fields
 
 
 def _refuse_constant(name: str) -> None:
@@ -30,11 +30,15 @@ def request_json() -> Any:
     return g.stockex_json
 
 
-def json_body() -> dict[str, Any]:
-    """The request's JSON object; 400 ``invalid_json`` for anything else."""
+def json_body(fields: frozenset[str] | None = None) -> dict[str, Any]:
+    """The request's JSON object; 400 ``invalid_json`` for anything else, and 400
+    ``unknown_field`` for a key outside ``fields`` when given (a misspelt or unsupported
+    key is refused, not silently ignored: ``{"role": "admin"}`` at register sets nothing)."""
     data = request_json()
     if not isinstance(data, dict):
         raise InvalidInput("the request body must be a JSON object", code="invalid_json")
+    if fields is not None:
+        refuse_unknown_fields(data, fields)
     return data
 
 

@@ -32,7 +32,7 @@ from decimal import Decimal
 from typing import Any
 
 from stockex.config import MarketSettings, Settings
-from stockex.errors import InvalidInput, UnknownMarket
+from stockex.errors import InvalidInput, UnknownMarket, refuse_unknown_fields
 from stockex.numbers import MAX_AMOUNT, decimal_places, parse_decimal, to_str
 
 FIELDS = frozenset(
@@ -96,12 +96,7 @@ def _positive(body: dict[str, Any], key: str, places: int) -> Decimal | None:
 
 def parse_order_request(body: dict[str, Any], settings: Settings) -> OrderRequest:
     """Check a placement body against the contract and the market's rules (see module doc)."""
-    unknown = sorted(set(body) - FIELDS)
-    if unknown:
-        raise InvalidInput(
-            f"unknown field(s): {', '.join(unknown)}", code="unknown_field",
-            details={"fields": unknown},
-        )
+    refuse_unknown_fields(body, FIELDS)
     market_id = body.get("market")
     if not isinstance(market_id, str) or not market_id:
         raise InvalidInput("market is required" if market_id in (None, "") else

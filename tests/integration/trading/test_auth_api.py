@@ -82,6 +82,25 @@ def test_usernames_are_unique_and_system_names_reserved(client) -> None:  # type
         "username 'admin' is reserved (admin, fees, root, system are); choose another")
 
 
+def test_unknown_fields_are_refused_not_ignored(client, database, settings) -> None:  # type: ignore[no-untyped-def]
+    """{"role": "admin"} at register must not look as if it had set something."""
+    response = client.post("/api/v1/auth/register", json={
+        "username": "mallory", "password": "password-123", "role": "admin"})
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "unknown_field"
+    assert response.get_json()["error"]["details"] == {"fields": ["role"]}
+    assert register(client, "mallory").status_code == 201  # nothing was created before
+    response = client.post("/api/v1/auth/login", json={
+        "username": "mallory", "password": "password-123", "remember": True})
+    assert response.get_json()["error"]["code"] == "unknown_field"
+    admin = auth.create_user(database, settings, "boss", "password-123", role="admin")
+    token = auth.issue_token(settings, admin.id, admin.role)
+    response = client.post("/api/v1/admin/deposits", headers=bearer(token), json={
+        "username": "mallory", "asset": "XU", "amount": "1", "note": "gift"})
+    assert response.status_code == 400
+    assert response.get_json()["error"]["details"] == {"fields": ["note"]}
+
+
 def test_login_failures_are_all_the_same_401(client) -> None:  # type: ignore[no-untyped-def]
     register(client, "carol")
     for name, password in (("carol", "wrong-password"), ("nobody", "password-123"),
