@@ -400,7 +400,11 @@ def _transfer(kind: str, name: str, asset: str, amount: str) -> None:
     )
 
 
-@cli.command()
+#: "-5" is an amount (refused as one, with its own message), not an unknown option.
+_AMOUNT_ARGS = {"ignore_unknown_options": True}
+
+
+@cli.command(context_settings=_AMOUNT_ARGS)
 @click.argument("name")
 @click.argument("asset")
 @click.argument("amount")
@@ -410,7 +414,7 @@ def deposit(name: str, asset: str, amount: str) -> None:
     _transfer("deposit", name, asset, amount)
 
 
-@cli.command()
+@cli.command(context_settings=_AMOUNT_ARGS)
 @click.argument("name")
 @click.argument("asset")
 @click.argument("amount")

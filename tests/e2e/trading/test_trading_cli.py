@@ -53,6 +53,8 @@ def test_cli_errors_are_one_line(run) -> None:  # type: ignore[no-untyped-def]
         (("withdraw", "alice", "XU", "1"), None, "insufficient_balance"),
         (("deposit", "nobody", "XU", "1"), None, "unknown_user"),
         (("deposit", "alice", "XU", "abc"), None, "invalid_amount"),
+        (("deposit", "alice", "XU", "-5"), None, "invalid_amount"),  # an amount, not an option
+        (("withdraw", "alice", "XU", "-5"), None, "invalid_amount"),
     ]
     for args, stdin, code in cases:
         result = run(*args, stdin=stdin)
