@@ -232,7 +232,9 @@ def crawl(markets: tuple[str, ...], once: bool, until: str | None) -> None:
         click.echo(json.dumps(summary.as_dict()))
     failed = [s for s in summaries if not s.ok]
     if failed:
-        _fail("; ".join(f"{s.market}: {s.error}" for s in failed))
+        # An upstream error names its market already ("asaxu [window]: ..."): once is enough.
+        _fail("; ".join(s.error if (s.error or "").startswith(f"{s.market} ")
+                        else f"{s.market}: {s.error}" for s in failed))
 
 
 class _ProgressBars:

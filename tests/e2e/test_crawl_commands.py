@@ -93,7 +93,7 @@ def test_crawl_once_exits_non_zero_with_one_line_on_failure(
     result = run(["crawl", "--once", "--until", str(minute(299))], crawl_env(database, url))
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("stockex: asaxu: asaxu ts=") and "high" in last
+    assert last.startswith("stockex: asaxu ts=") and "high" in last  # the market once
     assert "Traceback" not in result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1])["status"] == "failed"
     assert candle_times(database) == list(range(minute(0), minute(100), 60))
