@@ -204,4 +204,4 @@ def test_sim_serves_klines_and_refuses_bad_switches(tmp_path: Path) -> None:
     bad = subprocess.run(STOCKEX + ["sim", "--origin", "30"], env=env, capture_output=True,
                          text=True, timeout=60, check=False, cwd=tmp_path)
     assert bad.returncode == 1
-    assert bad.stderr.strip() == "stockex: sim: origin 30 is not a multiple of 60"
+    assert bad.stderr.strip() == "stockex: sim: --origin 30 is not a multiple of 60"
