@@ -406,9 +406,9 @@ TRADING_SCHEMAS: dict[str, Any] = {
         "description": (
             "Limit orders need `price` and `amount`; market orders take no price; a market "
             "buy gives `amount` (base) or `quote_amount` (quote to spend), never both. "
-            "`time_in_force` is required, as on Binance: GTC rests the unfilled rest, IOC "
-            "cancels it, FOK fills entirely or not at all; market orders never rest, so GTC "
-            "is refused for them."
+            "`time_in_force` is required, market orders included: GTC rests the unfilled "
+            "rest, IOC cancels it, FOK fills entirely or not at all; market orders never "
+            "rest, so GTC is refused for them."
         ),
         "properties": {
             "market": {"type": "string", "example": "asaxu"},
