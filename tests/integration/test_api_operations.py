@@ -107,6 +107,12 @@ def test_hsts_on_https(client) -> None:  # type: ignore[no-untyped-def]
     assert response.headers["Strict-Transport-Security"] == "max-age=31536000"
 
 
+def test_swagger_ui_is_found_with_a_trailing_slash_too(client) -> None:  # type: ignore[no-untyped-def]
+    response = client.get("/api/docs/")
+    assert (response.status_code, response.headers["Location"]) == (308, "/api/docs")
+    assert b"swagger-ui" in client.get("/api/docs/", follow_redirects=True).data
+
+
 def test_swagger_ui_gets_a_policy_it_can_run_under(client) -> None:  # type: ignore[no-untyped-def]
     response = client.get("/api/docs", follow_redirects=True)
     csp = response.headers["Content-Security-Policy"]
@@ -202,7 +208,8 @@ def test_a_short_secret_key_is_refused_outside_development(database) -> None:  #
     with pytest.raises(ConfigError) as refused:
         create_app(settings, db=database)
     assert str(refused.value).startswith(
-        "config: secret_key: 31 characters is too short to sign tokens with")
+        "config: secret_key: 31 characters, too short to sign tokens with (HS256 wants at "
+        "least 32) is refused outside development")
     assert create_app(settings, db=database, development=True).test_client().get(
         "/health").status_code == 200
     long_enough = settings.replace(secret_key="x" * 32)

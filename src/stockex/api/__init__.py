@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 
 from flasgger import Swagger
-from flask import Flask, current_app
+from flask import Flask, current_app, redirect
 
 from stockex.alerts import notifier_for
 from stockex.api.errors import register_error_handlers
@@ -99,6 +99,9 @@ def create_app(
     app.register_blueprint(accounts_bp, url_prefix="/api/v1")
     app.register_blueprint(orders_bp, url_prefix="/api/v1")
     _register_docs(app, settings)
+    # Swagger UI is at /api/docs; a typed (or bookmarked) trailing slash finds it too.
+    app.add_url_rule(DOCS_ROUTE + "/", "docs_slash",
+                     lambda: redirect(DOCS_ROUTE, code=308), strict_slashes=True)
     _sync_markets_best_effort(database, settings)
     return app
 

@@ -63,19 +63,19 @@ def check_secret_key(settings: Settings, *, development: bool = False) -> None:
     from any token, and then anyone can sign tokens)."""
     key = settings.secret_key
     if key == DEFAULT_SECRET_KEY:
-        problem = f"the placeholder {DEFAULT_SECRET_KEY!r} is refused outside development"
+        problem = f"the placeholder {DEFAULT_SECRET_KEY!r}"
     elif len(key) < MIN_SECRET_KEY_LENGTH:
-        problem = (f"{len(key)} characters is too short to sign tokens with (HS256 wants at "
+        problem = (f"{len(key)} characters, too short to sign tokens with (HS256 wants at "
                    f"least {MIN_SECRET_KEY_LENGTH})")
     else:
         return
     if development:
-        log.warning("secret_key: %s; acceptable for development only", problem)
+        log.warning("secret_key is %s: acceptable for development only", problem)
         return
     raise ConfigError(
         "secret_key",
-        f"{problem}; set a long random string, e.g. `python -c 'import secrets; "
-        f"print(secrets.token_urlsafe(48))'` (STOCKEX__SECRET_KEY)",
+        f"{problem} is refused outside development; set a long random string, e.g. "
+        "`python -c 'import secrets; print(secrets.token_urlsafe(48))'` (STOCKEX__SECRET_KEY)",
     )
 
 
