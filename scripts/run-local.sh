@@ -10,11 +10,21 @@ BIN="${VENV:-.venv}/bin"
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait; }
 trap cleanup EXIT INT TERM
+# Wait (up to 10 s) until HOST:PORT accepts connections, or until process PID has exited.
+listening() {
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
+    kill -0 "$3" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
 
 if [ -z "${STOCKEX__TIKI__BASE_URL:-}" ] && [ -z "${STOCKEX_CONFIG:-}" ] && [ ! -f config.yaml ]; then
   sim_port="${STOCKEX_SIM_PORT:-5011}"
   "$BIN/stockex" sim --port "$sim_port" &
   pids+=($!)
+  listening 127.0.0.1 "$sim_port" "$!" || true  # the crawler's first request finds it up
   export STOCKEX__TIKI__BASE_URL="http://127.0.0.1:$sim_port"
   # A short history for the demo instead of the backfill from crawler.start (2024-01-01).
   if [ -z "${STOCKEX__CRAWLER__START:-}" ]; then
@@ -25,7 +35,12 @@ fi
 
 "$BIN/stockex" serve &
 pids+=($!)
+api_pid=$!
 "$BIN/stockex" crawl &
 pids+=($!)
-echo "stockex API on http://${STOCKEX__API__HOST:-127.0.0.1}:${STOCKEX__API__PORT:-5010} (Swagger UI at /api/docs); crawler running" >&2
+api_host="${STOCKEX__API__HOST:-127.0.0.1}" api_port="${STOCKEX__API__PORT:-5010}"
+[ "$api_host" = 0.0.0.0 ] && probe_host=127.0.0.1 || probe_host="$api_host"
+if listening "$probe_host" "$api_port" "$api_pid"; then  # say so once it is true
+  echo "stockex API on http://$api_host:$api_port (Swagger UI at /api/docs); crawler running" >&2
+fi
 wait -n
