@@ -325,8 +325,15 @@ def current_principal() -> Principal:
     return principal
 
 
+def _current_role(db: Database, user_id: int) -> str | None:
+    with db.read() as session:
+        return session.scalar(select(User.role).where(User.id == user_id))
+
+
 def requires_auth(role: str | None = None) -> Callable[[F], F]:
-    """Route decorator: verify the bearer token (401) and, if given, the role (403).
+    """Route decorator: verify the bearer token (401) and, if given, the role (403), which
+    is then read from the database too (a user removed or demoted since the token was signed
+    is refused at once; the unchecked routes only ever reach the token's own user's rows).
 
     The verified :class:`Principal` is available as :func:`current_principal`.
     """
@@ -342,6 +349,12 @@ def requires_auth(role: str | None = None) -> Callable[[F], F]:
                 raise Unauthorized("the token has been revoked", code="token_revoked")
             if role is not None and principal.role != role:
                 raise Forbidden(f"this needs the {role} role")
+            if role is not None:  # rare routes: the role as it is now, not as when signed
+                current = _current_role(svc.db, principal.user_id)
+                if current is None:
+                    raise Unauthorized(USER_GONE)
+                if current != role:
+                    raise Forbidden(f"this needs the {role} role")
             g.stockex_principal = principal
             g.user_id = principal.user_id  # read by rate limits, the access log and alerts
             return view(*args, **kwargs)

@@ -233,7 +233,7 @@ def crawl(markets: tuple[str, ...], once: bool, until: str | None) -> None:
     failed = [s for s in summaries if not s.ok]
     if failed:
         # An upstream error names its market already ("asaxu [window]: ..."): once is enough.
-        _fail("; ".join(s.error if (s.error or "").startswith(f"{s.market} ")
+        _fail("; ".join(s.error if (s.error or "").startswith((f"{s.market} ", f"{s.market}:"))
                         else f"{s.market}: {s.error}" for s in failed))
 
 
@@ -402,11 +402,19 @@ def _transfer(kind: str, name: str, asset: str, amount: str) -> None:
     )
 
 
-#: "-5" is an amount (refused as one, with its own message), not an unknown option.
-_AMOUNT_ARGS = {"ignore_unknown_options": True}
+class _AmountCommand(click.Command):
+    """A command whose last argument is an amount: ``-5`` is an amount (refused as one, with
+    its own message), not an unknown option; a real unknown option is still refused."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        for i, arg in enumerate(args):
+            if re.fullmatch(r"-(\d|\.\d)\S*", arg):
+                args = [*args[:i], "--", *args[i:]]
+                break
+        return super().parse_args(ctx, args)
 
 
-@cli.command(context_settings=_AMOUNT_ARGS)
+@cli.command(cls=_AmountCommand)
 @click.argument("name")
 @click.argument("asset")
 @click.argument("amount")
@@ -416,7 +424,7 @@ def deposit(name: str, asset: str, amount: str) -> None:
     _transfer("deposit", name, asset, amount)
 
 
-@cli.command(context_settings=_AMOUNT_ARGS)
+@cli.command(cls=_AmountCommand)
 @click.argument("name")
 @click.argument("asset")
 @click.argument("amount")

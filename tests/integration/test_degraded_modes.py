@@ -266,6 +266,30 @@ def test_an_unmigrated_database_is_not_ready_and_routes_say_what_to_run(  # type
     assert client.get("/api/v1/markets/asaxu/depth").status_code == 200
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "mysql"])
+def test_a_table_missing_from_a_migrated_database_is_a_500_not_advice_to_migrate(  # type: ignore[no-untyped-def]
+    kind, tmp_path, make_settings, request
+) -> None:
+    """Dropped by hand (or a bug): `stockex db upgrade` would not help, so no 503 saying so;
+    a 500 with its traceback and alert like any other unexpected error."""
+    db = Database(request.getfixturevalue("fresh_mysql_url") if kind == "mysql"
+                  else f"sqlite:///{tmp_path / 'dropped.db'}")
+    upgrade(db)
+    with db.engine.begin() as conn:
+        if kind == "mysql":
+            conn.exec_driver_sql("SET FOREIGN_KEY_CHECKS = 0")
+        conn.exec_driver_sql("DROP TABLE trades")
+    app = create_app(make_settings(db.url), db=db)
+    seen: list[BaseException] = []
+    app.extensions["stockex.on_unhandled_error"] = seen.append
+    client = app.test_client()
+    assert client.get("/ready").status_code == 200
+    response = client.get("/api/v1/markets/asaxu/trades")
+    assert response.status_code == 500
+    assert response.get_json()["error"]["code"] == "internal_error"
+    assert len(seen) == 1
+
+
 def test_a_schema_newer_than_the_code_is_ready(database, make_settings) -> None:  # type: ignore[no-untyped-def]
     """After a migration, code rolled back to the previous release keeps serving."""
     with database.engine.begin() as conn:

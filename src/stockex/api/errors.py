@@ -63,6 +63,18 @@ def _is_connect_error(exc: BaseException) -> bool:
     return bool(args) and args[0] in (2003, 2006, 2013)
 
 
+def _schema_behind() -> bool:
+    """Whether a missing table is a missing migration (else: a bug or a dropped table, a
+    500 with its traceback and alert like any other)."""
+    from stockex.api import services
+    from stockex.migrate import schema_behind
+
+    try:
+        return schema_behind(services().db)
+    except Exception:  # noqa: BLE001 - cannot tell: report the original error as it is
+        return False
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(DomainError)
     def _domain(exc: DomainError) -> Response:
@@ -91,7 +103,7 @@ def register_error_handlers(app: Flask) -> None:
             if on_down is not None:
                 on_down(exc)
             return error_response(503, "database_unavailable", "the database is not reachable")
-        if is_missing_table(exc):  # the operator's to fix, not a bug: say what to run
+        if is_missing_table(exc) and _schema_behind():  # the operator's to fix: say how
             log.error("%s %s: %s (%s)", request.method, request.path, RUN_UPGRADE,
                       str(getattr(exc, "orig", exc)).splitlines()[0])
             return error_response(503, "schema_not_migrated", RUN_UPGRADE)

@@ -534,15 +534,16 @@ def _trading_paths() -> dict[str, Any]:
     return {
         "/api/v1/auth/register": {"post": {
             "tags": ["accounts"], "summary": "Register a user", "operationId": "register",
-            "description": "400 codes: invalid_json, invalid_username, invalid_password, "
-                           "invalid_email. 409 username_taken.",
+            "description": "400 codes: invalid_json, unknown_field, invalid_username, "
+                           "invalid_password, invalid_email. 409 username_taken.",
             "requestBody": json_body_of("RegisterRequest"),
             "responses": {"201": json_response("Created", ref("User")),
                           **errors(400, 409, 503)},
         }},
         "/api/v1/auth/login": {"post": {
             "tags": ["accounts"], "summary": "Log in: a bearer token",
-            "operationId": "login", "description": "401 invalid_credentials.",
+            "operationId": "login",
+            "description": "400 invalid_json, unknown_field; 401 invalid_credentials.",
             "requestBody": json_body_of("LoginRequest"),
             "responses": {"200": json_response("A token", ref("Token")),
                           **errors(400, 401, 429, 503)},
@@ -622,7 +623,8 @@ def _trading_paths() -> dict[str, Any]:
         "/api/v1/admin/deposits": {"post": {
             "tags": ["admin"], "summary": "Credit a user's balance (admin)",
             "operationId": "deposit", "security": SECURED,
-            "description": "400 invalid_amount, unknown_asset; 404 unknown_user.",
+            "description": "400 invalid_json, unknown_field, invalid_amount, unknown_asset; "
+                           "404 unknown_user.",
             "requestBody": json_body_of("TransferRequest"),
             "responses": {"200": json_response("The new balance", ref("TransferResult")),
                           **errors(400, 401, 403, 404, 503)},
@@ -630,8 +632,8 @@ def _trading_paths() -> dict[str, Any]:
         "/api/v1/admin/withdrawals": {"post": {
             "tags": ["admin"], "summary": "Debit a user's available balance (admin)",
             "operationId": "withdraw", "security": SECURED,
-            "description": "400 invalid_amount, unknown_asset, insufficient_balance; "
-                           "404 unknown_user.",
+            "description": "400 invalid_json, unknown_field, invalid_amount, unknown_asset, "
+                           "insufficient_balance; 404 unknown_user.",
             "requestBody": json_body_of("TransferRequest"),
             "responses": {"200": json_response("The new balance", ref("TransferResult")),
                           **errors(400, 401, 403, 404, 503)},

@@ -175,10 +175,8 @@ def _place(session: Session, user_id: int, request: OrderRequest) -> OrderView:
     # (CONTRACT §6); fok_not_filled is for a FOK order that could fill only part.
     if taker.type == "market" and not result.fills:
         raise InsufficientLiquidity(
-            "only your own orders rest at those prices (they would be cancelled, not "
-            "traded with); nothing was done" if result.self_cancelled else
-            "nothing to trade with: the book is empty, or the order is smaller than one "
-            "amount step at the best price; nothing was done"
+            "nothing to trade with: the book is empty, only your own orders rest at the best "
+            "prices, or the order is smaller than one amount step there; nothing was done"
         )
     if taker.time_in_force == "FOK" and not result.complete:
         raise FokNotFilled(

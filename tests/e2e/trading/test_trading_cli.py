@@ -55,6 +55,7 @@ def test_cli_errors_are_one_line(run) -> None:  # type: ignore[no-untyped-def]
         (("deposit", "alice", "XU", "abc"), None, "invalid_amount"),
         (("deposit", "alice", "XU", "-5"), None, "invalid_amount"),  # an amount, not an option
         (("withdraw", "alice", "XU", "-5"), None, "invalid_amount"),
+        (("deposit", "--admin", "alice", "XU", "5"), None, "No such option '--admin'"),
     ]
     for args, stdin, code in cases:
         result = run(*args, stdin=stdin)

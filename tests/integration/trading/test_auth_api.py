@@ -10,8 +10,10 @@ import time
 
 import jwt
 import pytest
+from sqlalchemy import update
 
 from stockex import auth
+from stockex.models import User
 
 REAL_HASH_PASSWORD = auth.hash_password  # taken before the cheap-hashing fixture patches it
 PASSWORD = "password-123"
@@ -188,6 +190,27 @@ def test_a_token_whose_user_does_not_exist_gets_401(client, settings) -> None:  
         error = response.get_json()["error"]
         assert (error["code"], error["message"]) == (
             "invalid_token", "the token's user does not exist")
+
+
+def test_admin_routes_read_the_role_from_the_database(client, database, settings) -> None:  # type: ignore[no-untyped-def]
+    """A signed admin token for a user that is gone, or no longer an admin, moves no money."""
+    bob = register(client, "bob").get_json()["id"]
+    body = {"username": "bob", "asset": "XU", "amount": "5"}
+    ghost = auth.issue_token(settings, 997, "admin")
+    response = client.post("/api/v1/admin/deposits", headers=bearer(ghost), json=body)
+    assert response.status_code == 401
+    assert response.get_json()["error"]["message"] == "the token's user does not exist"
+    demoted = auth.create_user(database, settings, "exadmin", "password-123", role="admin")
+    token = auth.issue_token(settings, demoted.id, "admin")
+    assert client.post("/api/v1/admin/deposits", headers=bearer(token),
+                       json=body).status_code == 200
+    with database.engine.begin() as conn:
+        conn.execute(update(User).where(User.id == demoted.id).values(role="user"))
+    response = client.post("/api/v1/admin/deposits", headers=bearer(token), json=body)
+    assert response.status_code == 403
+    balances = client.get("/api/v1/balances", headers=bearer(
+        auth.issue_token(settings, bob, "user"))).get_json()
+    assert {b["asset"]: b["available"] for b in balances}["XU"] == "5"  # credited once
 
 
 @pytest.mark.parametrize("header", ["", "Bearer", "Bearer ", "Basic abc", "token abc"])

@@ -197,14 +197,14 @@ def test_insufficient_liquidity(exchange) -> None:  # type: ignore[no-untyped-de
                  {"side": "sell", "type": "market", "amount": "1", "time_in_force": "FOK"}):
         error = exchange.order("dave", expect=409, **body)["error"]
         assert error["code"] == "insufficient_liquidity"
-        assert error["message"].startswith("nothing to trade with: the book is empty")
+        assert error["message"].startswith("nothing to trade with: the book is empty, ")
     assert exchange.snapshot() == before
     # only the user's own order rests: it would be cancelled, but nothing is recorded
     exchange.order("dave", side="sell", type="limit", price="100", amount="1")
     before = exchange.snapshot()
     error = exchange.order("dave", expect=409, side="buy", type="market", amount="1")["error"]
     assert error["code"] == "insufficient_liquidity"
-    assert error["message"].startswith("only your own orders rest at those prices")
+    assert "only your own orders rest at the best prices" in error["message"]
     assert exchange.snapshot() == before
     # a quote_amount too small to buy one amount step (0.001 ASA) of what rests
     exchange.user("erin", XU="10")
