@@ -501,6 +501,21 @@ def test_until_caps_the_window(
     assert (summary.window_to, summary.inserted) == (minute(99), 100)
 
 
+def test_a_run_with_nothing_to_fetch_says_so(
+    database: Database, make_settings: Any, start_simulator: Any, caplog: Any
+) -> None:
+    now = FakeClock(minute(100) + 10)
+    _, url = start_simulator(clock=now)
+    settings = crawl_settings(make_settings, database, url)
+    crawl_market(database, settings, "asaxu", clock=now)
+    with caplog.at_level(logging.INFO, logger="stockex.crawler"):
+        summary = crawl_market(database, settings, "asaxu", clock=now, until=minute(50))
+    assert (summary.requests, summary.covered_to) == (0, None)  # until is before the data
+    ended = [r.getMessage() for r in caplog.records if "row(s) written" in r.getMessage()]
+    assert "nothing to fetch (the window is empty: up to date)" in ended[-1]
+    assert "None" not in ended[-1]
+
+
 # --------------------------------------------------------------------------- the loop
 
 

@@ -457,9 +457,12 @@ def _finish(
     log.log(
         level,
         "%s: run %d %s at %s: %d row(s) written (%d new, %d updated), %d request(s), "
-        "covered up to %s, %d gap minute(s)%s",
+        "%s, %d gap minute(s)%s",
         run.market, run.run_id, status, local_iso(finished_at, run.tz), summary.rows_written,
-        run.inserted, run.updated, run.requests, local_iso(run.covered_to, run.tz),
+        run.inserted, run.updated, run.requests,
+        f"covered up to {local_iso(run.covered_to, run.tz)}" if run.covered_to is not None
+        else "nothing to fetch (the window is empty: up to date)" if window_from > window_to
+        else "nothing covered",
         run.gap_minutes, f"; error: {error}" if error else "",
     )
     return summary
