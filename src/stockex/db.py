@@ -24,7 +24,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from decimal import Context, Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -259,26 +259,30 @@ def _column_renderer(
 RUN_UPGRADE = "the database schema is not migrated: run `stockex db upgrade`"
 
 
-def is_missing_table(exc: BaseException) -> bool:
-    """True for a query on a table that does not exist: the schema was never migrated here
-    (or ``database.url`` points at another database). MySQL error 1146; SQLite's message."""
+def driver_error_is(
+    exc: BaseException, mysql: Container[int], sqlite: Callable[[str], bool] = lambda _: False
+) -> bool:
+    """Whether ``exc`` is a driver error with one of the ``mysql`` error numbers (PyMySQL puts
+    the number first in its args) or, from SQLite (a message only), one ``sqlite`` accepts."""
     if not isinstance(exc, DBAPIError) or exc.orig is None:
         return False
     args = getattr(exc.orig, "args", ())
     if args and isinstance(args[0], int):
-        return args[0] == 1146  # ER_NO_SUCH_TABLE
-    return str(exc.orig).startswith("no such table")
+        return args[0] in mysql
+    return sqlite(str(exc.orig))
+
+
+def is_missing_table(exc: BaseException) -> bool:
+    """True for a query on a table that does not exist: the schema was never migrated here
+    (or ``database.url`` points at another database). MySQL error 1146 (ER_NO_SUCH_TABLE)."""
+    return driver_error_is(exc, (1146,), lambda message: message.startswith("no such table"))
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """True for errors after which the database rolled back and running again is safe."""
-    if not isinstance(exc, DBAPIError) or exc.orig is None:
-        return False
-    args = getattr(exc.orig, "args", ())
-    if args and isinstance(args[0], int):
-        return args[0] in RETRYABLE_MYSQL_ERRORS
-    # SQLite: BEGIN IMMEDIATE waited busy_timeout and still could not get the write lock.
-    return "database is locked" in str(exc.orig)
+    """True for errors after which the database rolled back and running again is safe. On
+    SQLite: BEGIN IMMEDIATE waited busy_timeout and still could not get the write lock."""
+    return driver_error_is(exc, RETRYABLE_MYSQL_ERRORS,
+                           lambda message: "database is locked" in message)
 
 
 def make_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:

@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException
 
-from stockex.db import RUN_UPGRADE, is_missing_table
+from stockex.db import RUN_UPGRADE, driver_error_is, is_missing_table
 from stockex.errors import DomainError
 
 log = logging.getLogger("stockex.api")
@@ -56,11 +56,8 @@ def _database_unavailable(exc: BaseException) -> bool:
 
 
 def _is_connect_error(exc: BaseException) -> bool:
-    if not isinstance(exc, DBAPIError) or exc.orig is None:
-        return False
-    args = getattr(exc.orig, "args", ())
     # 2003 can't connect, 2006 server gone away, 2013 lost connection during query
-    return bool(args) and args[0] in (2003, 2006, 2013)
+    return driver_error_is(exc, (2003, 2006, 2013))
 
 
 def _schema_behind() -> bool:
