@@ -280,10 +280,15 @@ _ZLIB_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS,
                "deflate": zlib.MAX_WBITS}
 
 
+def _content_encoding(response: requests.Response) -> str:
+    """The body's Content-Encoding, lower case; ``identity`` when there is none."""
+    return response.headers.get("Content-Encoding", "").strip().lower() or "identity"
+
+
 def _decoder(response: requests.Response) -> Any:
     """A zlib decompressor for the body's Content-Encoding; None for an unencoded body."""
-    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding in ("", "identity"):
+    encoding = _content_encoding(response)
+    if encoding == "identity":
         return None
     if encoding not in _ZLIB_WBITS:
         raise _Undecodable(f"Content-Encoding {encoding!r} was not asked for")
@@ -334,7 +339,7 @@ def _content_length(response: requests.Response) -> int | None:
     """The declared length of the body as we will read it; None if unknown or compressed
     (then Content-Length counts the compressed bytes, and the decoded ones are counted
     while they are read)."""
-    if response.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+    if _content_encoding(response) != "identity":
         return None
     try:
         length = int(response.headers.get("Content-Length", ""))
