@@ -347,12 +347,12 @@ def requires_auth(role: str | None = None) -> Callable[[F], F]:
             principal = decode_token(svc.settings, bearer_token())
             if Revocations(svc.db, svc.cache).is_revoked(principal.jti):
                 raise Unauthorized("the token has been revoked", code="token_revoked")
-            if role is not None and principal.role != role:
-                raise Forbidden(f"this needs the {role} role")
-            if role is not None:  # rare routes: the role as it is now, not as when signed
-                current = _current_role(svc.db, principal.user_id)
-                if current is None:
-                    raise Unauthorized(USER_GONE)
+            if role is not None:  # rare routes: the role as signed, then as it is now
+                current = principal.role
+                if current == role:
+                    current = _current_role(svc.db, principal.user_id)
+                    if current is None:
+                        raise Unauthorized(USER_GONE)
                 if current != role:
                     raise Forbidden(f"this needs the {role} role")
             g.stockex_principal = principal
