@@ -6,10 +6,21 @@ ever touches them.
 
 from __future__ import annotations
 
-from decimal import Context, Decimal, InvalidOperation
+import functools
+from collections.abc import Callable
+from decimal import Context, Decimal, InvalidOperation, localcontext
+from typing import ParamSpec, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 #: What ``DECIMAL(36,18)`` stores: less than this, with at most 18 decimal places.
 MAX_AMOUNT = Decimal(10) ** 18
+#: The context for arithmetic on amounts (see :func:`exact`). Python's default context keeps
+#: 28 digits, so ``0 + Decimal("12345678901.123456789012345678")`` and even ``-amount`` come
+#: out rounded; 60 digits hold every sum and product of two DECIMAL(36,18) values exactly
+#: (and a quotient closely enough that rounding it down to 18 places is the exact floor).
+EXACT = Context(prec=60)
 _AMOUNT_QUANTUM = Decimal(1).scaleb(-18)
 _AMOUNT_CONTEXT = Context(prec=40)  # 36 digits and some; the default context carries 28
 
@@ -18,6 +29,17 @@ def fits_amount(value: Decimal) -> bool:
     """Whether ``DECIMAL(36,18)`` stores ``value`` exactly (its sign aside)."""
     return (value.copy_abs() < MAX_AMOUNT
             and value.quantize(_AMOUNT_QUANTUM, context=_AMOUNT_CONTEXT) == value)
+
+
+def exact(function: Callable[P, R]) -> Callable[P, R]:
+    """Run ``function`` with :data:`EXACT` as the decimal context (of this thread)."""
+
+    @functools.wraps(function)
+    def in_exact_context(*args: P.args, **kwargs: P.kwargs) -> R:
+        with localcontext(EXACT):
+            return function(*args, **kwargs)
+
+    return in_exact_context
 
 
 def to_str(value: Decimal | None) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from decimal import Decimal as D
+from fractions import Fraction
 
 from stockex.config import MarketSettings
 from stockex.trading.engine import Resting, Taker, apply_to_maker, fill_postings, match
@@ -96,3 +97,34 @@ def test_sell_taker_postings_balance_out() -> None:
     postings = fill_postings(taker, fill, MARKET, FEES)
     for asset in ("ASA", "XU"):
         assert sum(p[2] + p[3] for p in postings if p[1] == asset) == 0
+
+
+FINE = MarketSettings(id="finefine", base="FIN", quote="E", price_precision=6,
+                      amount_precision=12, min_amount=D("0.000000000001"), maker_fee=D("0.001"),
+                      taker_fee=D("0.002"))
+
+
+def test_amounts_of_36_digits_are_computed_unrounded() -> None:
+    """Python's default context keeps 28 digits; a market with 18 decimals between price and
+    amount reaches 36 (still below 10^18): totals, reservations and postings stay exact."""
+    price, amount = D("1000000.123456"), D("1000000.123456789012")
+    taker = Taker(1, "buy", "limit", "GTC", price, amount)
+    assert taker.reservation() == D("1000000246912.804253481344265472")
+    fill = match(taker, [ask(1, 2, "1000000.123455", "1000000.123456789012")], FINE).fills[0]
+    assert fill.total == D("1000000246911.804253357887476460")
+    postings = fill_postings(taker, fill, FINE, FEES)
+    # what the better maker price saves is released, to the last of its 36 digits
+    assert (1, "E", D("1.000000123456789012"), D("-1000000246912.804253481344265472")) \
+        in postings
+    for asset in ("FIN", "E"):  # summed as fractions: the test's own sums must not round
+        assert sum(Fraction(p[2]) + Fraction(p[3]) for p in postings if p[1] == asset) == 0
+
+
+def test_a_market_buy_by_quote_never_spends_more_than_its_quote_amount() -> None:
+    """10000000000.000000000001 steps of 3 cost 30000000000.000000000003, a millionth of a
+    step more than the quote; a 28-digit division rounded the quotient up to it."""
+    quote = D("30000000000.000000000002999999")
+    taker = Taker(1, "buy", "market", "IOC", None, None, quote)
+    result = match(taker, [ask(1, 2, "3", "20000000000")], FINE)
+    assert result.filled_amount == D("10000000000")
+    assert result.filled_quote == D("30000000000") <= quote

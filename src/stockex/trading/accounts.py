@@ -30,7 +30,7 @@ from stockex.config import Settings
 from stockex.db import Database
 from stockex.errors import USER_GONE, DomainError, InvalidInput, NotFound, Unauthorized
 from stockex.models import Account, LedgerEntry, User
-from stockex.numbers import MAX_AMOUNT, decimal_places, parse_decimal, to_str
+from stockex.numbers import MAX_AMOUNT, decimal_places, exact, parse_decimal, to_str
 
 ZERO = Decimal(0)
 ACCOUNTS = Account.__table__
@@ -82,6 +82,7 @@ class LockedBalances:
     def available(self, user_id: int, asset: str) -> Decimal:
         return self.get(user_id, asset).available
 
+    @exact  # a 36-digit balance plus a delta, unrounded (the default context keeps 28 digits)
     def post(
         self,
         user_id: int,
@@ -286,6 +287,7 @@ def _transfer(db: Database, settings: Settings, username: object, asset: object,
     code = _asset(settings, asset)
     quantity = parse_amount(amount)
 
+    @exact
     def work(session: Session) -> BalanceView:
         user_id = _user_id(session, username)
         balances = lock_balances(session, [user_id], [code])

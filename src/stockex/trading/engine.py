@@ -14,18 +14,21 @@ Rules (CONTRACT §6):
 * A buy order reserves price × amount of quote; after a fill at a better (maker) price the
   difference is released at once, so its reservation is always price × unfilled amount. A
   sell order reserves its unfilled amount of base.
+
+Every function computes in :data:`stockex.numbers.EXACT` (``@exact``): Python's default
+context keeps 28 digits and would round a total such as 1000000.12345678 × 1000000.12345678.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from decimal import ROUND_DOWN, Context, Decimal
+from decimal import ROUND_DOWN, Decimal
 
 from stockex.config import MarketSettings
+from stockex.numbers import exact
 
 ZERO = Decimal(0)
-_CONTEXT = Context(prec=60)
 _FEE_QUANTUM = Decimal(1).scaleb(-18)
 
 
@@ -54,6 +57,7 @@ class Taker:
             raise ValueError("this order is sized by quote_amount")
         return self.amount
 
+    @exact
     def reservation(self) -> Decimal:
         """What a limit order locks when placed: quote for a buy, base for a sell."""
         return self.limit_price * self.base_amount if self.side == "buy" else self.base_amount
@@ -74,6 +78,7 @@ class Resting:
     locked: Decimal
 
     @property
+    @exact
     def remaining(self) -> Decimal:
         return self.amount - self.filled_amount
 
@@ -104,12 +109,14 @@ def crosses(taker: Taker, maker_price: Decimal) -> bool:
     return maker_price <= taker.price if taker.side == "buy" else maker_price >= taker.price
 
 
+@exact
 def fee(received: Decimal, rate: Decimal) -> Decimal:
     if not rate:
         return ZERO
-    return (received * rate).quantize(_FEE_QUANTUM, rounding=ROUND_DOWN, context=_CONTEXT)
+    return (received * rate).quantize(_FEE_QUANTUM, rounding=ROUND_DOWN)
 
 
+@exact
 def match(taker: Taker, book: Iterable[Resting], market: MarketSettings) -> Match:
     """Walk ``book`` (opposite side, best first) and decide every fill and self-cancel.
 
@@ -128,9 +135,7 @@ def match(taker: Taker, book: Iterable[Resting], market: MarketSettings) -> Matc
         if remaining is not None:
             wanted = remaining
         else:
-            wanted = (remaining_quote / maker.price).quantize(
-                step, rounding=ROUND_DOWN, context=_CONTEXT
-            )
+            wanted = (remaining_quote / maker.price).quantize(step, rounding=ROUND_DOWN)
             if wanted <= 0:
                 result.complete = True  # the rest of the quote cannot buy one step here
                 break
@@ -160,6 +165,7 @@ def match(taker: Taker, book: Iterable[Resting], market: MarketSettings) -> Matc
 Posting = tuple[int, str, Decimal, Decimal]  # user_id, asset, Δavailable, Δlocked
 
 
+@exact
 def fill_postings(
     taker: Taker, fill: Fill, market: MarketSettings, fee_user_id: int
 ) -> list[Posting]:
@@ -195,6 +201,7 @@ def fill_postings(
     ]
 
 
+@exact
 def apply_to_maker(fill: Fill) -> None:
     """Record a fill on its resting order (filled, fee, what it still reserves)."""
     maker = fill.maker

@@ -33,7 +33,7 @@ from typing import Any
 
 from stockex.config import MarketSettings, Settings
 from stockex.errors import InvalidInput, UnknownMarket, refuse_unknown_fields
-from stockex.numbers import MAX_AMOUNT, decimal_places, parse_decimal, to_str
+from stockex.numbers import EXACT, MAX_AMOUNT, decimal_places, parse_decimal, to_str
 
 FIELDS = frozenset(
     {"market", "side", "type", "price", "amount", "quote_amount", "time_in_force",
@@ -137,7 +137,7 @@ def parse_order_request(body: dict[str, Any], settings: Settings) -> OrderReques
             code="below_min_amount",
             details={"amount": to_str(amount), "min_amount": to_str(market.min_amount)},
         )
-    if price is not None and amount is not None and price * amount >= MAX_AMOUNT:
+    if price is not None and amount is not None and EXACT.multiply(price, amount) >= MAX_AMOUNT:
         raise InvalidInput("the order's value is too large", code="invalid_amount")
 
     client_order_id = body.get("client_order_id")

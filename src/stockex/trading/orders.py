@@ -38,7 +38,7 @@ from stockex.config import MarketSettings, Settings
 from stockex.db import Database
 from stockex.errors import Conflict, NotFound, UnknownMarket
 from stockex.models import Order, Trade
-from stockex.numbers import to_str
+from stockex.numbers import exact, to_str
 from stockex.trading import engine
 from stockex.trading.accounts import InsufficientBalance, LockedBalances, lock_balances
 from stockex.trading.book import lock_market, lock_market_and_read_book
@@ -90,12 +90,11 @@ class OrderView:
     fills: list[FillView] = field(default_factory=list)
 
     @property
+    @exact
     def avg_price(self) -> Decimal | None:
         if not self.filled_amount:
             return None
-        return (self.filled_quote / self.filled_amount).quantize(
-            Decimal(1).scaleb(-18), context=engine._CONTEXT
-        ).normalize(context=engine._CONTEXT)
+        return (self.filled_quote / self.filled_amount).quantize(Decimal(1).scaleb(-18)).normalize()
 
 
 @dataclass
@@ -163,6 +162,7 @@ def _repeat(db: Database, user_id: int, request: OrderRequest) -> OrderView | No
         return _with_fills(session, _view(row._mapping), user_id)
 
 
+@exact  # every amount below is computed unrounded (a 28-digit context would round -amount)
 def _place(session: Session, user_id: int, request: OrderRequest) -> OrderView:
     market = request.market
     taker = engine.Taker(
@@ -267,6 +267,7 @@ def _taker_order(
     )
 
 
+@exact
 def unfilled_reservation(request: OrderRequest, result: engine.Match) -> Decimal:
     """What a limit order reserves for its unfilled part: price x unfilled quote for a buy,
     the unfilled base for a sell."""
@@ -333,6 +334,7 @@ def cancel_order(db: Database, cache: Cache | None, settings: Settings, user_id:
 
     _known_id(order_id)
 
+    @exact
     def work(session: Session) -> OrderView:
         market_id = session.scalar(
             select(ORDERS.c.market_id).where(ORDERS.c.id == order_id, ORDERS.c.user_id == user_id)

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from stockex.config import Settings
 from stockex.db import Database
 from stockex.models import Account, LedgerEntry, Order, Trade
+from stockex.numbers import exact
 
 ZERO = Decimal(0)
 MAX_PROBLEMS = 20  # per check, so that a broken database does not print a novel
@@ -88,6 +89,7 @@ def _sums(session: Session, keys: Sequence[Any], values: Sequence[Any], *where: 
     return dict(totals)
 
 
+@exact  # sums of 36-digit amounts, unrounded
 def reconcile(db: Database, settings: Settings) -> list[Check]:
     """Run every check (see the module docstring) and return them in order."""
     mysql = db.dialect == "mysql"

@@ -103,3 +103,17 @@ def test_reconcile_finds_a_ledger_row_without_a_balance(traded) -> None:  # type
         account_id=account.id, user_id=account.user_id, asset=account.asset,
         delta_available=D("1"), delta_locked=D(0), reason="deposit", created_at=0))
     assert set(_failed(traded)) == {"ledger_matches_balances", "assets_conserved"}
+
+
+def test_balances_of_36_digits_are_stored_exactly(exchange) -> None:  # type: ignore[no-untyped-def]
+    """DECIMAL(36,18) holds 12345678901.123456789012345678; Python's default 28-digit context
+    stored it rounded to ...01234568 while the ledger kept every digit."""
+    exchange.user("alice")
+    amount = "12345678901.123456789012345678"
+    view = accounts.deposit(exchange.db, exchange.settings, "alice", "XU", amount)
+    assert view.available == D(amount)
+    after = accounts.withdraw(exchange.db, exchange.settings, "alice", "XU",
+                              "0.000000000000000001")
+    assert after.available == D("12345678901.123456789012345677")
+    assert exchange.balances("alice")["XU"] == ("12345678901.123456789012345677", "0")
+    exchange.assert_reconciles()

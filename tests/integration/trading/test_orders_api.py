@@ -279,3 +279,35 @@ def test_a_deep_sweep_reads_the_book_page_by_page(exchange, side: str) -> None: 
         makers = list(session.scalars(select(Trade.maker_order_id).order_by(Trade.id)))
     assert makers == [o["id"] for o in ranked[:22]]
     exchange.assert_reconciles()
+
+
+def test_totals_of_36_digits_are_exact(exchange, make_settings, database) -> None:  # type: ignore[no-untyped-def]
+    """A market with 8 + 8 decimals: a lock of price x amount, a partial fill and the cancel
+    keep every one of their up to 36 digits (Python's default context keeps 28)."""
+    from stockex.api import create_app
+    from stockex.markets import sync_markets
+
+    settings = make_settings(database.url, markets=[
+        {"id": "asaxu", "base": "ASA", "quote": "XU", "price_precision": 8,
+         "amount_precision": 8, "min_amount": "0.00000001", "maker_fee": "0.001",
+         "taker_fee": "0.002"}])
+    sync_markets(database, settings)
+    exchange.client = create_app(settings, db=database).test_client()
+    exchange.settings = settings
+    exchange.user("seller", ASA="20000000")
+    exchange.user("buyer", XU="100000000000000")
+    bid = exchange.order("buyer", side="buy", type="limit", price="1000000.12345678",
+                         amount="1000000.12345678")
+    # 1000000.12345678 squared, every digit
+    assert exchange.balances("buyer")["XU"] == ("98999999753086.4247584234720316",
+                                                "1000000246913.5752415765279684")
+    exchange.assert_reconciles()
+    sell = exchange.order("seller", side="sell", type="limit", price="1000000.12345678",
+                          amount="0.12345679")
+    assert sell["filled_quote"] == "123456.8052415777625362"
+    exchange.assert_reconciles()
+    response = exchange.client.delete(f"/api/v1/orders/{bid['id']}",
+                                      headers=exchange.headers("buyer"))
+    assert response.status_code == 200
+    assert exchange.balances("buyer")["XU"] == ("99999999876543.1947584222374638", "0")
+    exchange.assert_reconciles()
