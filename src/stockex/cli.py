@@ -16,7 +16,7 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 
 from stockex.config import ConfigError, Settings, load_settings
-from stockex.db import RUN_UPGRADE, is_missing_table
+from stockex.db import RUN_UPGRADE, CommitOutcomeUnknown, is_missing_table
 from stockex.errors import DomainError
 from stockex.logs import configure_logging, register_secrets
 from stockex.redaction import secrets_from_settings
@@ -54,6 +54,8 @@ def reports_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             _fail(str(exc), EXIT_CONFIG)
         except DomainError as exc:
             _fail(f"{exc.code}: {exc.message}")
+        except CommitOutcomeUnknown as exc:
+            _fail(f"database error: {exc.outcome}")
         except SQLAlchemyError as exc:
             detail = getattr(exc, "orig", None) or exc
             hint = f" ({RUN_UPGRADE}, or check database.url)" if is_missing_table(exc) else ""

@@ -285,6 +285,27 @@ def is_retryable(exc: BaseException) -> bool:
                            lambda message: "database is locked" in message)
 
 
+class CommitOutcomeUnknown(DBAPIError):
+    """The connection was lost while the transaction's COMMIT was on its way (sent by the
+    helper, or as the last statement of ``work``'s last query): the database committed all of
+    it or none, and nobody here can tell which. Never retried; whoever asked must look before
+    repeating it."""
+
+    outcome = (
+        "the connection to the database was lost while committing: the change may or may not "
+        "have been made; look before repeating it"
+    )
+
+
+def _lost_while_committing(exc: BaseException, committing: bool) -> DBAPIError | None:
+    """``exc`` if it is a lost connection while the COMMIT was on its way, else None."""
+    if not isinstance(exc, DBAPIError) or not exc.connection_invalidated:
+        return None
+    if committing or (exc.statement or "").rstrip().endswith("COMMIT"):
+        return exc
+    return None
+
+
 def make_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:
     """An engine configured for the backend named by ``url`` (see module docstring)."""
     parsed = make_url(url)
@@ -393,16 +414,24 @@ class Database:
         therefore have no side effects outside the session. Objects it returns stay readable
         after the commit. On MySQL ``work`` may end the transaction itself with COMMIT as the
         last statement of its last query (``WriteBatch.flush(commit=True)``); the commit here
-        then sends nothing.
+        then sends nothing. A connection lost while the COMMIT was on its way raises
+        :class:`CommitOutcomeUnknown` (the database may have committed).
         """
         for attempt in range(1, attempts + 1):
             session = self._write_sessions()
+            committing = False
             try:
                 result = work(session)
+                committing = True
                 session.commit()
                 return result
             except BaseException as exc:
                 session.rollback()
+                lost = _lost_while_committing(exc, committing)
+                if lost is not None:
+                    raise CommitOutcomeUnknown(
+                        lost.statement, lost.params, lost.orig, connection_invalidated=True
+                    ) from exc
                 if attempt >= attempts or not is_retryable(exc):
                     raise
                 delay = min(0.5, 0.005 * 2**attempt) * (0.5 + random.random())  # noqa: S311

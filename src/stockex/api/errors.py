@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException
 
-from stockex.db import RUN_UPGRADE, driver_error_is, is_missing_table
+from stockex.db import RUN_UPGRADE, CommitOutcomeUnknown, driver_error_is, is_missing_table
 from stockex.errors import DomainError
 
 log = logging.getLogger("stockex.api")
@@ -99,6 +99,13 @@ def register_error_handlers(app: Flask) -> None:
             on_down = app.extensions.get("stockex.on_database_unavailable")
             if on_down is not None:
                 on_down(exc)
+            if isinstance(exc, CommitOutcomeUnknown):  # not "nothing happened": it may have
+                return error_response(
+                    503, "database_unavailable",
+                    f"{exc.outcome} (GET /api/v1/orders; an order sent again with the same "
+                    "client_order_id is placed at most once)",
+                    {"outcome": "unknown"},
+                )
             return error_response(503, "database_unavailable", "the database is not reachable")
         if is_missing_table(exc) and _schema_behind():  # the operator's to fix: say how
             log.error("%s %s: %s (%s)", request.method, request.path, RUN_UPGRADE,

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from stockex.batch import Ref, WriteBatch
 from stockex.cache import Cache, invalidate_book
 from stockex.config import MarketSettings, Settings
-from stockex.db import Database
+from stockex.db import CommitOutcomeUnknown, Database
 from stockex.errors import Conflict, NotFound, UnknownMarket
 from stockex.models import Order, Trade
 from stockex.numbers import exact, to_str
@@ -134,6 +134,10 @@ def place_order(
             return Placement(earlier, created=False)
     try:
         order = db.transaction(lambda session: _place(session, user_id, request))
+    except CommitOutcomeUnknown:
+        if cache is not None:  # it may have committed: its depth and trades must not stay
+            invalidate_book(cache, request.market.id)
+        raise
     except IntegrityError:
         earlier = _repeat(db, user_id, request) if request.client_order_id else None
         if earlier is None:

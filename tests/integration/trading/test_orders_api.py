@@ -311,3 +311,61 @@ def test_totals_of_36_digits_are_exact(exchange, make_settings, database) -> Non
     assert response.status_code == 200
     assert exchange.balances("buyer")["XU"] == ("99999999876543.1947584222374638", "0")
     exchange.assert_reconciles()
+
+
+@pytest.mark.mysql_only
+@pytest.mark.parametrize("backend", ["mysql"], indirect=True)
+def test_a_placement_whose_commit_answer_is_lost_says_it_may_have_happened(  # type: ignore[no-untyped-def]
+    exchange, app, monkeypatch
+) -> None:
+    """The connection drops after MySQL ran the placement's last query, COMMIT included: the
+    order exists, so the 503 must not read "the database is not reachable" (which says
+    nothing happened), the book's caches are retired, and the same client_order_id then
+    answers 200 with that order."""
+    from contextlib import contextmanager
+
+    import pymysql
+
+    from stockex import batch
+    from stockex.api import services
+
+    with app.app_context():
+        cache = services().cache
+    exchange.user("alice", XU="1000")
+    real_cursor = batch.mysql_cursor
+
+    class AnswerLost:
+        def __init__(self, cursor) -> None:  # type: ignore[no-untyped-def]
+            self.cursor = cursor
+
+        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+            return getattr(self.cursor, name)
+
+        def execute(self, sql: str, *args):  # type: ignore[no-untyped-def]
+            result = self.cursor.execute(sql, *args)
+            if sql.endswith("COMMIT"):
+                while self.cursor.nextset():
+                    pass
+                self.cursor.connection._force_close()
+                raise pymysql.err.OperationalError(2013, "Lost connection to MySQL server")
+            return result
+
+    @contextmanager
+    def losing_cursor(session):  # type: ignore[no-untyped-def]
+        with real_cursor(session) as cursor:
+            yield AnswerLost(cursor)
+
+    generation = book_generation(cache, "asaxu")
+    monkeypatch.setattr(batch, "mysql_cursor", losing_cursor)
+    body = {"side": "buy", "type": "limit", "price": "100", "amount": "1",
+            "client_order_id": "lost-answer"}
+    error = exchange.order("alice", expect=503, **body)["error"]
+    monkeypatch.setattr(batch, "mysql_cursor", real_cursor)
+    assert error["code"] == "database_unavailable"
+    assert error["details"] == {"outcome": "unknown"}
+    assert "may or may not have been made" in error["message"]
+    assert "client_order_id" in error["message"]
+    assert book_generation(cache, "asaxu") != generation
+    again = exchange.order("alice", expect=200, **body)
+    assert again["status"] == "open" and exchange.balances("alice")["XU"] == ("900", "100")
+    exchange.assert_reconciles()

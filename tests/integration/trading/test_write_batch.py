@@ -4,6 +4,7 @@ driver errors surface as SQLAlchemy errors (so retries and error pages work as u
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import bindparam, select
@@ -222,3 +223,87 @@ def test_connections_go_back_to_the_pool_with_one_end_of_transaction(mysql_datab
         assert delta(fail) == {"commit": 0, "rollback": 1}
     finally:
         db.dispose()
+
+
+def _lose_the_connection(dbapi_connection) -> None:  # type: ignore[no-untyped-def]
+    """As when the network drops: the socket closes, PyMySQL reports error 2013."""
+    import pymysql
+
+    dbapi_connection._force_close()
+    raise pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query")
+
+
+@pytest.mark.mysql_only
+def test_a_connection_lost_at_the_commit_says_the_outcome_is_unknown(  # type: ignore[no-untyped-def]
+    mysql_database, monkeypatch
+) -> None:
+    """Lost while the COMMIT was on its way (in a batch's last query, or the helper's own),
+    the transaction may have committed: CommitOutcomeUnknown, never retried, and not the
+    plain "not reachable" of a connection lost before anything could have been committed."""
+    from sqlalchemy.exc import DBAPIError
+
+    from stockex import batch as batch_module
+    from stockex.db import CommitOutcomeUnknown
+
+    class AnswerLost:
+        def __init__(self, cursor) -> None:  # type: ignore[no-untyped-def]
+            self.cursor = cursor
+
+        def execute(self, sql: str) -> None:
+            self.cursor.execute(sql)  # MySQL runs all of it, COMMIT included
+            while self.cursor.nextset():
+                pass
+            _lose_the_connection(self.cursor.connection)
+
+    real_cursor = batch_module.mysql_cursor
+
+    @contextmanager
+    def losing_cursor(session):  # type: ignore[no-untyped-def]
+        with real_cursor(session) as cursor:
+            yield AnswerLost(cursor)
+
+    runs: list[str] = []
+
+    def in_batch(session):  # type: ignore[no-untyped-def]
+        runs.append("batch")
+        batch = WriteBatch(session)
+        batch.insert(USERS, user_row("in-batch"))
+        batch.flush(commit=True)
+
+    monkeypatch.setattr(batch_module, "mysql_cursor", losing_cursor)
+    with pytest.raises(CommitOutcomeUnknown) as lost:
+        mysql_database.transaction(in_batch)
+    assert lost.value.connection_invalidated and "COMMIT" in lost.value.statement
+    monkeypatch.setattr(batch_module, "mysql_cursor", real_cursor)
+
+    dialect = mysql_database.engine.dialect
+    real_commit = dialect.do_commit
+
+    def commit_lost(dbapi_connection) -> None:  # type: ignore[no-untyped-def]
+        real_commit(dbapi_connection)
+        _lose_the_connection(dbapi_connection)
+
+    def by_session(session):  # type: ignore[no-untyped-def]
+        runs.append("session")
+        session.add(User(**user_row("by-session")))
+
+    monkeypatch.setattr(dialect, "do_commit", commit_lost)
+    with pytest.raises(CommitOutcomeUnknown):
+        mysql_database.transaction(by_session)
+    monkeypatch.setattr(dialect, "do_commit", real_commit)
+
+    def lost_before_commit(session):  # type: ignore[no-untyped-def]
+        runs.append("early")
+        session.add(User(**user_row("never")))
+        session.flush()
+        session.add(User(**user_row("nor-this")))
+        session.connection().connection.driver_connection._force_close()
+        session.flush()  # the next statement finds the connection gone
+
+    with pytest.raises(DBAPIError) as early:  # nothing was committed: the usual error
+        mysql_database.transaction(lost_before_commit)
+    assert early.value.connection_invalidated
+    assert not isinstance(early.value, CommitOutcomeUnknown)
+    assert runs == ["batch", "session", "early"]  # none retried
+    with mysql_database.read() as session:  # here both had committed
+        assert sorted(session.scalars(select(User.username))) == ["by-session", "in-batch"]
