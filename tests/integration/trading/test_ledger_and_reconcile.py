@@ -117,3 +117,78 @@ def test_balances_of_36_digits_are_stored_exactly(exchange) -> None:  # type: ig
     assert after.available == D("12345678901.123456789012345677")
     assert exchange.balances("alice")["XU"] == ("12345678901.123456789012345677", "0")
     exchange.assert_reconciles()
+
+
+@pytest.mark.mysql_only
+def test_placements_cancels_deposits_and_withdrawals_racing_keep_every_invariant(  # type: ignore[no-untyped-def]
+    mysql_database, make_settings
+) -> None:
+    """8 threads of random placements (every type, time in force, client ids that repeat),
+    cancels, deposits and withdrawals by 6 users on one market: no error but rejections,
+    and reconcile holds (READ COMMITTED, the market lock, accounts locked in key order)."""
+    import random
+    import threading
+
+    from stockex import auth
+    from stockex.errors import DomainError
+    from stockex.trading import orders
+    from stockex.trading.order_request import parse_order_request
+
+    db = mysql_database
+    settings = make_settings(db.url)
+    names = [f"user{i}" for i in range(6)]
+    ids: dict[str, int] = {}
+    for n in names:
+        ids[n] = auth.create_user(db, settings, n, "password-123").id
+        accounts.deposit(db, settings, n, "ASA", "50")
+        accounts.deposit(db, settings, n, "XU", "5000")
+    errors: list[str] = []
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(150):
+            n = rng.choice(names)
+            op = rng.random()
+            try:
+                if op < 0.55:
+                    side = rng.choice(["buy", "sell"])
+                    if rng.random() < 0.7:
+                        body = {"market": "asaxu", "side": side, "type": "limit",
+                                "price": str(rng.randint(95, 105)),
+                                "amount": str(D(rng.randint(1, 3000)) / 1000),
+                                "time_in_force": rng.choice(["GTC", "GTC", "IOC", "FOK"])}
+                    elif side == "buy" and rng.random() < 0.5:
+                        body = {"market": "asaxu", "side": side, "type": "market",
+                                "quote_amount": str(rng.randint(1, 300)),
+                                "time_in_force": rng.choice(["IOC", "FOK"])}
+                    else:
+                        body = {"market": "asaxu", "side": side, "type": "market",
+                                "amount": str(D(rng.randint(1, 3000)) / 1000),
+                                "time_in_force": rng.choice(["IOC", "FOK"])}
+                    if rng.random() < 0.2:
+                        body["client_order_id"] = f"c{rng.randint(1, 20)}"
+                    req = parse_order_request(body, settings)
+                    orders.place_order(db, None, ids[n], req)
+                elif op < 0.75:
+                    mine = orders.list_orders(db, ids[n], status="open", limit=5)
+                    if mine:
+                        orders.cancel_order(db, None, settings, ids[n], rng.choice(mine).id)
+                elif op < 0.88:
+                    accounts.withdraw(db, settings, n, rng.choice(["ASA", "XU"]),
+                                      str(rng.randint(1, 40)))
+                else:
+                    accounts.deposit(db, settings, n, rng.choice(["ASA", "XU"]),
+                                     str(rng.randint(1, 40)))
+            except DomainError:  # rejections (funds, FOK, not open, ...) change nothing
+                pass
+            except Exception as exc:  # noqa: BLE001 - any other is the failure
+                errors.append(repr(exc))
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    failed = {c.name: c.problems for c in reconcile(db, settings) if not c.ok}
+    assert failed == {}
