@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from decimal import Context, Decimal, InvalidOperation, localcontext
+from decimal import Context, Decimal, InvalidOperation, getcontext, localcontext
 from typing import ParamSpec, TypeVar
 
 P = ParamSpec("P")
@@ -32,10 +32,16 @@ def fits_amount(value: Decimal) -> bool:
 
 
 def exact(function: Callable[P, R]) -> Callable[P, R]:
-    """Run ``function`` with :data:`EXACT` as the decimal context (of this thread)."""
+    """Run ``function`` with :data:`EXACT` as the decimal context (of this thread).
+
+    Inside one already (a placement calls a few dozen such functions per order), the context
+    is not switched again: a ``localcontext`` costs about a microsecond each time.
+    """
 
     @functools.wraps(function)
     def in_exact_context(*args: P.args, **kwargs: P.kwargs) -> R:
+        if getcontext().prec >= EXACT.prec:
+            return function(*args, **kwargs)
         with localcontext(EXACT):
             return function(*args, **kwargs)
 

@@ -100,12 +100,12 @@ def register_error_handlers(app: Flask) -> None:
             if on_down is not None:
                 on_down(exc)
             if isinstance(exc, CommitOutcomeUnknown):  # not "nothing happened": it may have
-                return error_response(
-                    503, "database_unavailable",
-                    f"{exc.outcome} (GET /api/v1/orders; an order sent again with the same "
-                    "client_order_id is placed at most once)",
-                    {"outcome": "unknown"},
-                )
+                hint = ""
+                if request.method == "POST" and request.path == "/api/v1/orders":
+                    hint = (" (GET /api/v1/orders; an order sent again with the same "
+                            "client_order_id is placed at most once)")
+                return error_response(503, "database_unavailable", exc.outcome + hint,
+                                      {"outcome": "unknown"})
             return error_response(503, "database_unavailable", "the database is not reachable")
         if is_missing_table(exc) and _schema_behind():  # the operator's to fix: say how
             log.error("%s %s: %s (%s)", request.method, request.path, RUN_UPGRADE,

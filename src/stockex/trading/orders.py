@@ -337,6 +337,7 @@ def cancel_order(db: Database, cache: Cache | None, settings: Settings, user_id:
     """
 
     _known_id(order_id)
+    markets: list[str] = []  # the order's market, once the transaction has read it
 
     @exact
     def work(session: Session) -> OrderView:
@@ -345,6 +346,7 @@ def cancel_order(db: Database, cache: Cache | None, settings: Settings, user_id:
         )
         if market_id is None:
             raise NotFound(f"no order {order_id}", code="order_not_found")
+        markets[:] = [market_id]
         lock_market(session, market_id)
         row = session.execute(select(ORDERS).where(ORDERS.c.id == order_id)).one()
         if row.status != "open":
@@ -366,7 +368,12 @@ def cancel_order(db: Database, cache: Cache | None, settings: Settings, user_id:
         view.status, view.locked, view.updated_at = "cancelled", ZERO, now
         return _with_fills(session, view, user_id)
 
-    order = db.transaction(work)
+    try:
+        order = db.transaction(work)
+    except CommitOutcomeUnknown:
+        if cache is not None and markets:  # it may have committed: retire the book's answers
+            invalidate_book(cache, markets[0])
+        raise
     if cache is not None:
         invalidate_book(cache, order.market)
     return order

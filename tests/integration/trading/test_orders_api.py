@@ -369,3 +369,43 @@ def test_a_placement_whose_commit_answer_is_lost_says_it_may_have_happened(  # t
     again = exchange.order("alice", expect=200, **body)
     assert again["status"] == "open" and exchange.balances("alice")["XU"] == ("900", "100")
     exchange.assert_reconciles()
+
+
+@pytest.mark.mysql_only
+@pytest.mark.parametrize("backend", ["mysql"], indirect=True)
+def test_a_cancel_whose_commit_answer_is_lost_says_so_and_retires_the_book(  # type: ignore[no-untyped-def]
+    exchange, app, monkeypatch
+) -> None:
+    """The connection drops right after MySQL committed a cancel: the answer says the outcome
+    is unknown (without the placement's client_order_id hint) and the market's book caches
+    are retired, since the order may have left the book."""
+    import pymysql
+
+    from stockex.api import services
+    from stockex.cache import book_generation
+
+    with app.app_context():
+        cache = services().cache
+    exchange.user("alice", XU="1000")
+    order = exchange.order("alice", side="buy", type="limit", price="100", amount="1")
+    generation = book_generation(cache, "asaxu")
+    dialect = exchange.db.engine.dialect
+    real_commit = dialect.do_commit
+
+    def commit_lost(dbapi_connection) -> None:  # type: ignore[no-untyped-def]
+        real_commit(dbapi_connection)
+        dbapi_connection._force_close()
+        raise pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query")
+
+    monkeypatch.setattr(dialect, "do_commit", commit_lost)
+    response = exchange.client.delete(f"/api/v1/orders/{order['id']}",
+                                      headers=exchange.headers("alice"))
+    monkeypatch.setattr(dialect, "do_commit", real_commit)
+    error = response.get_json()["error"]
+    assert response.status_code == 503 and error["code"] == "database_unavailable"
+    assert error["details"] == {"outcome": "unknown"}
+    assert "may or may not have been made" in error["message"]
+    assert "client_order_id" not in error["message"]
+    assert book_generation(cache, "asaxu") != generation
+    assert exchange.balances("alice")["XU"] == ("1000", "0")  # it did commit, here
+    exchange.assert_reconciles()
