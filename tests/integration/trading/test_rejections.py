@@ -255,6 +255,7 @@ def test_withdrawal_rejections(book) -> None:  # type: ignore[no-untyped-def]
         ({"username": "carol", "asset": "XU", "amount": "500.01"}, 400, "insufficient_balance"),
         ({"username": "carol", "asset": "ASA", "amount": "0.6"}, 400, "insufficient_balance"),
         ({"username": "nobody", "asset": "XU", "amount": "1"}, 404, "unknown_user"),
+        ({"username": "Carol ", "asset": "XU", "amount": "1"}, 404, "unknown_user"),
         ({"username": "carol", "asset": "DOGE", "amount": "1"}, 400, "unknown_asset"),
         ({"username": "carol", "asset": "XU", "amount": "-1"}, 400, "invalid_amount"),
         ({"username": "carol", "asset": "XU", "amount": "1e-19"}, 400, "invalid_amount"),
