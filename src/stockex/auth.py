@@ -175,7 +175,9 @@ def authenticate(db: Database, username: object, password: object) -> UserView:
         raise bad
     with db.read() as session:
         user = session.scalar(select(User).where(User.username == username))
-    if user is None or user.role == "system":
+    # MySQL's collation ignores case and trailing blanks ("ALICE " finds alice); the name
+    # must be the user's exactly, as on SQLite.
+    if user is None or user.username != username or user.role == "system":
         check_password_hash(_DUMMY_HASH, password)
         raise bad
     if not check_password_hash(user.password_hash, password):

@@ -60,12 +60,22 @@ def to_str(value: Decimal | None) -> str | None:
     return text
 
 
+#: What a decimal string may be made of. Decimal() also reads digit-group underscores
+#: ("1_000") and any script's digits ("١٠٠"), which no exchange API takes as a number.
+_DECIMAL_CHARS = frozenset("0123456789+-.eE")
+
+
 def parse_decimal(value: object) -> Decimal | None:
-    """A finite Decimal from a JSON string or integer, else None (floats are refused)."""
+    """A finite Decimal from a JSON string (ASCII digits, sign, point, exponent; surrounding
+    blanks ignored) or integer, else None (floats are refused)."""
     if isinstance(value, bool) or not isinstance(value, str | int):
         return None
+    if isinstance(value, str):
+        value = value.strip()
+        if not _DECIMAL_CHARS.issuperset(value):
+            return None
     try:
-        number = Decimal(value.strip() if isinstance(value, str) else value)
+        number = Decimal(value)
     except InvalidOperation:
         return None
     return number if number.is_finite() else None

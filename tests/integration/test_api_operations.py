@@ -226,3 +226,16 @@ def test_body_over_the_limit_is_413_json(app, client) -> None:  # type: ignore[n
                            content_type="application/json")
     assert response.status_code == 413
     assert response.get_json()["error"]["code"] == "payload_too_large"
+    # It names the limit (Werkzeug's text: "The data value transmitted exceeds the capacity
+    # limit."), and every operation that takes a body documents the answer.
+    assert response.get_json()["error"]["message"] == (
+        "the request body is larger than 64 KiB (65536 bytes)")
+    spec = client.get("/api/openapi.json").get_json()
+    with_body = [(method, path) for path, item in spec["paths"].items()
+                 for method, operation in item.items() if "requestBody" in operation]
+    assert len(with_body) == 5
+    for method, path in with_body:
+        assert "413" in spec["paths"][path][method]["responses"], (method, path)
+    response = client.post("/api/v1/auth/register", data=b"x" * 100_000,
+                           content_type="application/json")
+    assert response.status_code == 413

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, current_app, jsonify, request
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException
@@ -87,6 +87,10 @@ def register_error_handlers(app: Flask) -> None:
         message = exc.description or exc.name
         if status == 404:
             message = f"no such endpoint: {request.method} {request.path}"
+        elif status == 413:  # Werkzeug's text ("exceeds the capacity limit") names no limit
+            limit = current_app.config.get("MAX_CONTENT_LENGTH")
+            if limit:
+                message = f"the request body is larger than {limit // 1024} KiB ({limit} bytes)"
         response = error_response(status, code, message)
         if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
             response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]

@@ -36,6 +36,7 @@ _ERROR_TEXT = {
     403: "The token's role may not do this",
     404: "Unknown market, order or route",
     409: "Conflict with the current state",
+    413: "The request body is larger than 64 KiB",
     429: "Rate limited; see the Retry-After header",
     500: "Internal error (details are in the server log, never in the response)",
     503: "A backing service (database, Redis) is unavailable, or the database schema is "
@@ -538,7 +539,7 @@ def _trading_paths() -> dict[str, Any]:
                            "invalid_password, invalid_email. 409 username_taken.",
             "requestBody": json_body_of("RegisterRequest"),
             "responses": {"201": json_response("Created", ref("User")),
-                          **errors(400, 409, 503)},
+                          **errors(400, 409, 413, 503)},
         }},
         "/api/v1/auth/login": {"post": {
             "tags": ["accounts"], "summary": "Log in: a bearer token",
@@ -546,7 +547,7 @@ def _trading_paths() -> dict[str, Any]:
             "description": "400 invalid_json, unknown_field; 401 invalid_credentials.",
             "requestBody": json_body_of("LoginRequest"),
             "responses": {"200": json_response("A token", ref("Token")),
-                          **errors(400, 401, 429, 503)},
+                          **errors(400, 401, 413, 429, 503)},
         }},
         "/api/v1/auth/logout": {"post": {
             "tags": ["accounts"], "summary": "Revoke the presented token",
@@ -579,7 +580,7 @@ def _trading_paths() -> dict[str, Any]:
                     "201": json_response("Placed, with its fills", ref("Order")),
                     "200": json_response("The original order of a repeated client_order_id",
                                          ref("Order")),
-                    **errors(400, 401, 404, 409, 429, 503),
+                    **errors(400, 401, 404, 409, 413, 429, 503),
                 },
             },
             "get": {
@@ -627,7 +628,7 @@ def _trading_paths() -> dict[str, Any]:
                            "404 unknown_user.",
             "requestBody": json_body_of("TransferRequest"),
             "responses": {"200": json_response("The new balance", ref("TransferResult")),
-                          **errors(400, 401, 403, 404, 503)},
+                          **errors(400, 401, 403, 404, 413, 503)},
         }},
         "/api/v1/admin/withdrawals": {"post": {
             "tags": ["admin"], "summary": "Debit a user's available balance (admin)",
@@ -636,7 +637,7 @@ def _trading_paths() -> dict[str, Any]:
                            "insufficient_balance; 404 unknown_user.",
             "requestBody": json_body_of("TransferRequest"),
             "responses": {"200": json_response("The new balance", ref("TransferResult")),
-                          **errors(400, 401, 403, 404, 503)},
+                          **errors(400, 401, 403, 404, 413, 503)},
         }},
     }
 

@@ -264,10 +264,13 @@ def _asset(settings: Settings, asset: object) -> str:
 def _user_id(session: Session, username: object) -> int:
     found = None
     if isinstance(username, str):
-        found = session.scalar(select(USERS.c.id).where(USERS.c.username == username))
-    if found is None:
+        found = session.execute(
+            select(USERS.c.id, USERS.c.username).where(USERS.c.username == username)
+        ).first()
+    # MySQL's collation ignores case and trailing blanks: only the exact name is the user.
+    if found is None or found.username != username:
         raise NotFound(f"no user named {username!r}", code="unknown_user")
-    return int(found)
+    return int(found.id)
 
 
 def deposit(db: Database, settings: Settings, username: object, asset: object,

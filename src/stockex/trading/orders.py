@@ -18,7 +18,8 @@ depth/trades caches are invalidated (``stockex.cache.invalidate_book``).
 **Idempotency**: a placement with a ``client_order_id`` the user already used returns the
 original order (``created=False``, HTTP 200) when the request means the same thing, and
 409 ``duplicate_client_order_id`` otherwise — also when two such requests race (the unique
-key on (user_id, client_order_id) decides).
+key on (user_id, client_order_id) decides). On MySQL that key ignores letter case, so an id
+differing from a used one only in case is 409 too (never that other order).
 """
 
 from __future__ import annotations
@@ -158,6 +159,15 @@ def _repeat(db: Database, user_id: int, request: OrderRequest) -> OrderView | No
         ).first()
         if row is None:
             return None
+        if row.client_order_id != request.client_order_id:
+            # MySQL's utf8mb4 collation compares without case: "abc" found "ABC", another
+            # id to the client (as on Binance), so it is not a repeat of that order.
+            raise DuplicateClientOrderId(
+                f"client_order_id {request.client_order_id!r} clashes with "
+                f"{row.client_order_id!r} of order {row.id}: client_order_ids that differ "
+                "only in letter case cannot both be used",
+                details={"order_id": row.id, "client_order_id": row.client_order_id},
+            )
         if row.request_fingerprint != request.fingerprint:
             raise DuplicateClientOrderId(
                 f"client_order_id {request.client_order_id!r} was used for a different order",

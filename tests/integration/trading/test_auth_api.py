@@ -103,10 +103,37 @@ def test_unknown_fields_are_refused_not_ignored(client, database, settings) -> N
     assert response.get_json()["error"]["details"] == {"fields": ["note"]}
 
 
+def test_a_lone_surrogate_escape_is_invalid_json_not_a_500(client, database, settings) -> None:  # type: ignore[no-untyped-def]
+    """'\\ud800' parses in Python but cannot be UTF-8: it failed the password hash or the SQL
+    parameter with a 500 (and a Slack alert), from anyone, before a token was even asked."""
+    admin = auth.create_user(database, settings, "boss", "password-123", role="admin")
+    token = auth.issue_token(settings, admin.id, admin.role)
+    for path, body, headers in (
+        ("/api/v1/auth/register", '{"username": "eve", "password": "abc\\ud800defgh"}', {}),
+        ("/api/v1/auth/register",
+         '{"username": "eve", "password": "password-123", "email": "\\uDFFF@x.io"}', {}),
+        ("/api/v1/auth/login", '{"username": "boss", "password": "abc\\ud800defgh"}', {}),
+        ("/api/v1/auth/login", '{"username": "\\ud800", "password": "password-123"}', {}),
+        ("/api/v1/admin/deposits", '{"username": "\\ud800", "asset": "XU", "amount": "1"}',
+         bearer(token)),
+    ):
+        response = client.post(path, data=body, headers=headers, content_type="application/json")
+        assert response.status_code == 400, (path, body, response.get_json())
+        assert response.get_json()["error"]["code"] == "invalid_json"
+    assert login(client, "eve").status_code == 401  # nothing was created
+    # A surrogate pair is one real character (U+1F600): taken as it is.
+    response = client.post("/api/v1/auth/register", content_type="application/json",
+                           data='{"username": "eve", "password": "pass-\\ud83d\\ude00-123"}')
+    assert response.status_code == 201
+    assert login(client, "eve", "pass-\U0001f600-123").status_code == 200
+
+
 def test_login_failures_are_all_the_same_401(client) -> None:  # type: ignore[no-untyped-def]
     register(client, "carol")
+    # Other letter case and trailing blanks are other names on MySQL too (its collation
+    # would find carol for both)
     for name, password in (("carol", "wrong-password"), ("nobody", "password-123"),
-                           ("fees", "password-123")):
+                           ("fees", "password-123"), ("CAROL", PASSWORD), ("carol ", PASSWORD)):
         response = login(client, name, password)
         assert response.status_code == 401
         assert response.get_json()["error"]["code"] == "invalid_credentials"

@@ -46,6 +46,9 @@ INVALID: list[tuple[str, dict[str, Any], int, str]] = [
     ("text price", {**LIMIT_BUY, "price": "cheap"}, 400, "invalid_price"),
     ("float price", {**LIMIT_BUY, "price": 100.5}, 400, "invalid_price"),
     ("NaN price", {**LIMIT_BUY, "price": "NaN"}, 400, "invalid_price"),
+    # Python's Decimal() reads both as 1000; no exchange API does
+    ("digit-group underscore", {**LIMIT_BUY, "price": "1_000"}, 400, "invalid_price"),
+    ("non-ASCII digits", {**LIMIT_BUY, "amount": "\u0661"}, 400, "invalid_amount"),
     ("price on market", {**MARKET, "side": "sell", "amount": "1",
                          "price": "100"}, 400, "invalid_price"),
     ("no amount", {k: v for k, v in LIMIT_BUY.items() if k != "amount"}, 400,
@@ -252,9 +255,11 @@ def test_withdrawal_rejections(book) -> None:  # type: ignore[no-untyped-def]
         ({"username": "carol", "asset": "XU", "amount": "500.01"}, 400, "insufficient_balance"),
         ({"username": "carol", "asset": "ASA", "amount": "0.6"}, 400, "insufficient_balance"),
         ({"username": "nobody", "asset": "XU", "amount": "1"}, 404, "unknown_user"),
+        ({"username": "Carol ", "asset": "XU", "amount": "1"}, 404, "unknown_user"),
         ({"username": "carol", "asset": "DOGE", "amount": "1"}, 400, "unknown_asset"),
         ({"username": "carol", "asset": "XU", "amount": "-1"}, 400, "invalid_amount"),
         ({"username": "carol", "asset": "XU", "amount": "1e-19"}, 400, "invalid_amount"),
+        ({"username": "carol", "asset": "XU", "amount": "1_0"}, 400, "invalid_amount"),
     ]
     for body, status, code in cases:
         response = book.client.post("/api/v1/admin/withdrawals", json=body, headers=admin)
