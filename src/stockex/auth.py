@@ -236,7 +236,8 @@ def _verify_token(settings: Settings, token: str) -> Principal:
     except jwt.PyJWTError:
         raise Unauthorized("the token is not valid") from None
     sub, role, jti = claims["sub"], claims["role"], claims["jti"]
-    if not (isinstance(sub, str) and sub.isdigit() and role in ROLES and isinstance(jti, str)):
+    if not (isinstance(sub, str) and sub.isascii() and sub.isdigit() and len(sub) <= 18
+            and role in ROLES and isinstance(jti, str)):
         raise Unauthorized("the token is not valid")
     if role == "system" or not 0 < len(jti) <= 64:
         raise Unauthorized("the token is not valid")

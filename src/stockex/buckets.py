@@ -24,6 +24,7 @@ from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from stockex.errors import InvalidInput
+from stockex.numbers import parse_int
 
 PERIODS: tuple[int, ...] = (1, 5, 15, 30, 60, 120, 240, 360, 720, 1440, 4320, 10080)
 ROLLUP_PERIODS: tuple[int, ...] = PERIODS[1:]
@@ -129,9 +130,8 @@ class BucketClock:
         one is local time in this zone). 400 ``invalid_<name>`` when it is neither."""
         text = raw.strip()
         try:
-            if text.lstrip("-").isdigit():
-                value = int(text)
-            else:
+            value = parse_int(text)
+            if value is None:
                 moment = datetime.fromisoformat(text.replace("z", "Z"))
                 if moment.tzinfo is None:
                     moment = moment.replace(tzinfo=self.tz)
@@ -157,10 +157,7 @@ def validate_period(raw: str | None) -> int:
     """A candle period from a query string (default 1); 400 ``invalid_period`` otherwise."""
     if raw is None or raw == "":
         return 1
-    try:
-        period = int(raw)
-    except ValueError:
-        period = 0
+    period = parse_int(raw)
     if period not in PERIODS:
         raise InvalidInput(
             f"period must be one of {', '.join(map(str, PERIODS))} (minutes), got {raw!r}",

@@ -65,6 +65,20 @@ def to_str(value: Decimal | None) -> str | None:
 _DECIMAL_CHARS = frozenset("0123456789+-.eE")
 
 
+_ASCII_DIGITS = frozenset("0123456789")
+
+
+def parse_int(text: str) -> int | None:
+    """An integer from ``[+-]?[0-9]+`` (surrounding blanks ignored), else None. ``int()``
+    alone also reads ``"1_5"`` as 15 and other scripts' digits (``"١٠"`` as 10)."""
+    digits = text.strip()
+    if digits[:1] in ("+", "-"):
+        digits = digits[1:]
+    if not digits or not _ASCII_DIGITS.issuperset(digits):
+        return None
+    return int(text)
+
+
 def parse_decimal(value: object) -> Decimal | None:
     """A finite Decimal from a JSON string (ASCII digits, sign, point, exponent; surrounding
     blanks ignored) or integer, else None (floats are refused)."""

@@ -56,6 +56,14 @@ def get(client, **params):  # type: ignore[no-untyped-def]
         ({"limit": "0"}, "invalid_limit"),
         ({"limit": "5001"}, "invalid_limit"),
         ({"limit": "many"}, "invalid_limit"),
+        # int() alone reads digit-group underscores and other scripts' digits
+        ({"period": "1_5"}, "invalid_period"),
+        ({"period": "\u0661\u0665"}, "invalid_period"),  # Arabic-Indic 15
+        ({"limit": "1_0"}, "invalid_limit"),
+        ({"limit": "\uff11\uff10"}, "invalid_limit"),  # fullwidth 10
+        ({"time_from": "1_719_853_200"}, "invalid_time_from"),
+        ({"time_to": "\u0661\u0667\u0661\u0669\u0668\u0665\u0663\u0662\u0660\u0660"},
+         "invalid_time_to"),
         ({"time_from": "yesterday"}, "invalid_time_from"),
         ({"time_to": "2024-02-30T00:00:00"}, "invalid_time_to"),
         ({"time_from": "1719853200", "time_to": "1719853199"}, "invalid_time_range"),

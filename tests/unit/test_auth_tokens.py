@@ -70,7 +70,9 @@ def test_missing_claims(missing: str) -> None:
     refused(jwt.encode(claims(**{missing: None}), SECRET, algorithm="HS256"))
 
 
-@pytest.mark.parametrize("bad", [{"sub": "x"}, {"role": "root"}, {"role": "system"}])
+@pytest.mark.parametrize("bad", [{"sub": "x"}, {"role": "root"}, {"role": "system"},
+                                 # another script's 1; beyond any BIGINT user id
+                                 {"sub": "\u0661"}, {"sub": "9" * 30}])
 def test_bad_claim_values(bad: dict) -> None:
     refused(jwt.encode(claims(**bad), SECRET, algorithm="HS256"))
 

@@ -76,6 +76,10 @@ def test_parse_time_refuses_nonsense_with_a_code() -> None:
     with pytest.raises(InvalidInput) as bad:
         parse_time("last tuesday", HCM)
     assert bad.value.code == "invalid_time"
+    arabic_indic = "".join(chr(0x660 + int(d)) for d in "1719853200")
+    for odd in ("1_719_853_200", arabic_indic):
+        with pytest.raises(InvalidInput):
+            parse_time(odd, HCM)  # int() alone reads both as 1719853200
 
 
 def test_last_closed_minute() -> None:

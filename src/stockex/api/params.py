@@ -9,6 +9,7 @@ from typing import Any
 from flask import g, request
 
 from stockex.errors import InvalidInput, refuse_unknown_fields
+from stockex.numbers import parse_int
 
 
 def _refuse_constant(name: str) -> None:
@@ -62,10 +63,7 @@ def int_param(name: str, default: int, low: int, high: int) -> int:
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = None
+    value = parse_int(raw)
     if value is None or not low <= value <= high:
         raise InvalidInput(
             f"{name} must be an integer in {low}..{high}, got {raw!r}",

@@ -7,6 +7,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from stockex.errors import InvalidInput
+from stockex.numbers import parse_int
 
 MINUTE = 60
 
@@ -24,8 +25,9 @@ def parse_time(text: str, tz: ZoneInfo) -> int:
     Raises :class:`~stockex.errors.InvalidInput` naming the value.
     """
     value = text.strip()
-    if value.isdigit():
-        return int(value)
+    number = parse_int(value)
+    if number is not None and not value.startswith(("+", "-")):
+        return number
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
