@@ -13,6 +13,7 @@ from typing import Any
 
 from stockex import alerts
 from stockex.config import Settings
+from stockex.crawler.lock import CrawlInProgress
 from stockex.crawler.run import crawl_market
 from stockex.crawler.summary import SUCCESS, ChunkProgress, CrawlFailed, CrawlSummary
 from stockex.crawler.times import MINUTE, local_iso
@@ -98,6 +99,10 @@ def run_forever(
                 except CrawlFailed as exc:
                     failures += 1
                     summary = exc.summary
+                except CrawlInProgress as exc:  # not a failure: the other run does the work
+                    reached = False
+                    log.warning("%s; trying again next interval", exc.message)
+                    continue
                 except Exception as exc:  # before a run could start: database down, ...
                     failures += 1
                     reached = False
