@@ -636,7 +636,7 @@ def test_the_loop_keeps_running_after_a_failed_run_and_stops_on_request(
 
 
 def test_the_loop_alerts_when_a_crawl_cannot_even_start(
-    make_settings: Any, start_simulator: Any, fake_slack: Any, tmp_path: Path
+    make_settings: Any, start_simulator: Any, fake_slack: Any, tmp_path: Path, caplog: Any
 ) -> None:
     """No run row can be written (here: a database without its tables, as when MySQL is
     down): the loop goes on, and Slack hears of it, not only the log."""
@@ -650,13 +650,21 @@ def test_the_loop_alerts_when_a_crawl_cannot_even_start(
                "channel": "#ops", "cooldown_seconds": 300},
     )
     try:
-        with loop_running(settings, unmigrated, url, now) as failures:
+        with (caplog.at_level(logging.INFO, logger="stockex.crawler"),
+              loop_running(settings, unmigrated, url, now) as failures):
             texts = [m.text for m in fake_slack.wait_for(1, timeout=20)]
     finally:
         unmigrated.dispose()
     assert failures and failures[0] >= 1, "the loop did not return after stop"
     assert "*stockex-crawler*" in texts[0] and "in crawler asaxu" in texts[0], texts
     assert "no such table" in texts[0]
+    # what to do, in Slack and in the log, as `stockex crawl --once` says it; one line a try
+    assert "• action: the database schema is not migrated: run `stockex db upgrade`" in texts[0]
+    [line, *_] = [r for r in caplog.records if "could not run" in r.getMessage()]
+    assert line.getMessage() == (
+        "asaxu: crawl could not run: database error: no such table: candles (the database "
+        "schema is not migrated: run `stockex db upgrade`); trying again next interval")
+    assert line.exc_info is None
 
 
 def test_the_loop_with_until_ends_by_itself(
