@@ -443,6 +443,23 @@ def test_a_malformed_row_fails_the_run_and_keeps_earlier_chunks(
     assert any(f"ts={bad}" in r.getMessage() for r in caplog.records)
 
 
+def test_a_failed_run_names_the_bad_minute_in_the_configured_timezone(
+    database: Database, make_settings: Any, start_simulator: Any
+) -> None:
+    """The run's error (its row, its log line, the CLI's line, Slack) quotes the upstream
+    error in the same local time as every other crawl log line, not in UTC."""
+    now = FakeClock(minute(500) + 10)
+    bad = minute(250)
+    _, url = start_simulator(clock=now, malformed_ts=bad)
+    settings = crawl_settings(make_settings, database, url, chunk_minutes=100)
+    with pytest.raises(CrawlFailed) as failure:
+        crawl_market(database, settings, "asaxu", clock=now)  # the client built from settings
+    local = local_iso(bad, settings.tz)
+    assert local == "2024-01-01T04:10:00+07:00"
+    assert f"asaxu ts={bad} ({local}): high " in (failure.value.summary.error or "")
+    assert f"({local})" in (run_rows(database)[0].error or "")
+
+
 def test_a_failed_chunk_write_fails_the_run_and_nothing_after_it_is_written(
     database: Database, make_settings: Any, start_simulator: Any, monkeypatch: Any
 ) -> None:

@@ -86,7 +86,8 @@ def run_forever(
     own_db = db is None
     database = db if db is not None else Database(settings.database.url, pool_size=2)
     own_client = client is None
-    tiki = client or TikiClient(settings.tiki.base_url, settings.tiki.timeout_seconds)
+    tiki = client or TikiClient(settings.tiki.base_url, settings.tiki.timeout_seconds,
+                                timezone=settings.tz)
     failures = 0
     interval = settings.crawler.interval_seconds
     try:

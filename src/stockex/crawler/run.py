@@ -150,7 +150,8 @@ def _crawl(
     )
     own_client = client is None
     if client is None:
-        client = TikiClient(settings.tiki.base_url, settings.tiki.timeout_seconds)
+        client = TikiClient(settings.tiki.base_url, settings.tiki.timeout_seconds,
+                            timezone=settings.tz)
     status, error = SUCCESS, None
     try:
         run.previous_ts = newest
