@@ -62,7 +62,8 @@ def _report_success(context: Any) -> None:
     default_args={"owner": "stockex"},
 )
 def tiki_candles() -> None:
-    @task(retries=1, retry_delay=timedelta(seconds=10), on_failure_callback=_report_failure)
+    @task(retries=1, retry_delay=timedelta(seconds=10), on_failure_callback=_report_failure,
+          on_retry_callback=_report_failure)
     def configured_markets() -> list[str]:
         """The markets to crawl: `crawler.markets` of the stockex settings."""
         from stockex.crawler import configured_markets as markets
@@ -75,7 +76,10 @@ def tiki_candles() -> None:
         retry_exponential_backoff=2.0,
         max_retry_delay=timedelta(minutes=5),
         execution_timeout=timedelta(minutes=30),
+        # A try that will be retried ends in on_retry_callback, only the last one in
+        # on_failure_callback: both report, so Slack hears of the first failed try.
         on_failure_callback=_report_failure,
+        on_retry_callback=_report_failure,
         on_success_callback=_report_success,
         map_index_template="{{ market }}",
         multiple_outputs=False,

@@ -9,9 +9,9 @@ Entry points call these; each returns at once, never raises, and never waits on 
 ``resolve(source_or_fingerprint, *, settings=None, service="stockex")``
     It works again: open incidents of that source (or that one fingerprint) get one
     "resolved" message each batch; nothing is sent when nothing was open.
-``crawler_failed(market, exc, *, window=None, run_id=None, settings=None)``
+``crawler_failed(market, exc, *, window=None, run_id=None, settings=None, hint=None)``
     A crawl run of ``market`` failed (source ``"crawler <market>"``); ``window`` is the
-    ``(time_from, time_to)`` epoch seconds it was fetching.
+    ``(time_from, time_to)`` epoch seconds it was fetching, ``hint`` what to do.
 ``crawler_recovered(market, *, run_id=None, settings=None)``
     A crawl run of ``market`` succeeded; sends "resolved" if it had been failing.
 ``airflow_task_failed(context)`` / ``airflow_task_succeeded(context)``
@@ -416,11 +416,15 @@ def crawler_failed(
     window: tuple[int, int] | None = None,
     run_id: int | str | None = None,
     settings: Settings | None = None,
+    hint: str | None = None,
 ) -> None:
-    """A crawl run of ``market`` failed while fetching ``window`` (epoch seconds)."""
+    """A crawl run of ``market`` failed while fetching ``window`` (epoch seconds); ``hint``
+    says what to do, when that is known."""
     context: dict[str, Any] = {"market": market, "run_id": run_id}
     if window is not None:
         context["window"] = _window_line(window, settings)
+    if hint:
+        context["action"] = hint
     alert_exception(
         crawler_source(market), exc, context, settings=settings, service=SERVICE_CRAWLER
     )

@@ -79,8 +79,8 @@ bag = DagBag(dag_folder=sys.argv[1])
 dag = bag.dags.get("tiki_candles")
 out = {"import_errors": {str(k): str(v) for k, v in bag.import_errors.items()},
        "dag_ids": sorted(bag.dags)}
-def callback_names(task):
-    callbacks = task.on_failure_callback
+def callback_names(task, kind="on_failure_callback"):
+    callbacks = getattr(task, kind)
     if not isinstance(callbacks, list):
         callbacks = [callbacks] if callbacks else []
     return [getattr(f, "__name__", str(f)) for f in callbacks]
@@ -101,8 +101,11 @@ if dag is not None:
         retry_exponential_backoff=crawl.retry_exponential_backoff,
         execution_timeout=crawl.execution_timeout.total_seconds(),
         on_failure_callback=callback_names(crawl),
+        on_retry_callback=callback_names(crawl, "on_retry_callback"),
         upstream=sorted(crawl.upstream_task_ids),
         markets_on_failure_callback=callback_names(dag.get_task("configured_markets")),
+        markets_on_retry_callback=callback_names(dag.get_task("configured_markets"),
+                                                 "on_retry_callback"),
     )
 print("PROBE " + json.dumps(out))
 """
@@ -136,6 +139,9 @@ def test_dagbag_imports_the_dag_with_zero_errors_and_no_io(airflow_home: Path) -
     assert probe["retries"] >= 1 and probe["retry_exponential_backoff"] > 1
     assert probe["on_failure_callback"] == ["_report_failure"]
     assert probe["markets_on_failure_callback"] == ["_report_failure"]  # bad settings too
+    # A try that Airflow retries ends in on_retry_callback, not on_failure_callback
+    assert probe["on_retry_callback"] == ["_report_failure"]
+    assert probe["markets_on_retry_callback"] == ["_report_failure"]
     assert time.monotonic() - started < 120
 
 
@@ -193,6 +199,36 @@ def test_airflow_dags_test_loads_candles_into_the_stockex_database(
     assert summary["status"] == "success" and summary["rows_written"] == len(candles)
     assert summary["window_from_local"].endswith("+07:00")
     assert len(xcoms[0][3]) < 600
+
+
+def test_the_first_failed_try_alerts_slack_not_only_the_last(
+    airflow_home: Path, mysql_database: Database, start_simulator: Any, fake_slack: Any
+) -> None:
+    """With retries, Slack hears of try 1 when it fails (on_retry_callback), not minutes
+    later when the retries are used up; try 2 falls in the cooldown."""
+    now_minute = int(time.time()) // 60 * 60
+    _, url = start_simulator(origin=now_minute - 30 * 60, error_rate=1.0)
+    env = airflow_env(
+        airflow_home,
+        STOCKEX_DAG_RETRIES="1",
+        STOCKEX__DATABASE__URL=mysql_database.url,
+        STOCKEX__TIKI__BASE_URL=url,
+        STOCKEX__TIKI__TIMEOUT_SECONDS="1",
+        STOCKEX__CRAWLER__START=f"'{datetime.fromtimestamp(now_minute - 1800, UTC).isoformat()}'",
+        STOCKEX__CRAWLER__MARKETS="[asaxu]",
+        STOCKEX__SLACK__TOKEN=fake_slack.token,
+        STOCKEX__SLACK__BASE_URL=fake_slack.api_base_url,
+    )
+    result = subprocess.run(  # noqa: S603
+        [str(BIN / "airflow"), "dags", "test", "tiki_candles"], env=env, capture_output=True,
+        text=True, timeout=300, check=False,
+    )
+    assert result.returncode != 0
+    texts = [m.text for m in fake_slack.wait_for(1, timeout=30)]
+    assert texts and "• try_number: 1" in texts[0], (texts, (result.stdout + result.stderr)[-4000:])
+    assert "failed on try 1 for market asaxu" in result.stdout + result.stderr
+    with mysql_database.read() as session:
+        assert [r.status for r in session.scalars(select(CrawlRun))] == ["failed", "failed"]
 
 
 def test_a_failing_upstream_fails_the_task_and_alerts_slack(

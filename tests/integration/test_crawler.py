@@ -27,10 +27,14 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from stockex import alerts
 from stockex.crawler import (
     CrawlFailed,
+    CrawlInProgress,
+    crawl_configured_market,
     crawl_market,
     local_iso,
+    market_lock,
     run_forever,
 )
 from stockex.crawler import run as crawler_run
@@ -255,6 +259,79 @@ def test_a_stopped_run_finishes_its_chunk_and_the_next_run_completes(
     assert same_values(stored(database), expected(minute(0), minute(999)))
 
 
+def test_a_second_run_of_a_market_while_one_runs_does_not_start(
+    database: Database, make_settings: Any, start_simulator: Any
+) -> None:
+    """Two runs of one market at once would each compute rollups (a day's, a week's candle)
+    without the other's minutes, and the last commit would win: the second run is refused
+    before it writes anything, even its run row; once the first has ended, runs start again."""
+    now = FakeClock(minute(1000) + 1)
+    _, url = start_simulator(clock=now)
+    settings = crawl_settings(make_settings, database, url, chunk_minutes=100)
+    other = Database(database.url)  # as another process would connect
+    refused: list[BaseException] = []
+
+    def on_chunk(chunk: Any) -> None:
+        if not refused:
+            with pytest.raises(CrawlInProgress) as caught:
+                crawl_market(other, settings, "asaxu", clock=now, until=minute(600),
+                             client=fast_client(url))
+            refused.append(caught.value)
+
+    try:
+        first = crawl_market(database, settings, "asaxu", clock=now, on_chunk=on_chunk,
+                             client=fast_client(url))
+        assert refused and refused[0].code == "crawl_in_progress"
+        assert "asaxu is being crawled by another process" in str(refused[0])
+        assert first.status == "success" and [r.id for r in run_rows(database)] == [first.run_id]
+        later = crawl_market(other, settings, "asaxu", clock=now, client=fast_client(url))
+    finally:
+        other.dispose()
+    assert later.status == "success" and later.rows_written == 0
+    assert same_values(stored(database), expected(minute(0), minute(999)))
+
+
+def test_the_loop_skips_a_market_another_crawler_holds_and_does_not_alert(
+    database: Database, make_settings: Any, start_simulator: Any, fake_slack: Any, caplog: Any
+) -> None:
+    now = FakeClock(minute(300))
+    _, url = start_simulator(clock=now)
+    settings = make_settings(
+        database.url, tiki={"base_url": url, "timeout_seconds": 2},
+        crawler={"start": iso(ORIGIN), "markets": ["asaxu"], "interval_seconds": 1},
+        slack={"token": fake_slack.token, "base_url": fake_slack.api_base_url,
+               "channel": "#ops"},
+    )
+    other = Database(database.url)
+    try:
+        with caplog.at_level(logging.INFO, logger="stockex.crawler"):
+            with market_lock(other, "asaxu"), loop_running(settings, database, url,
+                                                            now) as failures:
+                time.sleep(1.5)
+            assert failures == [0], "a crawl that waits for another is not a failure"
+    finally:
+        other.dispose()
+    waiting = [r.getMessage() for r in caplog.records if "crawled by another" in r.getMessage()]
+    assert waiting and waiting[0].endswith("; trying again next interval"), waiting
+    assert run_rows(database) == []
+    alerts.flush(5)
+    assert fake_slack.messages == []
+
+
+def test_the_airflow_task_is_skipped_while_another_crawler_holds_the_market(
+    database: Database, make_settings: Any, start_simulator: Any
+) -> None:
+    """Skipped, not failed: no retries, no Slack message, and the next DAG run catches up."""
+    exceptions = pytest.importorskip("airflow.sdk.exceptions")
+    now = FakeClock(minute(300))
+    _, url = start_simulator(clock=now)
+    settings = crawl_settings(make_settings, database, url)
+    with market_lock(database, "asaxu"), pytest.raises(exceptions.AirflowSkipException) as skip:
+        crawl_configured_market("asaxu", settings)
+    assert "asaxu is being crawled by another process" in str(skip.value)
+    assert run_rows(database) == []
+
+
 # --------------------------------------------------------------------------- acceptance 2
 
 
@@ -364,6 +441,23 @@ def test_a_malformed_row_fails_the_run_and_keeps_earlier_chunks(
     assert row.error is not None and f"ts={bad}" in row.error
     assert row.finished_at is not None
     assert any(f"ts={bad}" in r.getMessage() for r in caplog.records)
+
+
+def test_a_failed_run_names_the_bad_minute_in_the_configured_timezone(
+    database: Database, make_settings: Any, start_simulator: Any
+) -> None:
+    """The run's error (its row, its log line, the CLI's line, Slack) quotes the upstream
+    error in the same local time as every other crawl log line, not in UTC."""
+    now = FakeClock(minute(500) + 10)
+    bad = minute(250)
+    _, url = start_simulator(clock=now, malformed_ts=bad)
+    settings = crawl_settings(make_settings, database, url, chunk_minutes=100)
+    with pytest.raises(CrawlFailed) as failure:
+        crawl_market(database, settings, "asaxu", clock=now)  # the client built from settings
+    local = local_iso(bad, settings.tz)
+    assert local == "2024-01-01T04:10:00+07:00"
+    assert f"asaxu ts={bad} ({local}): high " in (failure.value.summary.error or "")
+    assert f"({local})" in (run_rows(database)[0].error or "")
 
 
 def test_a_failed_chunk_write_fails_the_run_and_nothing_after_it_is_written(
@@ -559,7 +653,7 @@ def test_the_loop_keeps_running_after_a_failed_run_and_stops_on_request(
 
 
 def test_the_loop_alerts_when_a_crawl_cannot_even_start(
-    make_settings: Any, start_simulator: Any, fake_slack: Any, tmp_path: Path
+    make_settings: Any, start_simulator: Any, fake_slack: Any, tmp_path: Path, caplog: Any
 ) -> None:
     """No run row can be written (here: a database without its tables, as when MySQL is
     down): the loop goes on, and Slack hears of it, not only the log."""
@@ -573,13 +667,21 @@ def test_the_loop_alerts_when_a_crawl_cannot_even_start(
                "channel": "#ops", "cooldown_seconds": 300},
     )
     try:
-        with loop_running(settings, unmigrated, url, now) as failures:
+        with (caplog.at_level(logging.INFO, logger="stockex.crawler"),
+              loop_running(settings, unmigrated, url, now) as failures):
             texts = [m.text for m in fake_slack.wait_for(1, timeout=20)]
     finally:
         unmigrated.dispose()
     assert failures and failures[0] >= 1, "the loop did not return after stop"
     assert "*stockex-crawler*" in texts[0] and "in crawler asaxu" in texts[0], texts
     assert "no such table" in texts[0]
+    # what to do, in Slack and in the log, as `stockex crawl --once` says it; one line a try
+    assert "• action: the database schema is not migrated: run `stockex db upgrade`" in texts[0]
+    [line, *_] = [r for r in caplog.records if "could not run" in r.getMessage()]
+    assert line.getMessage() == (
+        "asaxu: crawl could not run: database error: no such table: candles (the database "
+        "schema is not migrated: run `stockex db upgrade`); trying again next interval")
+    assert line.exc_info is None
 
 
 def test_the_loop_with_until_ends_by_itself(

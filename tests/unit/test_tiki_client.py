@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qs
+from zoneinfo import ZoneInfo
 
 import pytest
 import requests
@@ -504,6 +505,23 @@ def test_404_unknown_market_is_not_retried(sim_client, sleeps) -> None:
     assert "/rally/markets/dogevnd/klines" in caught.value.url
     assert "HTTP 404" in str(caught.value)
     assert sim.request_count == 1 and sleeps.delays == []
+
+
+def test_errors_write_their_times_in_the_clients_timezone(sim_client) -> None:
+    """The crawler's log lines, run rows and alerts are in the configured timezone; the
+    upstream errors they quote are too, not in UTC beside them."""
+    bad = T0 + 3 * 60
+    _, client = sim_client(malformed_ts=bad, error_rate=0.0)
+    client.timezone = ZoneInfo("Asia/Ho_Chi_Minh")
+    with pytest.raises(UpstreamDataError) as malformed:
+        client.fetch_klines("asaxu", T0, T9)
+    assert str(malformed.value).startswith(f"asaxu ts={bad} (2024-01-01T00:03:00+07:00): high ")
+    _, failing = sim_client(error_rate=1.0, max_attempts=2)
+    failing.timezone = ZoneInfo("Asia/Ho_Chi_Minh")
+    with pytest.raises(UpstreamUnavailable) as unavailable:
+        failing.fetch_klines("asaxu", T0, T9)
+    assert str(unavailable.value).startswith(
+        "asaxu [2024-01-01T00:00:00+07:00 .. 2024-01-01T00:09:00+07:00]: upstream unavailable")
 
 
 def test_exhausted_retries_raise_unavailable_naming_market_window_and_status(

@@ -16,6 +16,9 @@
   from the newest stored minute. Chunks are written one at a time and in order, on a writer
   thread, while the next chunk is fetched and planned; a chunk is written only after the one
   before it committed, and a failed write ends the run before anything after it is written.
+* **One at a time.** A run first takes its market's lock (:mod:`stockex.crawler.lock`);
+  while another run of the market holds it, :class:`CrawlInProgress` is raised and nothing
+  is written: two runs at once would each compute rollups without the other's minutes.
 * **Run rows.** Every run is one ``crawl_runs`` row: ``running`` and then ``success``,
   ``stopped`` (the stop flag was set; it finished the chunk in flight) or ``failed`` with the
   error. The row holds the window, rows written, and the gaps — minutes missing between the
@@ -32,7 +35,8 @@ it runs every configured market at each interval boundary, keeps going after fai
 returns once the stop flag is set — after the chunk in flight is stored.
 
 Modules: ``run`` (one run), ``loop`` (the loop and its signals), ``summary`` (what a run
-reports), ``times`` (minutes and local time), ``airflow_tasks`` (what the DAG calls).
+reports), ``times`` (minutes and local time), ``lock`` (one run per market at a time),
+``airflow_tasks`` (what the DAG calls).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from stockex.crawler.airflow_tasks import (
     crawl_configured_market,
     report_task_failure,
 )
+from stockex.crawler.lock import CrawlInProgress, market_lock
 from stockex.crawler.loop import crawl_markets, run_forever, seconds_until_next_run, stop_on_signals
 from stockex.crawler.run import crawl_market
 from stockex.crawler.summary import ChunkProgress, CrawlFailed, CrawlSummary
@@ -50,6 +55,7 @@ from stockex.crawler.times import last_closed_minute, local_iso, parse_time
 __all__ = [
     "ChunkProgress",
     "CrawlFailed",
+    "CrawlInProgress",
     "CrawlSummary",
     "configured_markets",
     "crawl_configured_market",
@@ -57,6 +63,7 @@ __all__ = [
     "crawl_markets",
     "last_closed_minute",
     "local_iso",
+    "market_lock",
     "parse_time",
     "report_task_failure",
     "run_forever",

@@ -11,6 +11,7 @@ from typing import Any
 
 from stockex import alerts
 from stockex.config import Settings, load_settings
+from stockex.crawler.lock import CrawlInProgress
 from stockex.crawler.run import crawl_market
 from stockex.crawler.summary import CrawlFailed
 from stockex.db import Database
@@ -28,12 +29,17 @@ def crawl_configured_market(market: str, settings: Settings | None = None) -> di
 
     For the Airflow task: raises :class:`CrawlFailed` (so the task retries) on failure. The
     task's callbacks alert (:func:`report_task_failure` adds the market, run and window), so
-    the run does not alert itself as well.
+    the run does not alert itself as well. When another crawler holds the market
+    (:class:`CrawlInProgress`) the task is skipped: nothing failed, the next run catches up.
     """
     settings = settings or load_settings()
-    db = Database(settings.database.url, pool_size=1)
+    db = Database(settings.database.url, pool_size=2)  # a run holds up to three connections
     try:
         return crawl_market(db, settings, market, alert=False).brief()
+    except CrawlInProgress as exc:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        raise AirflowSkipException(exc.message) from exc
     finally:
         db.dispose()
 

@@ -11,12 +11,15 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from stockex import alerts
 from stockex.config import Settings
+from stockex.crawler.lock import CrawlInProgress
 from stockex.crawler.run import crawl_market
 from stockex.crawler.summary import SUCCESS, ChunkProgress, CrawlFailed, CrawlSummary
 from stockex.crawler.times import MINUTE, local_iso
-from stockex.db import Database
+from stockex.db import RUN_UPGRADE, Database, is_missing_table
 from stockex.tiki import TikiClient
 
 log = logging.getLogger("stockex.crawler")
@@ -83,7 +86,8 @@ def run_forever(
     own_db = db is None
     database = db if db is not None else Database(settings.database.url, pool_size=2)
     own_client = client is None
-    tiki = client or TikiClient(settings.tiki.base_url, settings.tiki.timeout_seconds)
+    tiki = client or TikiClient(settings.tiki.base_url, settings.tiki.timeout_seconds,
+                                timezone=settings.tz)
     failures = 0
     interval = settings.crawler.interval_seconds
     try:
@@ -98,12 +102,14 @@ def run_forever(
                 except CrawlFailed as exc:
                     failures += 1
                     summary = exc.summary
+                except CrawlInProgress as exc:  # not a failure: the other run does the work
+                    reached = False
+                    log.warning("%s; trying again next interval", exc.message)
+                    continue
                 except Exception as exc:  # before a run could start: database down, ...
                     failures += 1
                     reached = False
-                    log.exception("%s: crawl could not run; trying again next interval", market)
-                    # the run's own failures alert in crawl_market; these have no run row
-                    alerts.crawler_failed(market, exc, settings=settings)
+                    _could_not_run(market, exc, settings)
                     continue
                 reached = reached and summary.status == SUCCESS and until is not None and (
                     summary.window_to >= until - until % MINUTE
@@ -119,6 +125,23 @@ def run_forever(
             database.dispose()
     log.info("crawler loop ended (%d failed run(s))", failures)
     return failures
+
+
+def _could_not_run(market: str, exc: Exception, settings: Settings) -> None:
+    """Log and alert an error that kept a run from starting (it has no run row). A database
+    error is one line, with what to do when the schema is missing, as ``stockex crawl
+    --once`` prints it: the loop meets it again every interval. Anything else also logs its
+    traceback."""
+    hint = RUN_UPGRADE if is_missing_table(exc) else None
+    if isinstance(exc, SQLAlchemyError):
+        detail = str(getattr(exc, "orig", None) or exc).strip()
+        log.error("%s: crawl could not run: database error: %s%s; trying again next interval",
+                  market, detail.splitlines()[0] if detail else type(exc).__name__,
+                  f" ({hint})" if hint else "")
+    else:
+        log.exception("%s: crawl could not run; trying again next interval", market)
+    # the run's own failures alert in crawl_market; these have no run row
+    alerts.crawler_failed(market, exc, settings=settings, hint=hint)
 
 
 def stop_on_signals(

@@ -27,6 +27,7 @@ from stockex.candles import (
     write_plan,
 )
 from stockex.config import Settings
+from stockex.crawler.lock import market_lock
 from stockex.crawler.summary import (
     FAILED,
     RUNNING,
@@ -103,16 +104,38 @@ def crawl_market(
     ``alert=False`` leaves Slack to the caller (the Airflow task's callbacks, which add the
     DAG, task, try and log URL): one message per failure, not two.
 
+    A run holds up to three connections of ``db`` at once (its market's lock, its reads and
+    the chunk being written): on MySQL a pool smaller than that waits and fails.
+
     ``client`` defaults to one built from ``settings.tiki`` (closed at the end); pass your own
     to tune retries. ``until`` caps the window at that minute (inclusive). ``clock`` is "now"
     for the last closed minute and the run's timestamps.
 
     Raises :class:`~stockex.errors.UnknownMarket` for a market not in the settings, NotFound
     (``market_not_synced``) when ``stockex db upgrade`` has not put it in the database (no run
-    row then), and :class:`CrawlFailed` when the run fails.
+    row then), :class:`~stockex.crawler.lock.CrawlInProgress` when another run of the market
+    holds its lock (no run row either), and :class:`CrawlFailed` when the run fails.
     """
     if settings.market(market) is None:
         raise UnknownMarket(market)
+    with market_lock(db, market):
+        return _crawl(db, settings, market, client=client, until=until, clock=clock, stop=stop,
+                      on_chunk=on_chunk, alert=alert)
+
+
+def _crawl(
+    db: Database,
+    settings: Settings,
+    market: str,
+    *,
+    client: TikiClient | None,
+    until: int | None,
+    clock: Callable[[], float],
+    stop: threading.Event | None,
+    on_chunk: Callable[[ChunkProgress], None] | None,
+    alert: bool,
+) -> CrawlSummary:
+    """:func:`crawl_market` once it holds the market's lock."""
     tz = settings.tz
     started_at = int(clock())
     window_from, window_to, newest = _window(db, settings, market, started_at, until)
@@ -127,7 +150,8 @@ def crawl_market(
     )
     own_client = client is None
     if client is None:
-        client = TikiClient(settings.tiki.base_url, settings.tiki.timeout_seconds)
+        client = TikiClient(settings.tiki.base_url, settings.tiki.timeout_seconds,
+                            timezone=settings.tz)
     status, error = SUCCESS, None
     try:
         run.previous_ts = newest

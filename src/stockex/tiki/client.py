@@ -28,7 +28,7 @@ import random
 import time
 import zlib
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
 from itertools import chain
 from operator import ge, le, lt
@@ -104,12 +104,21 @@ class Kline(NamedTuple):
     volume: Decimal
 
 
-def _utc_iso(ts: int) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _iso(ts: int, tz: tzinfo) -> str:
+    """``ts`` in ``tz``: ``2024-07-01T18:24:00Z`` in UTC, ``2024-07-02T01:24:00+07:00`` else."""
+    if tz is UTC:
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(ts, tz).isoformat()
 
 
 class UpstreamError(Exception):
-    """Base of every failure to obtain k-lines from the exchange."""
+    """Base of every failure to obtain k-lines from the exchange.
+
+    ``timezone`` is the zone its times are written in: UTC, or the client's ``timezone``
+    once :meth:`TikiClient.fetch_klines` raises it (the crawler's configured one).
+    """
+
+    timezone: tzinfo = UTC
 
 
 class UpstreamUnavailable(UpstreamError):
@@ -123,9 +132,13 @@ class UpstreamUnavailable(UpstreamError):
         self.time_to = time_to
         self.attempts = attempts
         self.last_failure = last_failure
-        super().__init__(
-            f"{market} [{_utc_iso(time_from)} .. {_utc_iso(time_to)}]: upstream unavailable "
-            f"after {attempts} attempt(s); last: {last_failure}"
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return (
+            f"{self.market} [{_iso(self.time_from, self.timezone)} .. "
+            f"{_iso(self.time_to, self.timezone)}]: upstream unavailable after "
+            f"{self.attempts} attempt(s); last: {self.last_failure}"
         )
 
 
@@ -146,8 +159,13 @@ class UpstreamDataError(UpstreamError):
         self.market = market
         self.ts = ts
         self.problem = problem
-        where = f"{market} ts={ts} ({_utc_iso(ts)})" if ts is not None else market
-        super().__init__(f"{where}: {problem}")
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = self.market
+        if self.ts is not None:
+            where += f" ts={self.ts} ({_iso(self.ts, self.timezone)})"
+        return f"{where}: {self.problem}"
 
 
 _FIELDS = ("open", "high", "low", "close", "volume")
@@ -376,7 +394,8 @@ class TikiClient:
     ``sleep`` and ``clock`` (monotonic seconds) are injectable so tests can record backoff
     delays instead of waiting them out, and move time past a deadline.
     A ``session`` passed in stays the caller's: :meth:`close` only closes a session the
-    client created itself.
+    client created itself. ``timezone`` is the zone the errors it raises write their times
+    in (the crawler passes its configured one; UTC by default).
     """
 
     def __init__(
@@ -392,6 +411,7 @@ class TikiClient:
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        timezone: tzinfo = UTC,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -411,6 +431,7 @@ class TikiClient:
         self._sleep = sleep
         self._clock = clock
         self._jitter = random.Random()  # noqa: S311 - jitter spreads retries, not a secret
+        self.timezone = timezone
 
     def close(self) -> None:
         if self._owns_session:
@@ -435,8 +456,15 @@ class TikiClient:
 
         May return fewer rows than the window holds (the exchange caps answers) and nothing
         for minutes without trades. Raises UpstreamUnavailable, UpstreamRejected or
-        UpstreamDataError as described in the module docstring.
+        UpstreamDataError as described in the module docstring, with times in ``timezone``.
         """
+        try:
+            return self._fetch_klines(market, time_from, time_to)
+        except UpstreamError as exc:
+            exc.timezone = self.timezone
+            raise
+
+    def _fetch_klines(self, market: str, time_from: int, time_to: int) -> list[Kline]:
         if time_from > time_to:
             raise ValueError(f"time_from {time_from} is after time_to {time_to}")
         url = self.klines_url(market)

@@ -1,0 +1,93 @@
+"""One crawl run per market at a time, across processes and machines: :func:`market_lock`.
+
+Two runs of one market at once (the loop and the DAG, an overlapping ``stockex crawl
+--once``) do not merely do the work twice: each plans its rollups from what had committed
+when it read (see :func:`stockex.candles.plan_minutes`), so the one that commits last
+overwrites a day's or a week's candle with one that misses the other's minutes. So a run
+takes its market's lock first, and a run that finds it taken does not start
+(:class:`CrawlInProgress`); the next one catches up, as after any skipped run.
+
+* MySQL: ``GET_LOCK`` on a connection held for the run; the server releases it when that
+  connection ends, so a killed crawler never leaves it behind.
+* SQLite: ``flock`` on ``<database file>.crawl-<market>.lock`` beside the database (never on
+  the database file itself: closing another descriptor of it would drop SQLite's own
+  locks); the kernel releases it when the process ends. An in-memory database lives in one
+  process and is not locked.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from typing import Any
+
+from stockex.db import Database, as_sqlalchemy_error
+from stockex.errors import Conflict
+
+# Server-wide on MySQL, so the database's name is part of it (SHA1: at most 64 characters).
+_GET_LOCK = "SELECT GET_LOCK(SHA1(CONCAT('stockex-crawl/', DATABASE(), '/', %s)), 0)"
+_RELEASE_LOCK = "SELECT RELEASE_LOCK(SHA1(CONCAT('stockex-crawl/', DATABASE(), '/', %s)))"
+
+
+class CrawlInProgress(Conflict):
+    """Another run of the market holds its lock; this run did not start."""
+
+    code = "crawl_in_progress"
+
+    def __init__(self, market: str) -> None:
+        super().__init__(
+            f"{market} is being crawled by another process (stockex crawl or the tiki_candles "
+            "DAG) right now; this run did not start",
+            details={"market": market},
+        )
+
+
+@contextmanager
+def market_lock(db: Database, market: str) -> Iterator[None]:
+    """Hold ``market``'s crawl lock for the block; :class:`CrawlInProgress` if it is taken."""
+    if db.dialect == "mysql":
+        with _mysql_lock(db, market):
+            yield
+        return
+    database = db.engine.url.database
+    if database in (None, "", ":memory:"):
+        yield
+        return
+    descriptor = os.open(f"{database}.crawl-{market}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CrawlInProgress(market) from None
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+@contextmanager
+def _mysql_lock(db: Database, market: str) -> Iterator[None]:
+    connection = db.engine.raw_connection()
+    held = False
+    try:
+        held = _scalar(db, connection, _GET_LOCK, market) == 1
+        if not held:
+            raise CrawlInProgress(market)
+        yield
+    finally:
+        try:
+            if held:
+                _scalar(db, connection, _RELEASE_LOCK, market)
+        except Exception:  # noqa: BLE001 - the server drops the lock with the connection
+            connection.invalidate()
+        connection.close()
+
+
+def _scalar(db: Database, connection: Any, sql: str, market: str) -> Any:
+    try:
+        with closing(connection.cursor()) as cursor:
+            cursor.execute(sql, (market,))
+            return cursor.fetchone()[0]
+    except db.engine.dialect.loaded_dbapi.Error as exc:
+        raise as_sqlalchemy_error(exc, connection, db.engine.dialect, sql, (market,)) from exc
