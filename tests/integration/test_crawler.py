@@ -222,6 +222,9 @@ def test_a_run_killed_half_way_resumes_to_the_identical_table(
 
     assert resumed.status == "success"
     assert resumed.window_from == minute(len(partial) - 1)  # resumed where it stopped
+    killed, last = run_rows(database)  # the killed run's row is closed by the next run
+    assert (killed.status, last.status) == ("failed", "success")
+    assert "killed" in killed.error and killed.finished_at is None
     assert resumed.inserted == 3000 - len(partial)
     table = stored(database)
     assert same_values(table, expected(minute(0), until))

@@ -24,7 +24,9 @@
   error. The row holds the window, rows written, and the gaps — minutes missing between the
   stored minutes the run saw (its high-water mark and every minute fetched) — as JSON
   ``[[from, to], ...]`` (inclusive) plus their count. Times are epoch seconds (UTC); the
-  ``*_local`` columns and every log line also show them in ``settings.timezone``.
+  ``*_local`` columns and every log line also show them in ``settings.timezone``. A row a
+  killed run left ``running`` is marked ``failed`` by the market's next run (which holds the
+  lock, so no other run of it is alive), its error saying so.
 * **Failures.** Upstream failures that outlast the client's retries, a malformed row
   (:class:`~stockex.tiki.UpstreamDataError`) or a database error fail the run: the chunk in
   flight is not stored, earlier chunks stay, the row says ``failed`` with the error, and

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from stockex import alerts
@@ -50,6 +50,9 @@ progress_log = logging.getLogger("stockex.crawler.progress")
 
 #: At most this many gap ranges are kept in a run row and logged; gap_minutes counts all.
 MAX_REPORTED_GAPS = 200
+#: The error of a ``running`` row that the next run of its market found (see _open_run).
+ABANDONED = ("the run ended without closing this row (killed, or its host went down); "
+             "the next run of the market resumed from the newest stored minute")
 
 
 @dataclass
@@ -203,6 +206,13 @@ def _open_run(
             code="market_not_synced",
             details={"market": market},
         )
+    # This run holds the market's lock, so no other run of it is alive: a row still
+    # ``running`` is a run that was killed (or lost its host) before it could close it.
+    session.execute(
+        update(CrawlRun)
+        .where(CrawlRun.market_id == market, CrawlRun.status == RUNNING)
+        .values(status=FAILED, error=ABANDONED)
+    )
     row = CrawlRun(
         market_id=market,
         started_at=started_at,
