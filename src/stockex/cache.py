@@ -76,6 +76,9 @@ class Cache:
                 redis_url, socket_connect_timeout=0.5, socket_timeout=0.5, health_check_interval=30
             )
         self._redis_down = False
+        # The outage is Redis refusing writes (full, read-only, failing to save) rather than
+        # not answering: a read that succeeds then does not mean it works again.
+        self._refusing_writes = False
         # Generation keys this process has used, and those whose bump may have been lost
         # (Redis failed meanwhile): these are deleted on its next contact with Redis.
         self._generations: set[str] = set()
@@ -93,7 +96,7 @@ class Cache:
         except redis.RedisError as exc:
             self._note_down(exc)
             return None
-        self._note_up()
+        self._note_up(wrote=False)
         return value  # type: ignore[return-value]
 
     def set(self, key: str, value: bytes, ttl: float) -> None:
@@ -105,7 +108,7 @@ class Cache:
         except redis.RedisError as exc:
             self._note_down(exc)
             return
-        self._note_up()
+        self._note_up(wrote=True)
 
     def delete(self, *keys: str) -> None:
         names = [KEY_PREFIX + k for k in keys]
@@ -144,7 +147,7 @@ class Cache:
         except redis.RedisError as exc:
             self._note_down(exc)
             return None
-        self._note_up()
+        self._note_up(wrote=False)
         return None if value is None else value.decode()  # type: ignore[union-attr]
 
     def bump_generation(self, name: str, ttl: float) -> None:
@@ -172,7 +175,7 @@ class Cache:
             except redis.RedisError:
                 self._lost_bumps.add(key)
             return
-        self._note_up()
+        self._note_up(wrote=True)
 
     def _delete_lost_bumps(self) -> None:
         """Delete the generations whose bump was lost; raises ``redis.RedisError``."""
@@ -191,11 +194,14 @@ class Cache:
             log.warning("redis unavailable, serving without cache: %s", exc)
             self._redis_down = True
             self._lost_bumps.update(self._generations)
+            # an error reply (OOM, READONLY, MISCONF): Redis answers, but refuses writes
+            self._refusing_writes = isinstance(exc, redis.ResponseError)
             if self.on_down is not None:
                 self.on_down(exc)
 
-    def _note_up(self) -> None:
-        if self._redis_down:
+    def _note_up(self, *, wrote: bool) -> None:
+        """Redis answered a read (``wrote=False``) or took a write."""
+        if self._redis_down and (wrote or not self._refusing_writes):
             log.warning("redis is back")
             self._redis_down = False
             if self.on_up is not None:
