@@ -88,6 +88,12 @@ class Cache:
     def backend(self) -> str:
         return "redis" if self.redis is not None else "local"
 
+    @property
+    def refusing_writes(self) -> bool:
+        """Redis answered the last failed write with an error (full, read-only) and has taken
+        none since: it answers pings, yet the cache still runs without it."""
+        return self._redis_down and self._refusing_writes
+
     def get(self, key: str) -> bytes | None:
         if self.redis is None:
             return self.local.get(KEY_PREFIX + key)

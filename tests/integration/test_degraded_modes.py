@@ -298,6 +298,10 @@ def test_a_schema_newer_than_the_code_is_ready(database, make_settings) -> None:
     assert client.get("/ready").get_json()["checks"] == {"database": "ok"}
 
 
+def services_notifier_flush(app: Flask) -> bool:
+    return bool(app.extensions["stockex.alerts"].flush(10))
+
+
 def test_a_full_redis_is_one_alert_and_resolved_once_it_takes_writes_again(  # type: ignore[no-untyped-def]
     database, make_settings, fake_slack, caplog
 ) -> None:
@@ -328,6 +332,10 @@ def test_a_full_redis_is_one_alert_and_resolved_once_it_takes_writes_again(  # t
                     assert response.status_code == 200
         assert [r.getMessage() for r in caplog.records if "redis is back" in r.getMessage()] == []
         assert len([r for r in caplog.records if "redis unavailable" in r.getMessage()]) == 1
+        # reachable, so ready (the API works without its cache), but not "resolved" either
+        assert client.get("/ready").get_json()["checks"] == {"database": "ok", "redis": "ok"}
+        assert services_notifier_flush(app)
+        assert not [m for m in fake_slack.messages if "resolved redis" in m.text]
 
         direct.config_set("maxmemory", 0)
         for limit in range(1, 3):
