@@ -253,6 +253,8 @@ def invalidate_book(cache: Cache, market_id: str) -> None:
 # Ticker: at most one crawl interval.
 # Depth and trades: keyed on book_generation, so a committed placement, cancel or fill
 # (invalidate_book) retires every cached variant at once; the TTL only bounds memory.
+# Every answer holds *_local times: its key names the configured timezone, so processes
+# configured with another one (during a rolling restart after a change) never share it.
 
 CANDLES_SETTLED_TTL = 24 * 3600.0
 BOOK_TTL = 300.0
@@ -260,6 +262,7 @@ BOOK_TTL = 300.0
 
 def candles_key(
     market_id: str,
+    timezone: str,
     revision: int,
     period: int,
     time_from: int | None,
@@ -269,7 +272,7 @@ def candles_key(
 ) -> str:
     start = "-" if time_from is None else str(time_from)
     end = "now" if time_to is None else str(time_to)
-    return f"candles:{market_id}:r{revision}:{period}:{start}:{end}:{limit}:{fmt}"
+    return f"candles:{market_id}:{timezone}:r{revision}:{period}:{start}:{end}:{limit}:{fmt}"
 
 
 def candles_ttl(settled: bool, crawl_interval_seconds: float) -> float:
@@ -281,26 +284,31 @@ def open_data_ttl(crawl_interval_seconds: float) -> float:
     return max(0.5, float(crawl_interval_seconds))
 
 
-def ticker_key(market_id: str) -> str:
-    return f"ticker:{market_id}"
+def ticker_key(market_id: str, timezone: str) -> str:
+    return f"ticker:{market_id}:{timezone}"
 
 
-def depth_key(cache: Cache, market_id: str, limit: int) -> str | None:
+def depth_key(cache: Cache, market_id: str, timezone: str, limit: int) -> str | None:
     generation = book_generation(cache, market_id)
     if generation is None:
         return None
-    return f"depth:{market_id}:g{generation}:{limit}"
+    return f"depth:{market_id}:{timezone}:g{generation}:{limit}"
 
 
 def trades_key(
-    cache: Cache, market_id: str, limit: int, time_from: int | None, time_to: int | None
+    cache: Cache,
+    market_id: str,
+    timezone: str,
+    limit: int,
+    time_from: int | None,
+    time_to: int | None,
 ) -> str | None:
     generation = book_generation(cache, market_id)
     if generation is None:
         return None
     start = "-" if time_from is None else str(time_from)
     end = "now" if time_to is None else str(time_to)
-    return f"trades:{market_id}:g{generation}:{start}:{end}:{limit}"
+    return f"trades:{market_id}:{timezone}:g{generation}:{start}:{end}:{limit}"
 
 
 def cached(cache: Cache, key: str | None, ttl: float, compute: Callable[[], bytes]) -> bytes:

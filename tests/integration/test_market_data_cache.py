@@ -293,3 +293,30 @@ def test_a_book_change_while_redis_is_down_is_not_hidden_by_its_restored_data(  
     assert book(reader.test_client()) == after
     close_cache(reader)
     close_cache(writer)
+
+
+def test_processes_configured_with_another_timezone_never_share_an_answer(  # type: ignore[no-untyped-def]
+    database, make_settings, redis_url
+) -> None:
+    """After a change of ``timezone`` (the API restarted, maybe one worker at a time, and
+    `stockex candles rebuild` run before or after), a process answered the old zone's cached
+    *_local times and "timezone" (settled candles for a day), as the keys did not name it."""
+    store(database, [kline(DAY0 + 60 * i, 100 + i) for i in range(3)])
+    hcm = create_app(make_settings(database.url, redis={"url": redis_url}), db=database)
+    utc = create_app(make_settings(database.url, redis={"url": redis_url}, timezone="UTC"),
+                     db=database)
+    params = {"time_from": DAY0, "time_to": DAY0 + 3600}
+    for app, zone, offset in ((hcm, "Asia/Ho_Chi_Minh", "+07:00"), (utc, "UTC", "+00:00")):
+        client = app.test_client()
+        for _ in range(2):  # the second one from the cache
+            body = client.get(CANDLES, query_string=params).get_json()
+            assert body["timezone"] == zone
+            assert body["candles"][0]["time_local"].endswith(offset)
+            csv = client.get(CANDLES, query_string={**params, "format": "csv"}).get_data()
+            assert csv.splitlines()[1].split(b",")[1].decode().endswith(offset)
+            ticker = client.get("/api/v1/markets/asaxu/ticker").get_json()
+            assert ticker["last_time_local"].endswith(offset)
+            depth = client.get("/api/v1/markets/asaxu/depth").get_json()
+            assert depth["timestamp_local"].endswith(offset)
+    close_cache(hcm)
+    close_cache(utc)
