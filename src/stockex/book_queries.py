@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal, localcontext
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from stockex.candles import SUM_CONTEXT
@@ -31,33 +32,57 @@ class Depth:
 
 
 def read_depth(session: Session, market_id: str, limit: int) -> Depth:
+    """Both sides as of one moment: a placement committing meanwhile is wholly in or out.
+
+    On MySQL, whose READ COMMITTED gives every statement the state at its start, the two
+    sides are one statement; on SQLite the session's read transaction holds one snapshot.
+    """
+    if session.get_bind().dialect.name == "mysql":
+        return _mysql_depth(session, market_id, limit)
     return Depth(
         asks=_side(session, market_id, "sell", limit),
         bids=_side(session, market_id, "buy", limit),
     )
 
 
-def _side(session: Session, market_id: str, side: str, limit: int) -> list[Level]:
-    resting = (
+def _resting(market_id: str, side: str) -> tuple[Any, ...]:
+    return (
         Order.market_id == market_id,
         Order.side == side,
         Order.status == "open",
         Order.type == "limit",
         Order.price.is_not(None),
     )
-    best_first = Order.price.asc() if side == "sell" else Order.price.desc()
-    if session.get_bind().dialect.name == "mysql":
-        remaining = func.sum(Order.amount - Order.filled_amount)
-        stmt = (
-            select(Order.price, remaining.label("remaining"))
-            .where(*resting, Order.amount > Order.filled_amount)
-            .group_by(Order.price)
-            .order_by(best_first)
-            .limit(limit)
-        )
-        return [(price, Decimal(amount)) for price, amount in session.execute(stmt)]
+
+
+def _best_first(side: str) -> Any:
+    return Order.price.asc() if side == "sell" else Order.price.desc()
+
+
+def _mysql_depth(session: Session, market_id: str, limit: int) -> Depth:
+    remaining = func.sum(Order.amount - Order.filled_amount)
+    sides = [
+        select(literal(side).label("side"), Order.price, remaining.label("remaining"))
+        .where(*_resting(market_id, side), Order.amount > Order.filled_amount)
+        .group_by(Order.price)
+        .order_by(_best_first(side))
+        .limit(limit)
+        for side in ("sell", "buy")
+    ]
+    depth = Depth(asks=[], bids=[])
+    for side, price, amount in session.execute(union_all(*sides)):
+        (depth.asks if side == "sell" else depth.bids).append((price, Decimal(amount)))
+    depth.asks.sort()  # a UNION keeps no order
+    depth.bids.sort(reverse=True)
+    return depth
+
+
+def _side(session: Session, market_id: str, side: str, limit: int) -> list[Level]:
     levels: list[Level] = []
-    stmt = select(Order.price, Order.amount, Order.filled_amount).where(*resting)
+    stmt = select(Order.price, Order.amount, Order.filled_amount).where(
+        *_resting(market_id, side)
+    )
+    best_first = _best_first(side)
     with localcontext(SUM_CONTEXT):
         for price, amount, filled in session.execute(stmt.order_by(best_first)):
             left = amount - filled

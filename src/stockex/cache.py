@@ -76,10 +76,23 @@ class Cache:
                 redis_url, socket_connect_timeout=0.5, socket_timeout=0.5, health_check_interval=30
             )
         self._redis_down = False
+        # The outage is Redis refusing writes (full, read-only, failing to save) rather than
+        # not answering: a read that succeeds then does not mean it works again.
+        self._refusing_writes = False
+        # Generation keys this process has used, and those whose bump may have been lost
+        # (Redis failed meanwhile): these are deleted on its next contact with Redis.
+        self._generations: set[str] = set()
+        self._lost_bumps: set[str] = set()
 
     @property
     def backend(self) -> str:
         return "redis" if self.redis is not None else "local"
+
+    @property
+    def refusing_writes(self) -> bool:
+        """Redis answered the last failed write with an error (full, read-only) and has taken
+        none since: it answers pings, yet the cache still runs without it."""
+        return self._redis_down and self._refusing_writes
 
     def get(self, key: str) -> bytes | None:
         if self.redis is None:
@@ -89,7 +102,7 @@ class Cache:
         except redis.RedisError as exc:
             self._note_down(exc)
             return None
-        self._note_up()
+        self._note_up(wrote=False)
         return value  # type: ignore[return-value]
 
     def set(self, key: str, value: bytes, ttl: float) -> None:
@@ -101,7 +114,7 @@ class Cache:
         except redis.RedisError as exc:
             self._note_down(exc)
             return
-        self._note_up()
+        self._note_up(wrote=True)
 
     def delete(self, *keys: str) -> None:
         names = [KEY_PREFIX + k for k in keys]
@@ -119,6 +132,64 @@ class Cache:
             self.redis.close()
             self.redis.connection_pool.disconnect()
 
+    def generation(self, name: str, ttl: float) -> str | None:
+        """The current token of generation ``name`` (a new one when there is none yet, or it
+        was evicted or retired). None when Redis cannot give or record one: answers keyed on
+        it must then not be cached, as their invalidation could not be relied on."""
+        if self.redis is None:
+            value = self.local.get(KEY_PREFIX + name)
+            if value is None:
+                value = _token()
+                self.local.set(KEY_PREFIX + name, value, ttl)
+            return value.decode()
+        key = KEY_PREFIX + name
+        self._generations.add(key)
+        try:
+            self._delete_lost_bumps()
+            value = self.redis.get(key)
+            if value is None:  # never a fixed token: entries cached under an old one may live
+                self.redis.set(key, _token(), px=max(1, int(ttl * 1000)), nx=True)
+                value = self.redis.get(key)
+        except redis.RedisError as exc:
+            self._note_down(exc)
+            return None
+        self._note_up(wrote=False)
+        return None if value is None else value.decode()  # type: ignore[union-attr]
+
+    def bump_generation(self, name: str, ttl: float) -> None:
+        """Retire every answer keyed on generation ``name`` (see :meth:`generation`).
+
+        When Redis refuses the new token (full: maxmemory with noeviction) the token is
+        deleted instead, which a full Redis still allows; the next reader then starts a new
+        one, or caches nothing while it cannot. When Redis cannot be reached the deletion is
+        retried on this process's next contact with Redis, before it reads any generation.
+        Every process that sees Redis fail does the same with the generations it has used,
+        since another process's bump may have been lost meanwhile (and a Redis restarted
+        from its append-only file comes back with the old tokens and answers).
+        """
+        if self.redis is None:
+            self.local.set(KEY_PREFIX + name, _token(), ttl)
+            return
+        key = KEY_PREFIX + name
+        self._generations.add(key)
+        try:
+            self.redis.set(key, _token(), px=max(1, int(ttl * 1000)))
+        except redis.RedisError as exc:
+            self._note_down(exc)
+            try:
+                self.redis.delete(key)
+            except redis.RedisError:
+                self._lost_bumps.add(key)
+            return
+        self._note_up(wrote=True)
+
+    def _delete_lost_bumps(self) -> None:
+        """Delete the generations whose bump was lost; raises ``redis.RedisError``."""
+        if self._lost_bumps and self.redis is not None:
+            lost = list(self._lost_bumps)
+            self.redis.delete(*lost)
+            self._lost_bumps.difference_update(lost)
+
     def ping(self) -> None:
         """Raise ``redis.RedisError`` when Redis is configured and does not answer."""
         if self.redis is not None:
@@ -128,15 +199,24 @@ class Cache:
         if not self._redis_down:
             log.warning("redis unavailable, serving without cache: %s", exc)
             self._redis_down = True
+            self._lost_bumps.update(self._generations)
+            # an error reply (OOM, READONLY, MISCONF): Redis answers, but refuses writes
+            self._refusing_writes = isinstance(exc, redis.ResponseError)
             if self.on_down is not None:
                 self.on_down(exc)
 
-    def _note_up(self) -> None:
-        if self._redis_down:
+    def _note_up(self, *, wrote: bool) -> None:
+        """Redis answered a read (``wrote=False``) or took a write."""
+        if self._redis_down and (wrote or not self._refusing_writes):
             log.warning("redis is back")
             self._redis_down = False
             if self.on_up is not None:
                 self.on_up()
+        if self._lost_bumps:
+            try:
+                self._delete_lost_bumps()
+            except redis.RedisError as exc:
+                log.warning("could not retire lost cache generations: %s", exc)
 
 
 # --------------------------------------------------------------------------- keys
@@ -144,19 +224,23 @@ class Cache:
 BOOK_GENERATION_TTL = 24 * 3600.0
 
 
-def book_generation(cache: Cache, market_id: str) -> str:
+def _token() -> bytes:
+    return str(time.time_ns()).encode()
+
+
+def book_generation(cache: Cache, market_id: str) -> str | None:
     """A token that changes whenever the market's order book or trades change.
 
     Depth and trades answers put it in their cache keys, so one bump invalidates every cached
-    variant (any ``limit``) at once, in Redis shared by all API processes.
+    variant (any ``limit``) at once, in Redis shared by all API processes. None: Redis cannot
+    tell, and those answers are not cached (:meth:`Cache.generation`).
     """
-    value = cache.get(f"book-gen:{market_id}")
-    return value.decode() if value else "0"
+    return cache.generation(f"book-gen:{market_id}", BOOK_GENERATION_TTL)
 
 
 def invalidate_book(cache: Cache, market_id: str) -> None:
     """Call after a placement, cancel or fill has COMMITTED (never inside the transaction)."""
-    cache.set(f"book-gen:{market_id}", str(time.time_ns()).encode(), BOOK_GENERATION_TTL)
+    cache.bump_generation(f"book-gen:{market_id}", BOOK_GENERATION_TTL)
 
 
 # --------------------------------------------------------------------------- market data
@@ -169,6 +253,8 @@ def invalidate_book(cache: Cache, market_id: str) -> None:
 # Ticker: at most one crawl interval.
 # Depth and trades: keyed on book_generation, so a committed placement, cancel or fill
 # (invalidate_book) retires every cached variant at once; the TTL only bounds memory.
+# Every answer holds *_local times: its key names the configured timezone, so processes
+# configured with another one (during a rolling restart after a change) never share it.
 
 CANDLES_SETTLED_TTL = 24 * 3600.0
 BOOK_TTL = 300.0
@@ -176,6 +262,7 @@ BOOK_TTL = 300.0
 
 def candles_key(
     market_id: str,
+    timezone: str,
     revision: int,
     period: int,
     time_from: int | None,
@@ -185,7 +272,7 @@ def candles_key(
 ) -> str:
     start = "-" if time_from is None else str(time_from)
     end = "now" if time_to is None else str(time_to)
-    return f"candles:{market_id}:r{revision}:{period}:{start}:{end}:{limit}:{fmt}"
+    return f"candles:{market_id}:{timezone}:r{revision}:{period}:{start}:{end}:{limit}:{fmt}"
 
 
 def candles_ttl(settled: bool, crawl_interval_seconds: float) -> float:
@@ -197,25 +284,38 @@ def open_data_ttl(crawl_interval_seconds: float) -> float:
     return max(0.5, float(crawl_interval_seconds))
 
 
-def ticker_key(market_id: str) -> str:
-    return f"ticker:{market_id}"
+def ticker_key(market_id: str, timezone: str) -> str:
+    return f"ticker:{market_id}:{timezone}"
 
 
-def depth_key(cache: Cache, market_id: str, limit: int) -> str:
-    return f"depth:{market_id}:g{book_generation(cache, market_id)}:{limit}"
+def depth_key(cache: Cache, market_id: str, timezone: str, limit: int) -> str | None:
+    generation = book_generation(cache, market_id)
+    if generation is None:
+        return None
+    return f"depth:{market_id}:{timezone}:g{generation}:{limit}"
 
 
 def trades_key(
-    cache: Cache, market_id: str, limit: int, time_from: int | None, time_to: int | None
-) -> str:
+    cache: Cache,
+    market_id: str,
+    timezone: str,
+    limit: int,
+    time_from: int | None,
+    time_to: int | None,
+) -> str | None:
+    generation = book_generation(cache, market_id)
+    if generation is None:
+        return None
     start = "-" if time_from is None else str(time_from)
     end = "now" if time_to is None else str(time_to)
-    return f"trades:{market_id}:g{book_generation(cache, market_id)}:{start}:{end}:{limit}"
+    return f"trades:{market_id}:{timezone}:g{generation}:{start}:{end}:{limit}"
 
 
-def cached(cache: Cache, key: str, ttl: float, compute: Callable[[], bytes]) -> bytes:
+def cached(cache: Cache, key: str | None, ttl: float, compute: Callable[[], bytes]) -> bytes:
     """The cached bytes under ``key``, else ``compute()``'s, stored for ``ttl`` seconds.
-    With Redis down this is just ``compute()`` (the cache logs the outage)."""
+    With Redis down, or no ``key`` (its generation unknown), this is just ``compute()``."""
+    if key is None:
+        return compute()
     value = cache.get(key)
     if value is not None:
         return value

@@ -296,3 +296,58 @@ def test_a_schema_newer_than_the_code_is_ready(database, make_settings) -> None:
         conn.exec_driver_sql("UPDATE alembic_version SET version_num = 'ffff_from_the_future'")
     client = create_app(make_settings(database.url), db=database).test_client()
     assert client.get("/ready").get_json()["checks"] == {"database": "ok"}
+
+
+def services_notifier_flush(app: Flask) -> bool:
+    return bool(app.extensions["stockex.alerts"].flush(10))
+
+
+def test_a_full_redis_is_one_alert_and_resolved_once_it_takes_writes_again(  # type: ignore[no-untyped-def]
+    database, make_settings, fake_slack, caplog
+) -> None:
+    """Redis full (maxmemory, noeviction) refuses writes but still answers reads. Each read
+    used to count as "Redis is back": every request that missed the cache sent an alert and a
+    "resolved" to Slack (a resolution restarts the cooldown), and logged both."""
+    import logging
+
+    import redis
+
+    server = start_redis(private=True)
+    try:
+        settings = make_settings(
+            database.url, redis={"url": server.url}, slack=slack_section(fake_slack)
+        )
+        app = create_app(settings, db=database)
+        client = app.test_client()
+        assert client.get("/api/v1/markets/asaxu/ticker").status_code == 200  # cached
+        direct = redis.Redis.from_url(server.url)
+        for i in range(20):
+            direct.set(f"junk:{i}", b"x" * 10_000)
+        direct.config_set("maxmemory-policy", "noeviction")
+        direct.config_set("maxmemory", int(direct.info("memory")["used_memory"]) - 100_000)
+        with caplog.at_level(logging.WARNING, logger="stockex.cache"):
+            for limit in range(1, 11):  # answers nobody cached: a read, then a refused write
+                for route in ("depth", "trades", "ticker"):
+                    response = client.get(f"/api/v1/markets/asaxu/{route}?limit={limit}")
+                    assert response.status_code == 200
+        assert [r.getMessage() for r in caplog.records if "redis is back" in r.getMessage()] == []
+        assert len([r for r in caplog.records if "redis unavailable" in r.getMessage()]) == 1
+        # reachable, so ready (the API works without its cache), but not "resolved" either
+        assert client.get("/ready").get_json()["checks"] == {"database": "ok", "redis": "ok"}
+        assert services_notifier_flush(app)
+        assert not [m for m in fake_slack.messages if "resolved redis" in m.text]
+
+        direct.config_set("maxmemory", 0)
+        for limit in range(1, 3):
+            assert client.get(f"/api/v1/markets/asaxu/depth?limit={limit}").status_code == 200
+        direct.close()
+        with app.app_context():
+            services().cache.close()
+    finally:
+        server.close()
+    fake_slack.wait_for(2, timeout=10)
+    time.sleep(0.5)  # anything more would have come by now
+    texts = [m.text for m in fake_slack.messages]
+    down = [t for t in texts if ":rotating_light:" in t and "in redis" in t]
+    assert len(down) == 1 and "OutOfMemoryError" in down[0], texts
+    assert len([t for t in texts if "resolved redis" in t]) == 1, texts

@@ -107,3 +107,53 @@ def test_trades_newest_first_with_range_and_limit(client, trades) -> None:  # ty
     assert [t["created_at"] for t in window] == [NOW + 180, NOW + 120]
     bad = client.get("/api/v1/markets/asaxu/trades?time_from=10&time_to=9")
     assert bad.get_json()["error"]["code"] == "invalid_time_range"
+
+
+def test_depth_is_one_state_of_the_book_even_when_a_trade_commits_while_it_is_read(  # type: ignore[no-untyped-def]
+    client, database, monkeypatch
+) -> None:
+    """A buy crossing the best ask commits while the depth is being read. On MySQL (READ
+    COMMITTED: each statement sees what has committed when it starts) the asks and the bids
+    were two statements, and the answer could hold the ask from before and the buy's resting
+    rest from after: a crossed book (best bid 101 above best ask 100) that never existed."""
+    from contextlib import contextmanager
+
+    from sqlalchemy import update
+
+    def setup(session) -> int:  # type: ignore[no-untyped-def]
+        alice, bob = add_user(session, "alice"), add_user(session, "bob")
+        session.add(order(alice, "sell", "100", "1"))
+        return bob
+
+    bob = database.transaction(setup)
+
+    def trade(session) -> None:  # type: ignore[no-untyped-def]
+        session.execute(update(Order).where(Order.side == "sell")
+                        .values(filled_amount=Decimal(1), status="filled"))
+        session.add(order(bob, "buy", "101", "1.5", filled="1"))
+
+    real_read = database.read
+    traded: list[bool] = []
+
+    @contextmanager
+    def read_while_trading():  # type: ignore[no-untyped-def]
+        with real_read() as session:
+            real_execute = session.execute
+
+            def execute(*args, **kwargs):  # type: ignore[no-untyped-def]
+                rows = real_execute(*args, **kwargs).freeze()  # read in full
+                if not traded:
+                    traded.append(True)
+                    database.transaction(trade)  # commits between this read and the next
+                return rows()
+
+            session.execute = execute  # type: ignore[method-assign]
+            yield session
+
+    monkeypatch.setattr(database, "read", read_while_trading)
+    body = client.get("/api/v1/markets/asaxu/depth").get_json()
+    assert traded
+    assert (body["asks"], body["bids"]) in (
+        ([["100", "1"]], []),  # before the trade
+        ([], [["101", "0.5"]]),  # after it
+    )

@@ -197,3 +197,126 @@ def test_redis_stopped_mid_test_still_answers(  # type: ignore[no-untyped-def]
 def redis_size(url: str) -> int:
     with redis.Redis.from_url(url) as client:
         return int(client.dbsize())
+
+
+# ------------------------------------------------------------ Redis full or restarted
+
+
+def trader(app, database, name: str, **balances: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """A user with deposits; its Authorization header."""
+    from stockex import auth
+    from stockex.trading import accounts
+
+    with app.app_context():
+        settings = services().settings
+    user = auth.create_user(database, settings, name, "password-123")
+    for asset, amount in balances.items():
+        accounts.deposit(database, settings, name, asset, amount)
+    return {"Authorization": f"Bearer {auth.issue_token(settings, user.id, user.role)}"}
+
+
+def place(client, headers: dict[str, str], side: str, price: str, amount: str) -> None:  # type: ignore[no-untyped-def]
+    response = client.post("/api/v1/orders", headers=headers, json={
+        "market": "asaxu", "side": side, "type": "limit", "price": price, "amount": amount,
+        "time_in_force": "GTC",
+    })
+    assert response.status_code == 201, response.get_json()
+
+
+def book(client) -> tuple[list[list[str]], list[tuple[str, str]]]:  # type: ignore[no-untyped-def]
+    """(bids of the depth, (price, amount) of the trades), both as answered."""
+    depth = client.get("/api/v1/markets/asaxu/depth")
+    trades = client.get("/api/v1/markets/asaxu/trades")
+    assert depth.status_code == 200 and trades.status_code == 200
+    return depth.get_json()["bids"], [(t["price"], t["amount"]) for t in trades.get_json()]
+
+
+def fill_up(client: redis.Redis) -> None:
+    """maxmemory below what Redis holds, with its default policy noeviction: every write that
+    needs memory is refused with an OOM error; reads and deletes still work."""
+    for i in range(20):
+        client.set(f"junk:{i}", b"x" * 10_000)
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", int(client.info("memory")["used_memory"]) - 100_000)
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        client.set("probe", b"1")
+
+
+def test_a_full_redis_never_serves_a_book_older_than_a_committed_trade(  # type: ignore[no-untyped-def]
+    database, make_settings, own_redis
+) -> None:
+    """Redis full refuses the new book generation after a placement; before, depth and trades
+    answered the book from before it for up to 5 minutes (the entries' TTL)."""
+    app = create_app(make_settings(database.url, redis={"url": own_redis.url}), db=database)
+    client = app.test_client()
+    alice = trader(app, database, "alice", XU="1000")
+    bob = trader(app, database, "bob", ASA="10")
+    place(client, alice, "buy", "100", "1")
+    assert book(client) == ([["100", "1"]], [])
+    assert book(client) == ([["100", "1"]], [])  # now cached
+    with redis.Redis.from_url(own_redis.url) as direct:
+        fill_up(direct)
+        place(client, bob, "sell", "100", "0.4")  # a trade: both the depth and trades change
+        assert book(client) == ([["100", "0.6"]], [("100", "0.4")])
+        place(client, alice, "buy", "99", "1")
+        assert book(client) == ([["100", "0.6"], ["99", "1"]], [("100", "0.4")])
+
+        direct.config_set("maxmemory", 0)  # room again: cached again, and still right
+        assert book(client) == ([["100", "0.6"], ["99", "1"]], [("100", "0.4")])
+        assert list(direct.scan_iter("stockex:depth:asaxu:*"))
+    close_cache(app)
+
+
+def test_a_book_change_while_redis_is_down_is_not_hidden_by_its_restored_data(  # type: ignore[no-untyped-def]
+    database, make_settings, own_redis
+) -> None:
+    """Redis restarted from its saved data (docker-compose runs it with --appendonly yes)
+    brings back the book generation and the depth and trades cached before the outage; a
+    placement made while it was down could not bump that generation. Neither the process that
+    placed it nor another one that saw the outage may serve the old book afterwards."""
+    settings = make_settings(database.url, redis={"url": own_redis.url})
+    writer = create_app(settings, db=database)
+    reader = create_app(settings, db=database)  # another gunicorn worker
+    alice = trader(writer, database, "alice", XU="1000")
+    place(writer.test_client(), alice, "buy", "100", "1")
+    before = ([["100", "1"]], [])
+    assert book(reader.test_client()) == before and book(writer.test_client()) == before
+    with redis.Redis.from_url(own_redis.url) as direct:
+        direct.save()  # what the append-only file would hold
+    own_redis.stop()
+    assert book(reader.test_client()) == before  # from the database
+    place(writer.test_client(), alice, "buy", "101", "1")
+    own_redis.start()  # loads the saved data: the old generation and the old answers
+    after = ([["101", "1"], ["100", "1"]], [])
+    assert book(reader.test_client()) == after
+    assert book(writer.test_client()) == after
+    assert book(reader.test_client()) == after
+    close_cache(reader)
+    close_cache(writer)
+
+
+def test_processes_configured_with_another_timezone_never_share_an_answer(  # type: ignore[no-untyped-def]
+    database, make_settings, redis_url
+) -> None:
+    """After a change of ``timezone`` (the API restarted, maybe one worker at a time, and
+    `stockex candles rebuild` run before or after), a process answered the old zone's cached
+    *_local times and "timezone" (settled candles for a day), as the keys did not name it."""
+    store(database, [kline(DAY0 + 60 * i, 100 + i) for i in range(3)])
+    hcm = create_app(make_settings(database.url, redis={"url": redis_url}), db=database)
+    utc = create_app(make_settings(database.url, redis={"url": redis_url}, timezone="UTC"),
+                     db=database)
+    params = {"time_from": DAY0, "time_to": DAY0 + 3600}
+    for app, zone, offset in ((hcm, "Asia/Ho_Chi_Minh", "+07:00"), (utc, "UTC", "+00:00")):
+        client = app.test_client()
+        for _ in range(2):  # the second one from the cache
+            body = client.get(CANDLES, query_string=params).get_json()
+            assert body["timezone"] == zone
+            assert body["candles"][0]["time_local"].endswith(offset)
+            csv = client.get(CANDLES, query_string={**params, "format": "csv"}).get_data()
+            assert csv.splitlines()[1].split(b",")[1].decode().endswith(offset)
+            ticker = client.get("/api/v1/markets/asaxu/ticker").get_json()
+            assert ticker["last_time_local"].endswith(offset)
+            depth = client.get("/api/v1/markets/asaxu/depth").get_json()
+            assert depth["timestamp_local"].endswith(offset)
+    close_cache(hcm)
+    close_cache(utc)

@@ -70,7 +70,8 @@ def candles(market: str) -> Response:
     now = int(time.time())
     state = _series_states().get(spec.id)
     check_timezone(state, query, svc.settings.timezone)
-    key = keys.candles_key(spec.id, state.revision, period, time_from, time_to, limit, fmt)
+    key = keys.candles_key(spec.id, svc.settings.timezone, state.revision, period, time_from,
+                           time_to, limit, fmt)
     ttl = keys.candles_ttl(query.settled(clock, now), svc.settings.crawler.interval_seconds)
 
     def compute() -> bytes:
@@ -102,7 +103,7 @@ def ticker(market: str) -> Response:
             return _dumps(_ticker_json(read_ticker(session, spec.id, int(time.time())), clock))
 
     ttl = keys.open_data_ttl(svc.settings.crawler.interval_seconds)
-    body = keys.cached(svc.cache, keys.ticker_key(spec.id), ttl, compute)
+    body = keys.cached(svc.cache, keys.ticker_key(spec.id, svc.settings.timezone), ttl, compute)
     return Response(body, mimetype="application/json")
 
 
@@ -125,7 +126,7 @@ def depth(market: str) -> Response:
             "bids": [[to_str(p), to_str(a)] for p, a in book.bids],
         })
 
-    key = keys.depth_key(svc.cache, spec.id, limit)
+    key = keys.depth_key(svc.cache, spec.id, svc.settings.timezone, limit)
     return Response(keys.cached(svc.cache, key, keys.BOOK_TTL, compute),
                     mimetype="application/json")
 
@@ -149,7 +150,8 @@ def trades(market: str) -> Response:
             for t in found
         ])
 
-    key = keys.trades_key(svc.cache, spec.id, limit, time_from, time_to)
+    key = keys.trades_key(svc.cache, spec.id, svc.settings.timezone, limit, time_from,
+                           time_to)
     return Response(keys.cached(svc.cache, key, keys.BOOK_TTL, compute),
                     mimetype="application/json")
 

@@ -43,7 +43,8 @@ def ready() -> Response:
         try:
             svc.cache.ping()
             checks[REDIS] = "ok"
-            report_dependency(REDIS, None)
+            if not svc.cache.refusing_writes:  # full: reachable, but the cache's alert stands
+                report_dependency(REDIS, None)
         except Exception as exc:  # noqa: BLE001
             checks[REDIS] = f"unavailable: {type(exc).__name__}"
             report_dependency(REDIS, exc)
