@@ -249,6 +249,7 @@ class Revocations:
 
     def __init__(self, db: Database, cache: Cache) -> None:
         self.db = db
+        self.cache = cache
         self.redis = cache.redis
 
     def revoke(self, principal: Principal, *, now: int | None = None) -> None:
@@ -261,14 +262,18 @@ class Revocations:
         """
         current = int(time.time()) if now is None else now
         if self.redis is not None:
+            unavailable = DomainError(
+                "cannot log out while Redis is unreachable; try again",
+                code="revocation_unavailable", status=503,
+            )
+            if self.cache.redis_paused:  # it timed out moments ago: do not wait again
+                raise unavailable
             try:
                 ttl = max(1, principal.expires_at - current)
                 self.redis.set(_REVOKED_KEY + principal.jti, b"1", ex=ttl)
-            except redis.RedisError:
-                raise DomainError(
-                    "cannot log out while Redis is unreachable; try again",
-                    code="revocation_unavailable", status=503,
-                ) from None
+            except redis.RedisError as exc:
+                self.cache.redis_failed(exc)
+                raise unavailable from None
 
         def work(session: Session) -> None:
             session.execute(delete(RevokedToken).where(RevokedToken.expires_at < current))
@@ -278,14 +283,14 @@ class Revocations:
         self.db.transaction(work)
 
     def is_revoked(self, jti: str) -> bool:
-        if self.redis is not None:
+        if self.redis is not None and not self.cache.redis_paused:
             try:
                 loaded, revoked = self.redis.mget([_REVOKED_LOADED_KEY, _REVOKED_KEY + jti])
                 if loaded is not None:
                     return revoked is not None
                 return jti in self._reload_redis()
-            except redis.RedisError:
-                pass  # ask the table instead
+            except redis.RedisError as exc:
+                self.cache.redis_failed(exc)  # and ask the table instead
         return self._in_table(jti)
 
     def _in_table(self, jti: str) -> bool:

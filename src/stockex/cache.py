@@ -18,6 +18,11 @@ import redis
 log = logging.getLogger("stockex.cache")
 
 KEY_PREFIX = "stockex:"
+#: After Redis timed out (hung, or unreachable across the network) it is not asked again for
+#: this long: each call would otherwise wait out its 0.5 s timeout, a second or more per
+#: request, which with sync workers is an outage of its own. A refused connection fails at
+#: once and pauses nothing; ``ping`` (``/ready``) always asks, and an answer ends the pause.
+REDIS_PAUSE_SECONDS = 5.0
 
 
 class LocalCache:
@@ -83,6 +88,17 @@ class Cache:
         # (Redis failed meanwhile): these are deleted on its next contact with Redis.
         self._generations: set[str] = set()
         self._lost_bumps: set[str] = set()
+        self.pause_seconds = REDIS_PAUSE_SECONDS
+        self._paused_until = 0.0  # time.monotonic() until which Redis is not asked
+
+    @property
+    def redis_paused(self) -> bool:
+        """Redis timed out less than ``pause_seconds`` ago: callers skip it meanwhile."""
+        return self._paused_until > 0 and time.monotonic() < self._paused_until
+
+    def redis_failed(self, exc: Exception) -> None:
+        """Another user of :attr:`redis` (the token revocations) met ``exc``: the same outage."""
+        self._note_down(exc)
 
     @property
     def backend(self) -> str:
@@ -97,6 +113,8 @@ class Cache:
     def get(self, key: str) -> bytes | None:
         if self.redis is None:
             return self.local.get(KEY_PREFIX + key)
+        if self.redis_paused:
+            return None
         try:
             value = self.redis.get(KEY_PREFIX + key)
         except redis.RedisError as exc:
@@ -109,6 +127,8 @@ class Cache:
         if self.redis is None:
             self.local.set(KEY_PREFIX + key, value, ttl)
             return
+        if self.redis_paused:
+            return
         try:
             self.redis.set(KEY_PREFIX + key, value, px=max(1, int(ttl * 1000)))
         except redis.RedisError as exc:
@@ -120,6 +140,8 @@ class Cache:
         names = [KEY_PREFIX + k for k in keys]
         if self.redis is None:
             self.local.delete(*names)
+            return
+        if self.redis_paused:
             return
         try:
             self.redis.delete(*names)
@@ -144,6 +166,8 @@ class Cache:
             return value.decode()
         key = KEY_PREFIX + name
         self._generations.add(key)
+        if self.redis_paused:
+            return None
         try:
             self._delete_lost_bumps()
             value = self.redis.get(key)
@@ -172,6 +196,9 @@ class Cache:
             return
         key = KEY_PREFIX + name
         self._generations.add(key)
+        if self.redis_paused:
+            self._lost_bumps.add(key)
+            return
         try:
             self.redis.set(key, _token(), px=max(1, int(ttl * 1000)))
         except redis.RedisError as exc:
@@ -194,8 +221,11 @@ class Cache:
         """Raise ``redis.RedisError`` when Redis is configured and does not answer."""
         if self.redis is not None:
             self.redis.ping()
+            self._paused_until = 0.0
 
     def _note_down(self, exc: Exception) -> None:
+        if isinstance(exc, redis.TimeoutError):
+            self._paused_until = time.monotonic() + self.pause_seconds
         if not self._redis_down:
             log.warning("redis unavailable, serving without cache: %s", exc)
             self._redis_down = True

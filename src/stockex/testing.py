@@ -246,29 +246,34 @@ class MySQLServer:
     def _ping(self) -> None:
         self.admin_connection().close()
 
-    @contextlib.contextmanager
-    def hung(self) -> Iterator[None]:
-        """Freeze the server (SIGSTOP): it still accepts TCP but never answers; SIGCONT after.
-
-        ``kill`` returns before the server has stopped: one thread takes the signal and only
-        then stops the others, so a query sent at once can still be answered. This waits
-        until every thread is stopped.
-        """
-        if self.process is None or self.process.poll() is not None:
-            raise ServerUnavailable("an external or stopped server cannot be frozen from here")
-        pid = self.process.pid
-        os.kill(pid, signal.SIGSTOP)
-        try:
-            _wait_for(lambda: _all_threads_stopped(pid), 10, "mariadbd",
-                      failing="did not stop after SIGSTOP")
-            yield
-        finally:
-            os.kill(pid, signal.SIGCONT)
+    def hung(self) -> contextlib.AbstractContextManager[None]:
+        """Freeze the server (see :func:`_frozen`)."""
+        return _frozen(self.process, "mariadbd")
 
     def close(self) -> None:
         self.stop()
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _frozen(process: subprocess.Popen[bytes] | None, name: str) -> Iterator[None]:
+    """Freeze a server (SIGSTOP): it still accepts TCP but never answers; SIGCONT after.
+
+    ``kill`` returns before the server has stopped: one thread takes the signal and only
+    then stops the others, so a query sent at once can still be answered. This waits until
+    every thread is stopped.
+    """
+    if process is None or process.poll() is not None:
+        raise ServerUnavailable("an external or stopped server cannot be frozen from here")
+    pid = process.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        _wait_for(lambda: _all_threads_stopped(pid), 10, name,
+                  failing="did not stop after SIGSTOP")
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 def _all_threads_stopped(pid: int) -> None:
@@ -400,6 +405,10 @@ class RedisServer:
             return
         self.process = _spawn_redis(self.directory, self.port)
         _wait_for(self._ping, 20, "redis-server", self.directory / "redis.log")
+
+    def hung(self) -> contextlib.AbstractContextManager[None]:
+        """Freeze the server (see :func:`_frozen`)."""
+        return _frozen(self.process, "redis-server")
 
     def _ping(self) -> None:
         import redis

@@ -192,6 +192,62 @@ def test_redis_down_serves_without_cache_and_ready_says_so(  # type: ignore[no-u
     assert len([t for t in texts if "resolved redis" in t]) == 1, texts
 
 
+def test_a_hung_redis_costs_one_timeout_then_is_skipped_until_it_answers(  # type: ignore[no-untyped-def]
+    database, make_settings
+) -> None:
+    """A frozen Redis accepts TCP and never answers: every call would wait out its 0.5 s
+    timeout (an authenticated cached read makes three). After one timeout the cache and the
+    token revocations skip Redis for ``pause_seconds``; then Redis is asked again."""
+    from stockex import auth
+
+    server = start_redis(private=True)
+    try:
+        settings = make_settings(database.url, redis={"url": server.url})
+        app = with_test_routes(create_app(settings, db=database))
+        with app.app_context():
+            cache = services().cache
+        cache.pause_seconds = 3.0
+        user = auth.create_user(database, settings, "patient", "long-enough-password")
+        headers = {"Authorization": f"Bearer {auth.issue_token(settings, user.id, user.role)}"}
+        client = app.test_client()
+
+        def timed_me():  # type: ignore[no-untyped-def]
+            started = time.monotonic()
+            response = client.get("/api/v1/me", headers=headers)
+            return response, time.monotonic() - started
+
+        assert timed_me()[0].status_code == 200
+        assert client.get("/test/cached").get_json() == {"cached": None}
+        with server.hung():
+            response, first = timed_me()  # the revocation check meets the timeout, once
+            assert response.status_code == 200 and 0.4 < first < 1.5, f"{first:.2f}s"
+            for _ in range(5):
+                response, seconds = timed(client, "/test/cached")
+                assert response.get_json() == {"cached": None}, "Redis is skipped"
+                assert seconds < 0.2, f"{seconds:.2f}s"
+                response, seconds = timed_me()
+                assert response.status_code == 200 and seconds < 0.2, f"{seconds:.2f}s"
+            logout = client.post("/api/v1/auth/logout", headers=headers)
+            assert logout.status_code == 503
+            assert logout.get_json()["error"]["code"] == "revocation_unavailable"
+            assert cache.redis_paused
+        # thawed, but still within the pause: /ready asks Redis anyway and ends the pause
+        assert client.get("/ready").status_code == 200
+        assert not cache.redis_paused
+        assert client.get("/test/cached").get_json() == {"cached": "fresh"}
+        with server.hung():
+            timed(client, "/test/cached")  # pauses again
+            assert cache.redis_paused
+        deadline = time.monotonic() + 10
+        while cache.redis_paused and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.get("/test/cached").get_json() == {"cached": "fresh"}  # asked again
+        with app.app_context():
+            services().cache.close()
+    finally:
+        server.close()
+
+
 def test_authenticated_requests_survive_a_mysql_restart_and_are_bounded_when_it_hangs(  # type: ignore[no-untyped-def]
     own_mysql, make_settings
 ) -> None:
