@@ -48,6 +48,15 @@ def test_every_service_is_there_with_health_checks_and_start_order() -> None:
         "service_completed_successfully"
     )
     assert "GUNICORN_WORKERS" in SERVICES["api"]["environment"]
+
+
+def test_one_crawler_by_default_the_dag_and_the_loop_on_request() -> None:
+    """Airflow's DAG crawls (unpaused at creation); the loop would only race it for the
+    market's lock, so it runs only with its profile."""
+    assert SERVICES["crawler"]["profiles"] == ["standalone-crawler"]
+    assert all("profiles" not in SERVICES[name] for name in SERVICES if name != "crawler")
+    airflow_env = SERVICES["airflow-scheduler"]["environment"]
+    assert str(airflow_env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"]).lower() == "false"
     assert {"mysql-data", "redis-data", "airflow-db-data"} <= set(COMPOSE["volumes"])
 
 
