@@ -1,8 +1,11 @@
 """Where alert messages go: Slack's Web API, an incoming webhook, or only the log.
 
 Each sender's ``send(text)`` delivers one message or raises; :mod:`stockex.alerts` calls it
-from its worker thread only. Slack answering 429 is retried after its Retry-After by
-slack-sdk's ``RateLimitErrorRetryHandler`` (twice), a dropped connection once.
+from its worker thread only. The Slack senders escape ``&``, ``<`` and ``>`` as Slack requires
+(:func:`slack_text`): route rules (``/orders/<int:order_id>``), tracebacks (``<module>``) and
+error messages hold them, and Slack reads ``<...>`` as a link or a mention (``<!channel>``).
+Slack answering 429 is retried after its Retry-After by slack-sdk's
+``RateLimitErrorRetryHandler`` (twice), a dropped connection once.
 """
 
 from __future__ import annotations
@@ -16,6 +19,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("stockex.alerts")
 
 SLACK_TIMEOUT_SECONDS = 5
+
+
+def slack_text(text: str) -> str:
+    """``text`` with ``&``, ``<`` and ``>`` written as Slack's three entities, except a ``>``
+    that starts a line: the alert's own quote marker."""
+    lines = text.replace("&", "&amp;").replace("<", "&lt;").split("\n")
+    return "\n".join(
+        line[:1] + line[1:].replace(">", "&gt;") if line.startswith(">")
+        else line.replace(">", "&gt;")
+        for line in lines
+    )
 
 
 class Sender(Protocol):
@@ -69,7 +83,7 @@ class SlackApiSender:
     def send(self, text: str) -> None:
         # SlackApiError (ok=false) and transport errors propagate to the worker, which logs them.
         self.client.chat_postMessage(
-            channel=self.channel, text=text, unfurl_links=False, unfurl_media=False
+            channel=self.channel, text=slack_text(text), unfurl_links=False, unfurl_media=False
         )
 
 
@@ -86,7 +100,9 @@ class SlackWebhookSender:
         )
 
     def send(self, text: str) -> None:
-        response = self.client.send(text=text, unfurl_links=False, unfurl_media=False)
+        response = self.client.send(
+            text=slack_text(text), unfurl_links=False, unfurl_media=False
+        )
         if response.status_code != 200:
             raise AlertDeliveryError(f"webhook answered {response.status_code}")
 

@@ -7,7 +7,10 @@
 * **Tokens**: JWT signed with HS256 and ``secret_key``; claims ``sub`` (the user id as a
   string), ``role``, ``iat``, ``exp`` (``api.jwt_ttl_seconds`` later) and a random ``jti``.
   Verification pins the algorithm to HS256 (so ``alg=none`` and RS/HS confusion are refused)
-  and requires every claim. Any failure is :class:`Unauthorized` (HTTP 401).
+  and requires every claim. An ``iat`` up to :data:`CLOCK_SKEW_SECONDS` ahead of this
+  machine's clock is accepted: a token signed by another API machine whose clock runs a
+  little ahead must work here at once (PyJWT alone refuses any ``iat`` in the future, even by
+  a millisecond); ``exp`` is exact. Any failure is :class:`Unauthorized` (HTTP 401).
 * **Revocation** (logout): the ``jti`` is refused until the token would have expired anyway.
   With Redis configured the revocation lives in Redis (one round trip per request), backed by
   the ``revoked_tokens`` table so that a Redis restart or outage never lets a revoked token
@@ -52,6 +55,8 @@ USERNAME_RE = re.compile(r"[a-z0-9_.-]{3,32}")
 EMAIL_RE = re.compile(r"[^@\s]{1,64}@[^@\s]{1,189}\.[^@\s]{1,63}")
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024  # scrypt cost does not grow with length, but a body must stay sane
+#: How far ahead of this machine's clock a token's ``iat`` may be (another machine signed it).
+CLOCK_SKEW_SECONDS = 60
 
 _REVOKED_EXPIRY = select(RevokedToken.expires_at).where(RevokedToken.jti == bindparam("jti"))
 _REVOKED_KEY = KEY_PREFIX + "revoked:"
@@ -229,12 +234,16 @@ def _verify_token(settings: Settings, token: str) -> Principal:
             token,
             settings.secret_key,
             algorithms=[ALGORITHM],
-            options={"require": list(REQUIRED_CLAIMS)},
+            options={"require": list(REQUIRED_CLAIMS), "verify_iat": False},  # checked below
         )
     except jwt.ExpiredSignatureError:
         raise Unauthorized("the token has expired", code="token_expired") from None
     except jwt.PyJWTError:
         raise Unauthorized("the token is not valid") from None
+    iat = claims["iat"]
+    if (not isinstance(iat, int) or isinstance(iat, bool)
+            or iat > time.time() + CLOCK_SKEW_SECONDS):
+        raise Unauthorized("the token is not valid")
     sub, role, jti = claims["sub"], claims["role"], claims["jti"]
     if not (isinstance(sub, str) and sub.isascii() and sub.isdigit() and len(sub) <= 18
             and role in ROLES and isinstance(jti, str)):

@@ -26,12 +26,20 @@ REDIS_PAUSE_SECONDS = 5.0
 
 
 class LocalCache:
-    """A small thread-safe TTL cache for single-process setups (the embedded default)."""
+    """A small thread-safe TTL cache for single-process setups (the embedded default).
 
-    def __init__(self, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic):
+    Bounded in entries and in bytes: a candle page can be 0.7 MB (5000 candles), and any
+    client can ask for pages under as many keys as it likes (``time_to`` to the second), so
+    10,000 entries alone could hold gigabytes in every worker.
+    """
+
+    def __init__(self, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic,
+                 max_bytes: int = 64 * 1024 * 1024):
         self._data: dict[str, tuple[float, bytes]] = {}
         self._lock = threading.Lock()
         self._max = max_entries
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._clock = clock
 
     def get(self, key: str) -> bytes | None:
@@ -41,19 +49,29 @@ class LocalCache:
                 return None
             if entry[0] <= self._clock():
                 del self._data[key]
+                self._bytes -= len(entry[1])
                 return None
             return entry[1]
 
     def set(self, key: str, value: bytes, ttl: float) -> None:
         with self._lock:
-            if len(self._data) >= self._max:
+            old = self._data.pop(key, None)
+            if old is not None:
+                self._bytes -= len(old[1])
+            if len(self._data) >= self._max or self._bytes + len(value) > self._max_bytes:
                 self._data.clear()  # crude but bounded; the database is always the truth
+                self._bytes = 0
+            if len(value) > self._max_bytes:
+                return
             self._data[key] = (self._clock() + ttl, value)
+            self._bytes += len(value)
 
     def delete(self, *keys: str) -> None:
         with self._lock:
             for key in keys:
-                self._data.pop(key, None)
+                entry = self._data.pop(key, None)
+                if entry is not None:
+                    self._bytes -= len(entry[1])
 
 
 class Cache:

@@ -70,13 +70,18 @@ _ASCII_DIGITS = frozenset("0123456789")
 
 def parse_int(text: str) -> int | None:
     """An integer from ``[+-]?[0-9]+`` (surrounding blanks ignored), else None. ``int()``
-    alone also reads ``"1_5"`` as 15 and other scripts' digits (``"١٠"`` as 10)."""
+    alone also reads ``"1_5"`` as 15 and other scripts' digits (``"١٠"`` as 10). None too for
+    more digits than Python converts (``sys.get_int_max_str_digits()``, 4300): ``int()``
+    raises ValueError there, and a query parameter must not make that a 500."""
     digits = text.strip()
     if digits[:1] in ("+", "-"):
         digits = digits[1:]
     if not digits or not _ASCII_DIGITS.issuperset(digits):
         return None
-    return int(text)
+    try:
+        return int(text)
+    except ValueError:  # longer than the int/str conversion limit: no usable number anyway
+        return None
 
 
 def parse_decimal(value: object) -> Decimal | None:

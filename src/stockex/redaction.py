@@ -50,8 +50,10 @@ _BEARER = re.compile(r"(?i)\b(?P<head>bearer|basic)\s+[A-Za-z0-9._~+/=\-]{6,}")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]*)?")
 _SLACK_TOKEN = re.compile(r"\bxox[a-z]-[A-Za-z0-9\-]+")
 _SLACK_HOOK = re.compile(r"(?P<head>/services/)[A-Za-z0-9]+/[A-Za-z0-9]+/[A-Za-z0-9]+")
+# A name starts where a run of [\w-] starts: with \b it could start after every "-" of a run,
+# and each start scans the rest of the run (a 4 KB path "/a-a-a-...-key" cost a second).
 _KEY_VALUE = re.compile(
-    rf"(?i)(?P<head>\b{_SENSITIVE_NAME}[\"']?[ \t]*[:=][ \t]*)"
+    rf"(?i)(?P<head>(?<![\w-]){_SENSITIVE_NAME}[\"']?[ \t]*[:=][ \t]*)"
     r"(?:(?P<q>[\"'])(?:(?!(?P=q)).)*(?P=q)|[^\s,;&)}\]]+)"
 )
 _SQL_PARAMETERS = re.compile(r"\[parameters: [^\n]*\]")

@@ -7,6 +7,8 @@ import logging
 import time
 from types import SimpleNamespace
 
+import pytest
+
 from stockex import alerts
 from stockex.alert_senders import LogSender, SlackApiSender, SlackWebhookSender
 from stockex.alert_state import RedisAlertState
@@ -75,6 +77,28 @@ def test_webhook_delivery(fake_slack) -> None:  # type: ignore[no-untyped-def]
     assert message.kind == "webhook"
     assert json.loads(message.raw)["text"] == message.text
     assert "*UpstreamUnavailable* in crawler asaxu" in message.text
+
+
+@pytest.mark.parametrize("webhook", [False, True])
+def test_slack_control_characters_are_escaped(fake_slack, webhook: bool) -> None:  # type: ignore[no-untyped-def]
+    """Slack reads <...> as a link or a mention: a route rule, a traceback's <module> or an
+    error message must show as written, and never ping the channel or link elsewhere."""
+    sender = (SlackWebhookSender(fake_slack.webhook_url) if webhook else
+              SlackApiSender(fake_slack.token, "#ops", fake_slack.api_base_url))
+    notifier = AlertNotifier(sender)
+    notifier.alert_exception(
+        "api GET /api/v1/markets/<market>/candles",
+        failure("<!channel> see <https://evil.example|the fix> & a > b\n> quoted"),
+        {"path": "/api/v1/markets/<!here>/candles"},
+    )
+    assert notifier.flush(10)
+    [message] = fake_slack.messages
+    text = message.text
+    assert "in api GET /api/v1/markets/&lt;market&gt;/candles" in text
+    assert "\n> &lt;!channel&gt; see &lt;https://evil.example|the fix&gt; &amp; a &gt; b\n" in text
+    assert "\n> &gt; quoted\n" in text  # the quote marker stays, the message's > does not
+    assert "• path: /api/v1/markets/&lt;!here&gt;/candles" in text
+    assert "<" not in text
 
 
 def test_long_tracebacks_and_messages_are_truncated(fake_slack) -> None:  # type: ignore[no-untyped-def]

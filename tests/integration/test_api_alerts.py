@@ -58,7 +58,8 @@ def test_a_burst_of_100_failures_is_one_message_and_the_next_carries_the_count( 
     [first] = fake_slack.messages
     text = first.text
     assert "*stockex-api*" in text
-    assert "*RuntimeError* in api POST /test/orders/<int:order_id>" in text  # route, not path
+    # the route, not the path (its < > escaped for Slack)
+    assert "*RuntimeError* in api POST /test/orders/&lt;int:order_id&gt;" in text
     for line in ("• method: POST", "• path: /test/orders/0", "• request_id: burst-0",
                  "• user_id: 7"):
         assert line in text

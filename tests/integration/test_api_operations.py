@@ -11,6 +11,7 @@ import re
 import pytest
 from flask import g
 
+from stockex import alerts
 from stockex.api import create_app
 from stockex.api.params import json_body
 from stockex.config import ConfigError, Settings
@@ -90,6 +91,27 @@ def test_one_access_log_line_per_request(app, client, caplog) -> None:  # type: 
     assert re.match(pattern.format(path="/health", status=200, rid="a1", user="-"), lines[0])
     assert re.match(pattern.format(path="/nope", status=404, rid="a2", user="-"), lines[1])
     assert re.match(pattern.format(path="/as-user", status=200, rid="a3", user="7"), lines[2])
+
+
+def test_a_path_cannot_forge_log_lines(app, client, caplog) -> None:  # type: ignore[no-untyped-def]
+    @app.get("/boom/<word>")
+    def boom(word: str):  # type: ignore[no-untyped-def]
+        raise RuntimeError("boom")
+
+    forged = "2024-01-01 INFO stockex.access [x] GET /admin 200"
+    with caplog.at_level(logging.INFO):
+        client.get(f"/api/v1/markets/x%0D%0A{forged}/ticker")
+        client.get("/boom/a%0Ab%1B[31mc%E2%80%A8d")
+        assert alerts.flush(10)  # the 500's alert (log only here) names the path too
+    lines = [r.getMessage() for r in caplog.records]
+    one_line = [line for line in lines if not line.startswith("ALERT ")]  # alerts: several
+    assert not any("\n" in line or "\r" in line or "\x1b" in line or "\u2028" in line
+                   for line in one_line)
+    assert any(line.startswith(f"GET /api/v1/markets/x\\x0d\\x0a{forged}/ticker 404 ")
+               for line in lines)
+    assert "unhandled error in GET /boom/a\\x0ab\\x1b[31mc\\u2028d" in lines
+    [alert] = [line for line in lines if line.startswith("ALERT ")]
+    assert "\n• path: /boom/a\\x0ab\\x1b[31mc\\u2028d\n" in alert
 
 
 def test_security_headers_on_api_responses(client) -> None:  # type: ignore[no-untyped-def]

@@ -47,6 +47,29 @@ def test_local_ttl_expires() -> None:
     assert local.get("a") is None
 
 
+def test_the_in_process_cache_is_bounded_in_bytes() -> None:
+    # Any client can ask for 0.7 MB candle pages under new keys (time_to to the second):
+    # 10,000 of them were 7 GB in each worker.
+    cache = Cache("")
+    page = b"x" * 700_000
+    for n in range(200):
+        cache.set(f"candles:{n}", page, 86400)
+    held = sum(len(value) for _, value in cache.local._data.values())
+    assert 0 < held <= 64 * 1024 * 1024
+    assert cache.get("candles:199") == page  # the newest is there
+
+    local = LocalCache(max_bytes=10)
+    local.set("a", b"12345", 60)
+    local.set("a", b"123456", 60)  # replacing counts the new value only
+    local.set("b", b"1234", 60)
+    assert (local.get("a"), local.get("b")) == (b"123456", b"1234")
+    local.delete("a")
+    local.set("c", b"123456", 60)
+    assert (local.get("b"), local.get("c")) == (b"1234", b"123456")
+    local.set("d", b"x" * 11, 60)  # larger than the whole cache: not kept
+    assert local.get("d") is None
+
+
 def test_redis_down_never_raises() -> None:
     cache = Cache("redis://127.0.0.1:1/0")
     cache.set("k", b"v", 60)

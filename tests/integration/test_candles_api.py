@@ -69,6 +69,9 @@ def get(client, **params):  # type: ignore[no-untyped-def]
         ({"time_from": "1719853200", "time_to": "1719853199"}, "invalid_time_range"),
         ({"time_from": "2024-07-02", "time_to": "2024-07-01T23:59:59"}, "invalid_time_range"),
         ({"format": "xml"}, "invalid_format"),
+        # more digits than int() converts (4300): was a 500
+        ({"limit": "1" * 5000}, "invalid_limit"),
+        ({"period": "1" * 5000}, "invalid_period"),
     ],
 )
 def test_bad_input_is_a_specific_400(client, params, code) -> None:  # type: ignore[no-untyped-def]

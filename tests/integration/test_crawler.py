@@ -588,6 +588,25 @@ def test_upstream_down_fails_the_run_with_a_clear_error(
     assert stored(database) == []
 
 
+def test_a_credential_in_the_upstream_url_is_not_stored_in_the_run_row(
+    database: Database, make_settings: Any, start_simulator: Any
+) -> None:
+    # A proxy's password in tiki.base_url: a rejected request's error names the URL, and
+    # crawl_runs.error (what `stockex crawl --once` prints, and XCom) must not show it.
+    now = FakeClock(minute(10))
+    _, url = start_simulator(clock=now)
+    url = url.replace("http://", "http://crawler:pr0xy-s3cret@") + "/no-such-prefix"
+    settings = crawl_settings(make_settings, database, url)
+    with pytest.raises(CrawlFailed) as failure:
+        crawl_market(database, settings, "asaxu", clock=now,
+                     client=fast_client(url, max_attempts=1))
+    [row] = run_rows(database)
+    assert row.status == "failed" and "HTTP 404" in (row.error or "")
+    assert "crawler:***@" in row.error
+    for text in (row.error, str(failure.value), failure.value.summary.error):
+        assert "pr0xy-s3cret" not in text
+
+
 def test_until_caps_the_window(
     database: Database, make_settings: Any, start_simulator: Any
 ) -> None:

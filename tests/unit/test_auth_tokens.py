@@ -77,6 +77,18 @@ def test_bad_claim_values(bad: dict) -> None:
     refused(jwt.encode(claims(**bad), SECRET, algorithm="HS256"))
 
 
+def test_a_token_signed_on_a_machine_whose_clock_runs_ahead_is_accepted() -> None:
+    # Signed by another API machine a little ahead: usable here at once (PyJWT alone refuses
+    # an iat even a millisecond in the future), but not one from a clock far ahead.
+    now = int(time.time())
+    ahead = jwt.encode(claims(iat=now + 5, exp=now + 605), SECRET, algorithm="HS256")
+    assert auth.decode_token(SETTINGS, ahead).user_id == 7
+    refused(jwt.encode(claims(iat=now + auth.CLOCK_SKEW_SECONDS + 5, exp=now + 3600), SECRET,
+                       algorithm="HS256"))
+    refused(jwt.encode(claims(iat="soon"), SECRET, algorithm="HS256"))
+    refused(jwt.encode(claims(iat=True), SECRET, algorithm="HS256"))
+
+
 @pytest.mark.parametrize("garbage", ["", "abc", "a.b.c", "🙂.🙂.🙂"])
 def test_garbage(garbage: str) -> None:
     refused(garbage)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -67,3 +68,37 @@ def test_jenkinsfile_stages() -> None:
     assert "--junitxml=" in text and "junit " in text
     deploy = text[text.index("stage('Deploy')"):]
     assert "when { branch 'main' }" in deploy
+
+
+def _airflow_init(tmp_path: Path, secret: str) -> subprocess.CompletedProcess[str]:
+    """airflow-init's command as the container runs it (compose's $$ is a $), with a fake
+    `airflow` that only says it ran."""
+    script = SERVICES["airflow-init"]["command"]
+    assert script[:2] == ["bash", "-c"]
+    fake = tmp_path / "airflow"
+    fake.write_text("#!/bin/sh\necho \"airflow $*\"\n")
+    fake.chmod(0o755)
+    return subprocess.run(
+        ["bash", "-c", script[2].replace("$$", "$")], capture_output=True, text=True,
+        env={"PATH": f"{tmp_path}:/usr/bin:/bin", "AIRFLOW__API_AUTH__JWT_SECRET": secret},
+        check=False,
+    )
+
+
+def test_airflow_does_not_start_with_a_known_or_short_jwt_secret(tmp_path: Path) -> None:
+    # Airflow's jwt_secret signs its REST API tokens: a default shipped in this file would
+    # let anyone reaching port 8080 sign an admin token.
+    configured = COMPOSE["x-airflow-common"]["environment"]["AIRFLOW__API_AUTH__JWT_SECRET"]
+    for secret in (with_defaults(configured), "short-secret"):
+        result = _airflow_init(tmp_path, secret)
+        assert result.returncode == 1, secret
+        assert "set AIRFLOW_JWT_SECRET in .env" in result.stderr
+        assert "airflow db migrate" not in result.stdout
+    result = _airflow_init(tmp_path, "k" * 32)
+    assert result.returncode == 0 and result.stdout == "airflow db migrate\n"
+    for name in ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor"):
+        assert SERVICES[name]["depends_on"]["airflow-init"]["condition"] == (
+            "service_completed_successfully"
+        )
+    example = (ROOT / ".env.example").read_text()
+    assert re.search(r"^AIRFLOW_JWT_SECRET=$", example, re.MULTILINE)

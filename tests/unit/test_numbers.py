@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from stockex.db import AmountOutOfRange, quantize
-from stockex.numbers import decimal_places
+from stockex.numbers import decimal_places, parse_int
 
 
 @pytest.mark.parametrize(("value", "places"), [
@@ -25,3 +25,10 @@ def test_decimal_places_counts_every_digit(value: str, places: int) -> None:
 def test_values_too_large_or_not_finite_are_out_of_range(value: str) -> None:
     with pytest.raises(AmountOutOfRange, match="does not fit"):
         quantize(Decimal(value))
+
+
+def test_parse_int_refuses_more_digits_than_python_converts() -> None:
+    # int() raises ValueError past 4300 digits; ?limit=111...1 was a 500 (and an alert)
+    assert parse_int("1" * 5000) is None
+    assert parse_int("-" + "9" * 4301) is None
+    assert parse_int("1" * 4300) == int("1" * 4300)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+import time
 
 import pytest
 from hypothesis import assume, given
@@ -148,3 +149,15 @@ def test_the_quick_precheck_lets_every_pattern_look() -> None:
             "3.1ms request_id=4f0c9a user_id=7 ip=10.0.0.5")
     assert not _may_hold_secrets(line)
     assert redact(line) == line
+
+
+def test_a_long_run_of_dashed_words_costs_linear_time() -> None:
+    # Every access-log line is redacted: a client's path "/a-a-a-...-key" made the key=value
+    # pattern start after every "-" and rescan the rest, quadratic (8 KB: seconds of CPU).
+    text = "GET /" + "a-" * 4000 + "key 404 0.1ms request_id=x"
+    started = time.perf_counter()
+    assert redact(text) == text
+    assert time.perf_counter() - started < 0.5
+    assert redact("a --token=def db.password=ghi my-secret: jkl") == (
+        "a --token=*** db.password=*** my-secret: ***"
+    )

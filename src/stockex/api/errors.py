@@ -17,6 +17,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException
 
+from stockex.api.request_log import loggable_path
 from stockex.db import RUN_UPGRADE, CommitOutcomeUnknown, driver_error_is, is_missing_table
 from stockex.errors import DomainError
 
@@ -99,7 +100,8 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         if _database_unavailable(exc):
-            log.warning("database unavailable during %s %s: %s", request.method, request.path, exc)
+            log.warning("database unavailable during %s %s: %s", request.method,
+                        loggable_path(), exc)
             on_down = app.extensions.get("stockex.on_database_unavailable")
             if on_down is not None:
                 on_down(exc)
@@ -112,10 +114,10 @@ def register_error_handlers(app: Flask) -> None:
                                       {"outcome": "unknown"})
             return error_response(503, "database_unavailable", "the database is not reachable")
         if is_missing_table(exc) and _schema_behind():  # the operator's to fix: say how
-            log.error("%s %s: %s (%s)", request.method, request.path, RUN_UPGRADE,
+            log.error("%s %s: %s (%s)", request.method, loggable_path(), RUN_UPGRADE,
                       str(getattr(exc, "orig", exc)).splitlines()[0])
             return error_response(503, "schema_not_migrated", RUN_UPGRADE)
-        log.exception("unhandled error in %s %s", request.method, request.path)
+        log.exception("unhandled error in %s %s", request.method, loggable_path())
         hook = app.extensions.get("stockex.on_unhandled_error")
         if hook is not None:
             hook(exc)

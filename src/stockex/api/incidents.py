@@ -19,6 +19,7 @@ from typing import Any
 from flask import Flask, current_app, g, has_request_context, request
 
 from stockex.alerts import SERVICE_API, AlertNotifier
+from stockex.api.request_log import loggable_path
 
 EXTENSION = "stockex.alerts"
 DATABASE = "database"
@@ -30,7 +31,7 @@ def request_context() -> dict[str, Any]:
         return {}
     return {
         "method": request.method,
-        "path": request.path,
+        "path": loggable_path(),  # a client's %0A must not forge a line of the alert
         "request_id": g.get("request_id"),
         "user_id": g.get("user_id"),
         "endpoint": request.endpoint,
@@ -40,7 +41,7 @@ def request_context() -> dict[str, Any]:
 def api_source() -> str:
     if not has_request_context():
         return "api"
-    rule = request.url_rule.rule if request.url_rule is not None else request.path
+    rule = request.url_rule.rule if request.url_rule is not None else loggable_path()
     return f"api {request.method} {rule}"
 
 

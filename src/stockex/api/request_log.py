@@ -12,6 +12,9 @@ else a new random one. The id is
       GET /api/v1/markets 200 3.1ms request_id=4f0c... user_id=7 ip=10.0.0.5
 
 ``user_id`` is ``flask.g.user_id`` when the authentication layer has set it, else ``-``.
+The path is the client's, percent-decoded: :func:`loggable_path` writes its control
+characters as escapes (``%0A`` shows as ``\\x0a``), so that a request cannot end the line and
+forge another one (as nginx escapes them in its access log).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from stockex.logs import NO_REQUEST, request_id_var
 REQUEST_ID_HEADER = "X-Request-ID"
 MAX_REQUEST_ID_LENGTH = 64
 _NOT_ALLOWED = re.compile(r"[^A-Za-z0-9._:\-]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 access_log = logging.getLogger("stockex.access")
 
@@ -38,6 +42,15 @@ def clean_request_id(raw: str | None) -> str | None:
         return None
     cleaned = _NOT_ALLOWED.sub("", raw)[:MAX_REQUEST_ID_LENGTH]
     return cleaned or None
+
+
+def loggable_path() -> str:
+    """The request's path for a log line: control characters (CR, LF, ESC, ...) escaped."""
+    path = request.path
+    if _CONTROL.search(path) is None:
+        return path
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                        else f"\\u{ord(m.group()):04x}", path)
 
 
 def new_request_id() -> str:
@@ -65,7 +78,7 @@ def install_request_log(app: Flask) -> None:
         access_log.info(
             "%s %s %d %.1fms request_id=%s user_id=%s ip=%s",
             request.method,
-            request.path,
+            loggable_path(),
             response.status_code,
             elapsed_ms,
             request_id or NO_REQUEST,

@@ -42,6 +42,7 @@ from stockex.db import Database
 from stockex.errors import NotFound, UnknownMarket
 from stockex.models import Candle, CrawlRun, Market
 from stockex.mysql_pool import start_request_scope
+from stockex.redaction import redact
 from stockex.tiki import Kline, TikiClient
 
 log = logging.getLogger("stockex.crawler")
@@ -438,7 +439,10 @@ def _describe(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None)  # SQLAlchemy: the driver's message is the useful part
     if orig is not None:
         text = f"{type(exc).__name__}: {str(orig).strip()}"
-    return text.splitlines()[0][:1000]
+    # The row, the CLI's summary and XCom are read by more people than the redacted log:
+    # a rejected request names its URL, with a proxy's password in tiki.base_url if any.
+    # Redacted before the cut, which could leave a credential's pattern unrecognisable.
+    return redact(text.splitlines()[0])[:1000]
 
 
 def _finish(
