@@ -161,7 +161,8 @@ def load_settings(
     """Read the YAML file (see module docstring), apply environment overrides, validate."""
     env = os.environ if environ is None else environ
     raw: dict[str, Any] = {}
-    source = path or env.get(CONFIG_PATH_ENV)
+    # An empty STOCKEX_CONFIG (compose's ${STOCKEX_CONFIG:-}) is unset, as in the shell.
+    source = path or env.get(CONFIG_PATH_ENV) or None
     if source is None and Path("config.yaml").is_file():
         source = "config.yaml"
     if source:

@@ -225,3 +225,15 @@ def test_precisions_fit_the_stored_decimals() -> None:
                                                     "amount_precision": 9}]})
     assert info.value.key == "markets[1].amount_precision"
     assert "18" in info.value.problem
+
+
+def test_an_empty_config_path_variable_is_unset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """STOCKEX_CONFIG= (empty, as compose's ${STOCKEX_CONFIG:-} gives) falls back to
+    ./config.yaml like an unset one; before, it silently ignored ./config.yaml and ran the
+    built-in defaults (a `db upgrade` migrated a new ./stockex.db instead of the MySQL)."""
+    write(tmp_path, "database:\n  url: mysql+pymysql://u:p@db:3306/stockex\n")
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(environ={"STOCKEX_CONFIG": ""})
+    assert settings.database.url == "mysql+pymysql://u:p@db:3306/stockex"
