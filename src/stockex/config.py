@@ -189,11 +189,24 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(str(path), f"not valid YAML{where}") from None
     except RecursionError:
         raise ConfigError(str(path), "nested too deeply") from None
+    except _CONSTRUCTOR_ERRORS as exc:
+        raise ConfigError(str(path), f"not valid YAML: {_constructor_problem(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(str(path), "the top level must be a mapping of sections")
     return data
+
+
+# What PyYAML's scalar constructors raise besides YAMLError: a date that does not exist
+# ("2024-02-30", "2024-01-01 24:00:00"), "!!int abc", "!!bool maybe", "!!timestamp soon".
+_CONSTRUCTOR_ERRORS = (ValueError, LookupError, AttributeError)
+
+
+def _constructor_problem(exc: Exception) -> str:
+    if isinstance(exc, ValueError) and str(exc):
+        return str(exc)  # "day is out of range for month", "invalid literal for int() ..."
+    return "a value does not fit its type"
 
 
 def _apply_override(raw: dict[str, Any], name: str, value: str) -> None:
@@ -219,6 +232,9 @@ def _apply_override(raw: dict[str, Any], name: str, value: str) -> None:
         raise ConfigError(".".join(parts), problem) from None
     except RecursionError:
         raise ConfigError(".".join(parts), "nested too deeply") from None
+    except _CONSTRUCTOR_ERRORS as exc:
+        problem = f"environment value is not valid YAML: {_constructor_problem(exc)}"
+        raise ConfigError(".".join(parts), problem) from None
     if len(parts) == 1:
         raw[parts[0]] = parsed
         return

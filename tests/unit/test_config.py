@@ -237,3 +237,27 @@ def test_an_empty_config_path_variable_is_unset(
     monkeypatch.chdir(tmp_path)
     settings = load_settings(environ={"STOCKEX_CONFIG": ""})
     assert settings.database.url == "mysql+pymysql://u:p@db:3306/stockex"
+
+
+@pytest.mark.parametrize(("value", "fragment"), [
+    ("2024-02-30", "day is out of range for month"),
+    ("2024-01-01 24:00:00", "hour must be in 0..23"),
+    ("!!int abc", "invalid literal for int()"),
+    ("!!bool maybe", "does not fit its type"),
+    ("!!timestamp soon", "does not fit its type"),
+])
+def test_yaml_values_that_cannot_be_built_name_the_key(
+    tmp_path: Path, value: str, fragment: str
+) -> None:
+    """A YAML date that does not exist, or a tag its value does not fit, raised Python's
+    ValueError/KeyError/AttributeError out of yaml.safe_load: a traceback, not one line."""
+    with pytest.raises(ConfigError) as from_env:
+        load_settings(environ={"STOCKEX__CRAWLER__START": value})
+    assert str(from_env.value).startswith("config: crawler.start: environment value is not "
+                                          "valid YAML: ")
+    assert fragment in str(from_env.value)
+    path = write(tmp_path, f"crawler:\n  start: {value}\n")
+    with pytest.raises(ConfigError) as from_file:
+        load_settings(path, environ={})
+    assert str(from_file.value).startswith(f"config: {path}: not valid YAML: ")
+    assert fragment in str(from_file.value)
