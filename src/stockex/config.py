@@ -228,13 +228,15 @@ def _apply_override(raw: dict[str, Any], name: str, value: str) -> None:
         if parsed is None and value.strip().startswith("#"):
             parsed = value.strip()  # "#stockex-alerts" is a Slack channel, not a YAML comment
     except yaml.YAMLError:
-        problem = f"environment value is not valid YAML: {value!r}"
-        raise ConfigError(".".join(parts), problem) from None
+        key = ".".join(parts)
+        problem = f"environment value is not valid YAML: {_quoted(key, value)}"
+        raise ConfigError(key, problem) from None
     except RecursionError:
         raise ConfigError(".".join(parts), "nested too deeply") from None
     except _CONSTRUCTOR_ERRORS as exc:
-        problem = f"environment value is not valid YAML: {_constructor_problem(exc)}"
-        raise ConfigError(".".join(parts), problem) from None
+        key = ".".join(parts)
+        problem = _constructor_problem(exc) if key not in _SECRETS else _quoted(key, value)
+        raise ConfigError(key, f"environment value is not valid YAML: {problem}") from None
     if len(parts) == 1:
         raw[parts[0]] = parsed
         return
@@ -295,6 +297,18 @@ def _build_section(name: str, cls: type, raw: Any) -> Any:
     return cls(**values)
 
 
+# Keys whose values an error message must not show: they end up in CI and container logs.
+# (URLs are shown with their password hidden, see _shown.)
+_SECRETS = frozenset({"secret_key", "slack.token", "slack.webhook_url", "database.url",
+                      "redis.url"})
+
+
+def _quoted(key: str, value: Any) -> str:
+    from stockex.redaction import REDACTED
+
+    return REDACTED if key in _SECRETS else repr(value)
+
+
 _TYPE_NAMES = {"str": str, "int": int, "float": float, "tuple[str, ...]": tuple}
 
 
@@ -307,7 +321,9 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, datetime | date):
             return value.isoformat()  # an unquoted ISO time in YAML, e.g. crawler.start
         if not isinstance(value, str):
-            raise ConfigError(key, f"expected a string, got {type(value).__name__} {value!r}")
+            raise ConfigError(
+                key, f"expected a string, got {type(value).__name__} {_quoted(key, value)}"
+            )
         return value
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):

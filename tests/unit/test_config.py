@@ -261,3 +261,20 @@ def test_yaml_values_that_cannot_be_built_name_the_key(
         load_settings(path, environ={})
     assert str(from_file.value).startswith(f"config: {path}: not valid YAML: ")
     assert fragment in str(from_file.value)
+
+
+@pytest.mark.parametrize("name", ["STOCKEX__SECRET_KEY", "STOCKEX__SLACK__TOKEN",
+                                  "STOCKEX__SLACK__WEBHOOK_URL", "STOCKEX__DATABASE__URL"])
+@pytest.mark.parametrize("value", ["@s3cret-value", "`s3cret-value", "s3cret-value: x",
+                                   "[s3cret-value]", "!!int s3cret-value"])
+def test_errors_about_a_secret_do_not_show_it(name: str, value: str) -> None:
+    """A secret that is not valid YAML or not a string (a generated password starting with
+    '@' or '%', holding ': ') was quoted in the error line, which lands in CI and container
+    logs; every other config error hides secrets (URL passwords, see above)."""
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ={name: value})
+    assert "s3cret" not in str(refused.value)
+    assert "***" in str(refused.value)
+    with pytest.raises(ConfigError) as still_shown:  # other keys still quote their value
+        load_settings(environ={"STOCKEX__TIMEZONE": value})
+    assert "s3cret" in str(still_shown.value)
