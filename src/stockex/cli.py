@@ -371,6 +371,8 @@ def user_create(name: str, password_stdin: bool, admin: bool, email: str | None)
     from stockex.auth import create_user
     from stockex.db import Database
 
+    if sys.stdin is None:  # started with stdin closed (`<&-`, some process managers)
+        _fail("--password-stdin: standard input is closed")
     try:  # bytes, decoded here: a text stdin may decode with the locale or surrogateescape
         password = sys.stdin.buffer.read().decode("utf-8")
     except UnicodeDecodeError:

@@ -198,6 +198,20 @@ def test_password_stdin_that_is_not_utf8(tmp_path: Path) -> None:
     assert not (tmp_path / "stockex.db").exists()  # nothing was touched
 
 
+def test_password_stdin_when_stdin_is_closed(tmp_path: Path) -> None:
+    """`stockex user create bob --password-stdin <&-`: Python has no sys.stdin at all; it was
+    an AttributeError traceback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKEX")}
+    result = subprocess.run(  # noqa: S603
+        ["/bin/sh", "-c", 'exec "$@" <&-', "sh", *STOCKEX, "user", "create", "bob",
+         "--password-stdin"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 1
+    assert one_error_line(result) == "stockex: --password-stdin: standard input is closed"
+    assert not (tmp_path / "stockex.db").exists()
+
+
 @pytest.mark.parametrize("command", ["serve", "sim"])
 def test_busy_port_is_one_line(command: str, tmp_path: Path) -> None:
     import socket
