@@ -196,8 +196,9 @@ def crawl(markets: tuple[str, ...], once: bool, until: str | None) -> None:
     """Crawl Tiki-Exchange one-minute k-lines into the database.
 
     Each pass resumes from the newest stored minute. Without --once it runs at every
-    crawler.interval_seconds boundary until SIGTERM/Ctrl-C, which finish the chunk in flight.
-    Prints one JSON summary per market run with --once.
+    crawler.interval_seconds boundary until SIGTERM/Ctrl-C, which finish the chunk in flight
+    (exit 0). Prints one JSON summary per market run with --once, which exits 1 when a run
+    failed or a signal stopped the pass before it caught up.
     """
     import json
     import threading
@@ -232,11 +233,17 @@ def crawl(markets: tuple[str, ...], once: bool, until: str | None) -> None:
         restore_signals()
     for summary in summaries:
         click.echo(json.dumps(summary.as_dict()))
-    failed = [s for s in summaries if not s.ok]
-    if failed:
-        # An upstream error names its market already ("asaxu [window]: ..."): once is enough.
-        _fail("; ".join(s.error if (s.error or "").startswith((f"{s.market} ", f"{s.market}:"))
-                        else f"{s.market}: {s.error}" for s in failed))
+    # An upstream error names its market already ("asaxu [window]: ..."): once is enough.
+    problems = [s.error if (s.error or "").startswith((f"{s.market} ", f"{s.market}:"))
+                else f"{s.market}: {s.error}" for s in summaries if not s.ok]
+    # A pass cut short by SIGTERM/Ctrl-C did not catch up: `crawl --once && next` must stop.
+    unfinished = [s.market for s in summaries if s.status == "stopped"]
+    unfinished += chosen[len(summaries):]  # not started after the signal
+    if unfinished:
+        problems.append(f"stopped by a signal before catching up: {', '.join(unfinished)} "
+                        "(run again to resume)")
+    if problems:
+        _fail("; ".join(problems))
 
 
 class _ProgressBars:
