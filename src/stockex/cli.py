@@ -23,6 +23,7 @@ from stockex.redaction import secrets_from_settings
 
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command Ctrl-C stopped
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
@@ -82,7 +83,10 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         with _one_line_usage_errors():
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            except KeyboardInterrupt:  # click would print a blank line and "Aborted!", exit 1
+                _fail("interrupted", EXIT_INTERRUPTED)
 
 
 @contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -209,6 +210,30 @@ def test_password_stdin_when_stdin_is_closed(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert one_error_line(result) == "stockex: --password-stdin: standard input is closed"
+    assert not (tmp_path / "stockex.db").exists()
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path) -> None:
+    """Ctrl-C in a command (here while it waits for the password) was click's blank line and
+    "Aborted!" with exit 1; now one stockex line and 130, as a shell reports an interrupt."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKEX")}
+    process = subprocess.Popen(  # noqa: S603
+        STOCKEX + ["user", "create", "bob", "--password-stdin"], env=env, cwd=tmp_path,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wchan = Path(f"/proc/{process.pid}/wchan")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "pipe_read" not in wchan.read_text():
+            time.sleep(0.05)  # until it blocks reading the password (Python's handler is set)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130
+    assert stderr.strip().splitlines() == ["stockex: interrupted"]
     assert not (tmp_path / "stockex.db").exists()
 
 
