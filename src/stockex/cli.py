@@ -213,6 +213,9 @@ def crawl(markets: tuple[str, ...], once: bool, until: str | None) -> None:
 
     settings = settings_from_env()
     chosen = markets or settings.crawler.markets
+    if not chosen:  # e.g. STOCKEX__CRAWLER__MARKETS= : the loop would idle for ever
+        raise ConfigError("crawler.markets", "empty: nothing to crawl (list a market in it, "
+                                             "or pass --market M)")
     for market in chosen:
         if settings.market(market) is None:
             raise UnknownMarket(market)

@@ -112,6 +112,11 @@ def test_crawl_refuses_an_unknown_market_and_a_bad_until(
     assert bad.stderr.strip().splitlines() == [
         "stockex: invalid_time: not a time: 'yesterday' (use epoch seconds or ISO-8601)"]
     assert run_statuses(database) == []
+    for args in (["crawl", "--once"], ["crawl"]):  # an empty list: the loop idled for ever
+        nothing = run(args, {**env, "STOCKEX__CRAWLER__MARKETS": ""})
+        assert nothing.returncode == 2
+        assert nothing.stderr.strip() == ("stockex: config: crawler.markets: empty: nothing to "
+                                          "crawl (list a market in it, or pass --market M)")
 
 
 def test_crawl_draws_a_progress_bar_on_a_terminal(
