@@ -118,7 +118,7 @@ def db() -> None:
     """Database schema commands."""
 
 
-@db.command("upgrade")
+@db.command("upgrade", short_help="Apply pending migrations, sync the configured markets.")
 @reports_errors
 def db_upgrade() -> None:
     """Apply pending migrations to database.url and sync the configured markets (idempotent)."""
@@ -155,7 +155,7 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-@cli.command()
+@cli.command(short_help="Run the API with the development server.")
 @click.option("--host", default=None, help="Bind address (default: api.host).")
 @click.option("--port", type=click.IntRange(1, 65535), default=None,
               help="Port (default: api.port).")
@@ -278,7 +278,7 @@ class _ProgressBars:
             self._key = None
 
 
-@cli.command()
+@cli.command(short_help="Serve a local stand-in for the Tiki-Exchange k-lines.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address.")
 @click.option("--port", type=click.IntRange(0, 65535), default=5011, show_default=True,
               help="Port (0: any free).")
@@ -343,7 +343,7 @@ def candles() -> None:
     """Candle rollup commands."""
 
 
-@candles.command("rebuild")
+@candles.command("rebuild", short_help="Recompute every rollup (after changing timezone).")
 @click.option("--market", "markets", multiple=True, help="Market id (default: every market).")
 @reports_errors
 def candles_rebuild(markets: tuple[str, ...]) -> None:
@@ -442,7 +442,8 @@ def deposit(name: str, asset: str, amount: str) -> None:
     _transfer("deposit", name, asset, amount)
 
 
-@cli.command(cls=_AmountCommand)
+@cli.command(cls=_AmountCommand,
+             short_help="Debit AMOUNT of ASSET from user NAME (through the ledger).")
 @click.argument("name")
 @click.argument("asset")
 @click.argument("amount")
@@ -452,7 +453,7 @@ def withdraw(name: str, asset: str, amount: str) -> None:
     _transfer("withdraw", name, asset, amount)
 
 
-@cli.command()
+@cli.command(short_help="Check every ledger and balance invariant (exit 0: all hold).")
 @reports_errors
 def reconcile() -> None:
     """Check every ledger and balance invariant; exit 0 only when all hold."""

@@ -38,6 +38,16 @@ def test_help_lists_commands() -> None:
     assert "upgrade" in run(["db", "--help"]).stdout
 
 
+@pytest.mark.parametrize("group", [[], ["db"], ["candles"], ["user"]])
+def test_command_lists_are_not_cut_short(group: list[str]) -> None:
+    """click cuts a command's first docstring line to fit the list ("reconcile  Check every
+    ledger and balance invariant; exit 0 only when..."): each command has a short help."""
+    result = run([*group, "--help"], env={"COLUMNS": "80"})
+    assert result.returncode == 0
+    commands = result.stdout.split("Commands:\n", 1)[1].splitlines()
+    assert commands and all(not line.endswith("...") for line in commands), result.stdout
+
+
 def test_bad_database_url_is_one_line_naming_the_key(tmp_path: Path) -> None:
     result = run(["db", "upgrade"], env={"STOCKEX__DATABASE__URL": "nonsense"}, cwd=tmp_path)
     assert result.returncode != 0
