@@ -430,6 +430,8 @@ def _validate(s: Settings) -> None:
     _positive("crawler.chunk_minutes", s.crawler.chunk_minutes)
     _positive("crawler.interval_seconds", s.crawler.interval_seconds)
     _positive("api.jwt_ttl_seconds", s.api.jwt_ttl_seconds)
+    if not s.api.host.strip():  # the socket layer would read "" as every interface
+        raise ConfigError("api.host", "must not be empty (0.0.0.0 listens on every interface)")
     if not 0 < s.api.port < 65536:
         raise ConfigError("api.port", f"expected a TCP port 1..65535, got {s.api.port}")
     for key in ("login_rate_limit", "order_rate_limit"):

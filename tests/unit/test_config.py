@@ -77,6 +77,8 @@ def test_markets_list_override_as_yaml() -> None:
         ({"api": {"port": "80"}}, "api.port", "expected an integer"),
         ({"api": {"port": 70000}}, "api.port", "1..65535"),
         ({"api": {"port": True}}, "api.port", "expected an integer"),
+        # `stockex serve` listened on every interface ("Running on http://:5010")
+        ({"api": {"host": ""}}, "api.host", "must not be empty"),
         ({"timezone": "Mars/Olympus"}, "timezone", "unknown timezone"),
         ({"redis": {"url": "http://x"}}, "redis.url", "not a redis"),
         ({"tiki": {"timeout_seconds": 0}}, "tiki.timeout_seconds", "> 0"),
