@@ -4,6 +4,7 @@ and turns that function's errors into one line on stderr and a non-zero exit sta
 from __future__ import annotations
 
 import logging
+import os
 import re
 import socket
 import sys
@@ -23,6 +24,7 @@ from stockex.redaction import secrets_from_settings
 
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
+EXIT_USAGE = 2  # as click's usage errors
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command Ctrl-C stopped
 
 
@@ -477,7 +479,22 @@ def reconcile() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    cli.main(args=argv, prog_name="stockex")
+    args = sys.argv[1:] if argv is None else argv
+    cli.main(args=_utf8_arguments(args), prog_name="stockex")
+
+
+def _utf8_arguments(args: list[str]) -> list[str]:
+    """The arguments as UTF-8 text, whatever the locale decoded them with (a C locale without
+    coercion leaves 'jürgen' as surrogate escapes). One that is not UTF-8 at all stops here
+    (exit 2) rather than as a UnicodeEncodeError traceback where it meets the database."""
+    decoded = []
+    for arg in args:
+        raw = os.fsencode(arg)
+        try:
+            decoded.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            _fail(f"an argument is not UTF-8 text: {raw!r}", EXIT_USAGE)
+    return decoded
 
 
 if __name__ == "__main__":  # pragma: no cover

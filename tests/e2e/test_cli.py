@@ -223,6 +223,40 @@ def test_password_stdin_when_stdin_is_closed(tmp_path: Path) -> None:
     assert not (tmp_path / "stockex.db").exists()
 
 
+@pytest.mark.parametrize("args", [
+    [b"deposit", b"\xe9t\xe9", b"XU", b"1"],  # Latin-1 bytes: a traceback at the SQL bind
+    [b"user", b"create", b"abc", b"--password-stdin", b"--email", b"\xff@example.com"],
+    [b"serve", b"--host", b"\xff"],  # an idna UnicodeError traceback
+])
+def test_arguments_that_are_not_utf8_are_one_line(args: list[bytes], tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKEX")}
+    result = subprocess.run(  # noqa: S603
+        [*STOCKEX, *args], env=env, cwd=tmp_path, input=b"password1\n", capture_output=True,
+        timeout=120, check=False,
+    )
+    stderr = result.stderr.decode()
+    assert result.returncode == 2, stderr
+    bad = next(arg for arg in args if not arg.isascii())
+    assert stderr.strip().splitlines() == [f"stockex: an argument is not UTF-8 text: {bad!r}"]
+    assert not (tmp_path / "stockex.db").exists()
+
+
+def test_utf8_arguments_in_a_c_locale(tmp_path: Path) -> None:
+    """Without locale coercion Python decodes arguments as ASCII with surrogate escapes: an
+    e-mail address 'zoë@example.com' met the database as a UnicodeEncodeError traceback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STOCKEX", "LC_", "LANG"))}
+    env.update({"LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"})
+    assert run(["db", "upgrade"], cwd=tmp_path).returncode == 0
+    result = subprocess.run(  # noqa: S603
+        [*STOCKEX, "user", "create", "zoe", "--password-stdin", "--email",
+         "zoë@example.com".encode()],
+        env=env, cwd=tmp_path, input=b"password1\n", capture_output=True, timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().startswith("created user zoe ")
+
+
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path) -> None:
     """Ctrl-C in a command (here while it waits for the password) was click's blank line and
     "Aborted!" with exit 1; now one stockex line and 130, as a shell reports an interrupt."""
