@@ -4,6 +4,7 @@ and turns that function's errors into one line on stderr and a non-zero exit sta
 from __future__ import annotations
 
 import logging
+import os
 import re
 import socket
 import sys
@@ -23,6 +24,8 @@ from stockex.redaction import secrets_from_settings
 
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
+EXIT_USAGE = 2  # as click's usage errors
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command Ctrl-C stopped
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
@@ -82,7 +85,10 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         with _one_line_usage_errors():
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            except KeyboardInterrupt:  # click would print a blank line and "Aborted!", exit 1
+                _fail("interrupted", EXIT_INTERRUPTED)
 
 
 @contextmanager
@@ -114,7 +120,7 @@ def db() -> None:
     """Database schema commands."""
 
 
-@db.command("upgrade")
+@db.command("upgrade", short_help="Apply pending migrations, sync the configured markets.")
 @reports_errors
 def db_upgrade() -> None:
     """Apply pending migrations to database.url and sync the configured markets (idempotent)."""
@@ -151,7 +157,7 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-@cli.command()
+@cli.command(short_help="Run the API with the development server.")
 @click.option("--host", default=None, help="Bind address (default: api.host).")
 @click.option("--port", type=click.IntRange(1, 65535), default=None,
               help="Port (default: api.port).")
@@ -196,8 +202,9 @@ def crawl(markets: tuple[str, ...], once: bool, until: str | None) -> None:
     """Crawl Tiki-Exchange one-minute k-lines into the database.
 
     Each pass resumes from the newest stored minute. Without --once it runs at every
-    crawler.interval_seconds boundary until SIGTERM/Ctrl-C, which finish the chunk in flight.
-    Prints one JSON summary per market run with --once.
+    crawler.interval_seconds boundary until SIGTERM/Ctrl-C, which finish the chunk in flight
+    (exit 0). Prints one JSON summary per market run with --once, which exits 1 when a run
+    failed or a signal stopped the pass before it caught up.
     """
     import json
     import threading
@@ -208,6 +215,9 @@ def crawl(markets: tuple[str, ...], once: bool, until: str | None) -> None:
 
     settings = settings_from_env()
     chosen = markets or settings.crawler.markets
+    if not chosen:  # e.g. STOCKEX__CRAWLER__MARKETS= : the loop would idle for ever
+        raise ConfigError("crawler.markets", "empty: nothing to crawl (list a market in it, "
+                                             "or pass --market M)")
     for market in chosen:
         if settings.market(market) is None:
             raise UnknownMarket(market)
@@ -232,11 +242,17 @@ def crawl(markets: tuple[str, ...], once: bool, until: str | None) -> None:
         restore_signals()
     for summary in summaries:
         click.echo(json.dumps(summary.as_dict()))
-    failed = [s for s in summaries if not s.ok]
-    if failed:
-        # An upstream error names its market already ("asaxu [window]: ..."): once is enough.
-        _fail("; ".join(s.error if (s.error or "").startswith((f"{s.market} ", f"{s.market}:"))
-                        else f"{s.market}: {s.error}" for s in failed))
+    # An upstream error names its market already ("asaxu [window]: ..."): once is enough.
+    problems = [s.error if (s.error or "").startswith((f"{s.market} ", f"{s.market}:"))
+                else f"{s.market}: {s.error}" for s in summaries if not s.ok]
+    # A pass cut short by SIGTERM/Ctrl-C did not catch up: `crawl --once && next` must stop.
+    unfinished = [s.market for s in summaries if s.status == "stopped"]
+    unfinished += chosen[len(summaries):]  # not started after the signal
+    if unfinished:
+        problems.append(f"stopped by a signal before catching up: {', '.join(unfinished)} "
+                        "(run again to resume)")
+    if problems:
+        _fail("; ".join(problems))
 
 
 class _ProgressBars:
@@ -264,7 +280,7 @@ class _ProgressBars:
             self._key = None
 
 
-@cli.command()
+@cli.command(short_help="Serve a local stand-in for the Tiki-Exchange k-lines.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address.")
 @click.option("--port", type=click.IntRange(0, 65535), default=5011, show_default=True,
               help="Port (0: any free).")
@@ -329,7 +345,7 @@ def candles() -> None:
     """Candle rollup commands."""
 
 
-@candles.command("rebuild")
+@candles.command("rebuild", short_help="Recompute every rollup (after changing timezone).")
 @click.option("--market", "markets", multiple=True, help="Market id (default: every market).")
 @reports_errors
 def candles_rebuild(markets: tuple[str, ...]) -> None:
@@ -371,6 +387,8 @@ def user_create(name: str, password_stdin: bool, admin: bool, email: str | None)
     from stockex.auth import create_user
     from stockex.db import Database
 
+    if sys.stdin is None:  # started with stdin closed (`<&-`, some process managers)
+        _fail("--password-stdin: standard input is closed")
     try:  # bytes, decoded here: a text stdin may decode with the locale or surrogateescape
         password = sys.stdin.buffer.read().decode("utf-8")
     except UnicodeDecodeError:
@@ -426,7 +444,8 @@ def deposit(name: str, asset: str, amount: str) -> None:
     _transfer("deposit", name, asset, amount)
 
 
-@cli.command(cls=_AmountCommand)
+@cli.command(cls=_AmountCommand,
+             short_help="Debit AMOUNT of ASSET from user NAME (through the ledger).")
 @click.argument("name")
 @click.argument("asset")
 @click.argument("amount")
@@ -436,7 +455,7 @@ def withdraw(name: str, asset: str, amount: str) -> None:
     _transfer("withdraw", name, asset, amount)
 
 
-@cli.command()
+@cli.command(short_help="Check every ledger and balance invariant (exit 0: all hold).")
 @reports_errors
 def reconcile() -> None:
     """Check every ledger and balance invariant; exit 0 only when all hold."""
@@ -460,7 +479,22 @@ def reconcile() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    cli.main(args=argv, prog_name="stockex")
+    args = sys.argv[1:] if argv is None else argv
+    cli.main(args=_utf8_arguments(args), prog_name="stockex")
+
+
+def _utf8_arguments(args: list[str]) -> list[str]:
+    """The arguments as UTF-8 text, whatever the locale decoded them with (a C locale without
+    coercion leaves 'jürgen' as surrogate escapes). One that is not UTF-8 at all stops here
+    (exit 2) rather than as a UnicodeEncodeError traceback where it meets the database."""
+    decoded = []
+    for arg in args:
+        raw = os.fsencode(arg)
+        try:
+            decoded.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            _fail(f"an argument is not UTF-8 text: {raw!r}", EXIT_USAGE)
+    return decoded
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -161,7 +161,8 @@ def load_settings(
     """Read the YAML file (see module docstring), apply environment overrides, validate."""
     env = os.environ if environ is None else environ
     raw: dict[str, Any] = {}
-    source = path or env.get(CONFIG_PATH_ENV)
+    # An empty STOCKEX_CONFIG (compose's ${STOCKEX_CONFIG:-}) is unset, as in the shell.
+    source = path or env.get(CONFIG_PATH_ENV) or None
     if source is None and Path("config.yaml").is_file():
         source = "config.yaml"
     if source:
@@ -188,11 +189,24 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(str(path), f"not valid YAML{where}") from None
     except RecursionError:
         raise ConfigError(str(path), "nested too deeply") from None
+    except _CONSTRUCTOR_ERRORS as exc:
+        raise ConfigError(str(path), f"not valid YAML: {_constructor_problem(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(str(path), "the top level must be a mapping of sections")
     return data
+
+
+# What PyYAML's scalar constructors raise besides YAMLError: a date that does not exist
+# ("2024-02-30", "2024-01-01 24:00:00"), "!!int abc", "!!bool maybe", "!!timestamp soon".
+_CONSTRUCTOR_ERRORS = (ValueError, LookupError, AttributeError)
+
+
+def _constructor_problem(exc: Exception) -> str:
+    if isinstance(exc, ValueError) and str(exc):
+        return str(exc)  # "day is out of range for month", "invalid literal for int() ..."
+    return "a value does not fit its type"
 
 
 def _apply_override(raw: dict[str, Any], name: str, value: str) -> None:
@@ -214,10 +228,15 @@ def _apply_override(raw: dict[str, Any], name: str, value: str) -> None:
         if parsed is None and value.strip().startswith("#"):
             parsed = value.strip()  # "#stockex-alerts" is a Slack channel, not a YAML comment
     except yaml.YAMLError:
-        problem = f"environment value is not valid YAML: {value!r}"
-        raise ConfigError(".".join(parts), problem) from None
+        key = ".".join(parts)
+        problem = f"environment value is not valid YAML: {_quoted(key, value)}"
+        raise ConfigError(key, problem) from None
     except RecursionError:
         raise ConfigError(".".join(parts), "nested too deeply") from None
+    except _CONSTRUCTOR_ERRORS as exc:
+        key = ".".join(parts)
+        problem = _constructor_problem(exc) if key not in _SECRETS else _quoted(key, value)
+        raise ConfigError(key, f"environment value is not valid YAML: {problem}") from None
     if len(parts) == 1:
         raw[parts[0]] = parsed
         return
@@ -278,6 +297,18 @@ def _build_section(name: str, cls: type, raw: Any) -> Any:
     return cls(**values)
 
 
+# Keys whose values an error message must not show: they end up in CI and container logs.
+# (URLs are shown with their password hidden, see _shown.)
+_SECRETS = frozenset({"secret_key", "slack.token", "slack.webhook_url", "database.url",
+                      "redis.url"})
+
+
+def _quoted(key: str, value: Any) -> str:
+    from stockex.redaction import REDACTED
+
+    return REDACTED if key in _SECRETS else repr(value)
+
+
 _TYPE_NAMES = {"str": str, "int": int, "float": float, "tuple[str, ...]": tuple}
 
 
@@ -290,7 +321,9 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, datetime | date):
             return value.isoformat()  # an unquoted ISO time in YAML, e.g. crawler.start
         if not isinstance(value, str):
-            raise ConfigError(key, f"expected a string, got {type(value).__name__} {value!r}")
+            raise ConfigError(
+                key, f"expected a string, got {type(value).__name__} {_quoted(key, value)}"
+            )
         return value
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -397,6 +430,8 @@ def _validate(s: Settings) -> None:
     _positive("crawler.chunk_minutes", s.crawler.chunk_minutes)
     _positive("crawler.interval_seconds", s.crawler.interval_seconds)
     _positive("api.jwt_ttl_seconds", s.api.jwt_ttl_seconds)
+    if not s.api.host.strip():  # the socket layer would read "" as every interface
+        raise ConfigError("api.host", "must not be empty (0.0.0.0 listens on every interface)")
     if not 0 < s.api.port < 65536:
         raise ConfigError("api.port", f"expected a TCP port 1..65535, got {s.api.port}")
     for key in ("login_rate_limit", "order_rate_limit"):

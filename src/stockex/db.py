@@ -426,7 +426,15 @@ class Database:
                 session.commit()
                 return result
             except BaseException as exc:
-                session.rollback()
+                if isinstance(exc, Exception):
+                    session.rollback()
+                else:
+                    # Ctrl-C or SystemExit (a worker's timeout) may have cut a raw driver read
+                    # (CandleReads, WriteBatch) short: the rest of the answer is still on the
+                    # wire, and a ROLLBACK there fails ("Packet sequence number wrong") with an
+                    # error that would replace the interrupt. The server rolls back the
+                    # dropped connection's transaction itself.
+                    session.invalidate()
                 lost = _lost_while_committing(exc, committing)
                 if lost is not None:
                     raise CommitOutcomeUnknown(

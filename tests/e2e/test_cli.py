@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -35,6 +36,16 @@ def test_help_lists_commands() -> None:
         assert command in result.stdout
     assert run(["db", "--help"]).returncode == 0
     assert "upgrade" in run(["db", "--help"]).stdout
+
+
+@pytest.mark.parametrize("group", [[], ["db"], ["candles"], ["user"]])
+def test_command_lists_are_not_cut_short(group: list[str]) -> None:
+    """click cuts a command's first docstring line to fit the list ("reconcile  Check every
+    ledger and balance invariant; exit 0 only when..."): each command has a short help."""
+    result = run([*group, "--help"], env={"COLUMNS": "80"})
+    assert result.returncode == 0
+    commands = result.stdout.split("Commands:\n", 1)[1].splitlines()
+    assert commands and all(not line.endswith("...") for line in commands), result.stdout
 
 
 def test_bad_database_url_is_one_line_naming_the_key(tmp_path: Path) -> None:
@@ -196,6 +207,78 @@ def test_password_stdin_that_is_not_utf8(tmp_path: Path) -> None:
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines() == ["stockex: --password-stdin: the password is not UTF-8"]
     assert not (tmp_path / "stockex.db").exists()  # nothing was touched
+
+
+def test_password_stdin_when_stdin_is_closed(tmp_path: Path) -> None:
+    """`stockex user create bob --password-stdin <&-`: Python has no sys.stdin at all; it was
+    an AttributeError traceback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKEX")}
+    result = subprocess.run(  # noqa: S603
+        ["/bin/sh", "-c", 'exec "$@" <&-', "sh", *STOCKEX, "user", "create", "bob",
+         "--password-stdin"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 1
+    assert one_error_line(result) == "stockex: --password-stdin: standard input is closed"
+    assert not (tmp_path / "stockex.db").exists()
+
+
+@pytest.mark.parametrize("args", [
+    [b"deposit", b"\xe9t\xe9", b"XU", b"1"],  # Latin-1 bytes: a traceback at the SQL bind
+    [b"user", b"create", b"abc", b"--password-stdin", b"--email", b"\xff@example.com"],
+    [b"serve", b"--host", b"\xff"],  # an idna UnicodeError traceback
+])
+def test_arguments_that_are_not_utf8_are_one_line(args: list[bytes], tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKEX")}
+    result = subprocess.run(  # noqa: S603
+        [*STOCKEX, *args], env=env, cwd=tmp_path, input=b"password1\n", capture_output=True,
+        timeout=120, check=False,
+    )
+    stderr = result.stderr.decode()
+    assert result.returncode == 2, stderr
+    bad = next(arg for arg in args if not arg.isascii())
+    assert stderr.strip().splitlines() == [f"stockex: an argument is not UTF-8 text: {bad!r}"]
+    assert not (tmp_path / "stockex.db").exists()
+
+
+def test_utf8_arguments_in_a_c_locale(tmp_path: Path) -> None:
+    """Without locale coercion Python decodes arguments as ASCII with surrogate escapes: an
+    e-mail address 'zoë@example.com' met the database as a UnicodeEncodeError traceback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STOCKEX", "LC_", "LANG"))}
+    env.update({"LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"})
+    assert run(["db", "upgrade"], cwd=tmp_path).returncode == 0
+    result = subprocess.run(  # noqa: S603
+        [*STOCKEX, "user", "create", "zoe", "--password-stdin", "--email",
+         "zoë@example.com".encode()],
+        env=env, cwd=tmp_path, input=b"password1\n", capture_output=True, timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().startswith("created user zoe ")
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path) -> None:
+    """Ctrl-C in a command (here while it waits for the password) was click's blank line and
+    "Aborted!" with exit 1; now one stockex line and 130, as a shell reports an interrupt."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKEX")}
+    process = subprocess.Popen(  # noqa: S603
+        STOCKEX + ["user", "create", "bob", "--password-stdin"], env=env, cwd=tmp_path,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wchan = Path(f"/proc/{process.pid}/wchan")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "pipe_read" not in wchan.read_text():
+            time.sleep(0.05)  # until it blocks reading the password (Python's handler is set)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130
+    assert stderr.strip().splitlines() == ["stockex: interrupted"]
+    assert not (tmp_path / "stockex.db").exists()
 
 
 @pytest.mark.parametrize("command", ["serve", "sim"])

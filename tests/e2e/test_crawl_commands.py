@@ -2,7 +2,7 @@
 
 Real processes against a simulator on loopback and a database of each backend: exit codes,
 one-line errors, JSON summaries, the terminal progress bar, and SIGTERM finishing the chunk in
-flight before exiting 0.
+flight before exiting (0 for the loop, 1 for an unfinished `--once`).
 """
 
 from __future__ import annotations
@@ -112,6 +112,11 @@ def test_crawl_refuses_an_unknown_market_and_a_bad_until(
     assert bad.stderr.strip().splitlines() == [
         "stockex: invalid_time: not a time: 'yesterday' (use epoch seconds or ISO-8601)"]
     assert run_statuses(database) == []
+    for args in (["crawl", "--once"], ["crawl"]):  # an empty list: the loop idled for ever
+        nothing = run(args, {**env, "STOCKEX__CRAWLER__MARKETS": ""})
+        assert nothing.returncode == 2
+        assert nothing.stderr.strip() == ("stockex: config: crawler.markets: empty: nothing to "
+                                          "crawl (list a market in it, or pass --market M)")
 
 
 def test_crawl_draws_a_progress_bar_on_a_terminal(
@@ -174,6 +179,37 @@ def test_cron_loop_finishes_the_chunk_on_sigterm_and_exits_0(
     with database.read() as session:
         row = session.get(Candle, ("asaxu", times[-1]))
         assert row is not None and (row.open, row.close) == (sample[1], sample[4])
+
+
+def test_crawl_once_stopped_by_sigterm_finishes_the_chunk_and_exits_1(
+    database: Database, start_simulator: Any
+) -> None:
+    """`stockex crawl --once` cut short did not catch up: before, it exited 0 like a full
+    pass, so `stockex crawl --once && next-step` went on (and a shell script's Ctrl-C too)."""
+    _, url = start_simulator(latency=0.05)
+    process = subprocess.Popen(  # noqa: S603
+        STOCKEX + ["crawl", "--once", "--until", str(minute(99_999))],
+        env=crawl_env(database, url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(candle_times(database)) < 200:
+            assert process.poll() is None
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 1, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (
+        "stockex: stopped by a signal before catching up: asaxu (run again to resume)")
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["status"] == "stopped"
+    assert len(candle_times(database)) % 100 == 0, "the chunk in flight was finished, not cut"
+    assert run_statuses(database) == ["stopped"]
 
 
 def test_sim_serves_klines_and_refuses_bad_switches(tmp_path: Path) -> None:

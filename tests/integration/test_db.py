@@ -179,6 +179,28 @@ def test_deadlock_is_retried_and_succeeds(mysql_database: Database) -> None:
     assert len(fees) == 1  # the rerun transaction wrote both rows last
 
 
+def test_an_interrupt_in_the_middle_of_a_raw_read_stays_an_interrupt(
+    mysql_database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ctrl-C during `stockex candles rebuild` on MySQL (its reads are raw driver reads) ended
+    in a pool traceback and `stockex: database error: Packet sequence number wrong`: the
+    ROLLBACK went out on a connection with half an answer still unread."""
+    from pymysql.constants import COMMAND
+
+    def work(session):  # type: ignore[no-untyped-def]
+        add_user(session)
+        driver = session.connection().connection.driver_connection
+        driver._execute_command(COMMAND.COM_QUERY, "SELECT 1, 2")
+        driver._read_packet()  # the column count; its definitions and the row stay unread
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        mysql_database.transaction(work)
+    assert "Exception during reset" not in caplog.text
+    assert count(mysql_database, User) == 0  # the server rolled it back
+    assert mysql_database.transaction(lambda s: s.scalar(text("SELECT 7"))) == 7
+
+
 def test_non_retryable_error_runs_once(database: Database) -> None:
     calls = 0
 

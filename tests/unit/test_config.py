@@ -77,6 +77,8 @@ def test_markets_list_override_as_yaml() -> None:
         ({"api": {"port": "80"}}, "api.port", "expected an integer"),
         ({"api": {"port": 70000}}, "api.port", "1..65535"),
         ({"api": {"port": True}}, "api.port", "expected an integer"),
+        # `stockex serve` listened on every interface ("Running on http://:5010")
+        ({"api": {"host": ""}}, "api.host", "must not be empty"),
         ({"timezone": "Mars/Olympus"}, "timezone", "unknown timezone"),
         ({"redis": {"url": "http://x"}}, "redis.url", "not a redis"),
         ({"tiki": {"timeout_seconds": 0}}, "tiki.timeout_seconds", "> 0"),
@@ -225,3 +227,56 @@ def test_precisions_fit_the_stored_decimals() -> None:
                                                     "amount_precision": 9}]})
     assert info.value.key == "markets[1].amount_precision"
     assert "18" in info.value.problem
+
+
+def test_an_empty_config_path_variable_is_unset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """STOCKEX_CONFIG= (empty, as compose's ${STOCKEX_CONFIG:-} gives) falls back to
+    ./config.yaml like an unset one; before, it silently ignored ./config.yaml and ran the
+    built-in defaults (a `db upgrade` migrated a new ./stockex.db instead of the MySQL)."""
+    write(tmp_path, "database:\n  url: mysql+pymysql://u:p@db:3306/stockex\n")
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(environ={"STOCKEX_CONFIG": ""})
+    assert settings.database.url == "mysql+pymysql://u:p@db:3306/stockex"
+
+
+@pytest.mark.parametrize(("value", "fragment"), [
+    ("2024-02-30", "day is out of range for month"),
+    ("2024-01-01 24:00:00", "hour must be in 0..23"),
+    ("!!int abc", "invalid literal for int()"),
+    ("!!bool maybe", "does not fit its type"),
+    ("!!timestamp soon", "does not fit its type"),
+])
+def test_yaml_values_that_cannot_be_built_name_the_key(
+    tmp_path: Path, value: str, fragment: str
+) -> None:
+    """A YAML date that does not exist, or a tag its value does not fit, raised Python's
+    ValueError/KeyError/AttributeError out of yaml.safe_load: a traceback, not one line."""
+    with pytest.raises(ConfigError) as from_env:
+        load_settings(environ={"STOCKEX__CRAWLER__START": value})
+    assert str(from_env.value).startswith("config: crawler.start: environment value is not "
+                                          "valid YAML: ")
+    assert fragment in str(from_env.value)
+    path = write(tmp_path, f"crawler:\n  start: {value}\n")
+    with pytest.raises(ConfigError) as from_file:
+        load_settings(path, environ={})
+    assert str(from_file.value).startswith(f"config: {path}: not valid YAML: ")
+    assert fragment in str(from_file.value)
+
+
+@pytest.mark.parametrize("name", ["STOCKEX__SECRET_KEY", "STOCKEX__SLACK__TOKEN",
+                                  "STOCKEX__SLACK__WEBHOOK_URL", "STOCKEX__DATABASE__URL"])
+@pytest.mark.parametrize("value", ["@s3cret-value", "`s3cret-value", "s3cret-value: x",
+                                   "[s3cret-value]", "!!int s3cret-value"])
+def test_errors_about_a_secret_do_not_show_it(name: str, value: str) -> None:
+    """A secret that is not valid YAML or not a string (a generated password starting with
+    '@' or '%', holding ': ') was quoted in the error line, which lands in CI and container
+    logs; every other config error hides secrets (URL passwords, see above)."""
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ={name: value})
+    assert "s3cret" not in str(refused.value)
+    assert "***" in str(refused.value)
+    with pytest.raises(ConfigError) as still_shown:  # other keys still quote their value
+        load_settings(environ={"STOCKEX__TIMEZONE": value})
+    assert "s3cret" in str(still_shown.value)
