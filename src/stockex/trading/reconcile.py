@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from stockex.config import Settings
 from stockex.db import Database
 from stockex.models import Account, LedgerEntry, Order, Trade
-from stockex.numbers import exact
+from stockex.numbers import exact, to_str
 
 ZERO = Decimal(0)
 MAX_PROBLEMS = 20  # per check, so that a broken database does not print a novel
@@ -116,7 +116,8 @@ def _ledger_matches_balances(session: Session, accounts: list[Any], settings: Se
         if (available, locked) != (acc.available, acc.locked):
             check.add(
                 f"account {acc.id} (user {acc.user_id} {acc.asset}): balance "
-                f"{acc.available}/{acc.locked} but ledger sums to {available}/{locked}"
+                f"{to_str(acc.available)}/{to_str(acc.locked)} but ledger sums to "
+                f"{to_str(available)}/{to_str(locked)}"
             )
     for (account_id,) in ledger:
         if account_id not in known:
@@ -140,8 +141,8 @@ def _assets_conserved(session: Session, accounts: list[Any], settings: Settings,
     for asset in sorted(set(held) | set(external)):
         if held[asset] != external[asset]:
             check.add(
-                f"{asset}: accounts hold {held[asset]} but deposits - withdrawals = "
-                f"{external[asset]}"
+                f"{asset}: accounts hold {to_str(held[asset])} but deposits - withdrawals = "
+                f"{to_str(external[asset])}"
             )
     return check
 
@@ -151,7 +152,7 @@ def _no_negative_balances(session: Session, accounts: list[Any], settings: Setti
     check = Check("no_negative_balances")
     for acc in accounts:
         if acc.available < 0 or acc.locked < 0:
-            check.add(f"account {acc.id} is negative: {acc.available}/{acc.locked}")
+            check.add(f"account {acc.id} is negative: {to_str(acc.available)}/{to_str(acc.locked)}")
     return check
 
 
@@ -171,7 +172,7 @@ def _locked_matches_open_orders(session: Session, accounts: list[Any], settings:
             check.add(f"order {order.id} is in unconfigured market {order.market_id}")
             continue
         if order.status != "open":
-            check.add(f"{order.status} order {order.id} still reserves {order.locked}")
+            check.add(f"{order.status} order {order.id} still reserves {to_str(order.locked)}")
             continue
         if order.type != "limit" or order.price is None or order.amount is None:
             check.add(f"order {order.id} is open but is not a limit order")
@@ -179,7 +180,8 @@ def _locked_matches_open_orders(session: Session, accounts: list[Any], settings:
         unfilled = order.amount - order.filled_amount
         expected = order.price * unfilled if order.side == "buy" else unfilled
         if order.locked != expected or unfilled <= 0:
-            check.add(f"open order {order.id} reserves {order.locked}, expected {expected}")
+            check.add(f"open order {order.id} reserves {to_str(order.locked)}, "
+                      f"expected {to_str(expected)}")
         asset = market.quote if order.side == "buy" else market.base
         reserved[(order.user_id, asset)] += order.locked
     seen = set()
@@ -187,12 +189,13 @@ def _locked_matches_open_orders(session: Session, accounts: list[Any], settings:
         seen.add((acc.user_id, acc.asset))
         if acc.locked != reserved[(acc.user_id, acc.asset)]:
             check.add(
-                f"user {acc.user_id} {acc.asset}: locked {acc.locked} but open orders "
-                f"reserve {reserved[(acc.user_id, acc.asset)]}"
+                f"user {acc.user_id} {acc.asset}: locked {to_str(acc.locked)} but open orders "
+                f"reserve {to_str(reserved[(acc.user_id, acc.asset)])}"
             )
     for key, amount in reserved.items():
         if key not in seen and amount:
-            check.add(f"user {key[0]} {key[1]}: open orders reserve {amount} without an account")
+            check.add(f"user {key[0]} {key[1]}: open orders reserve {to_str(amount)} "
+                      "without an account")
     return check
 
 
@@ -216,15 +219,16 @@ def _fills_match_trades(session: Session, accounts: list[Any], settings: Setting
         amount, quote, fee = by_order.pop(order.id, [ZERO, ZERO, ZERO])
         if (order.filled_amount, order.filled_quote, order.fee) != (amount, quote, fee):
             check.add(
-                f"order {order.id}: filled {order.filled_amount}/{order.filled_quote} fee "
-                f"{order.fee} but its trades sum to {amount}/{quote} fee {fee}"
+                f"order {order.id}: filled {to_str(order.filled_amount)}/"
+                f"{to_str(order.filled_quote)} fee {to_str(order.fee)} but its trades sum to "
+                f"{to_str(amount)}/{to_str(quote)} fee {to_str(fee)}"
             )
         if order.amount is not None:
             full = order.filled_amount == order.amount
             if (order.status == "filled") != full or order.filled_amount > order.amount:
                 check.add(
-                    f"order {order.id} is {order.status} with {order.filled_amount} of "
-                    f"{order.amount} filled"
+                    f"order {order.id} is {order.status} with {to_str(order.filled_amount)} of "
+                    f"{to_str(order.amount)} filled"
                 )
         elif order.status == "open":
             check.add(f"order {order.id} by quote amount is open")

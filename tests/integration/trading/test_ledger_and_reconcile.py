@@ -61,6 +61,12 @@ def traded(exchange):  # type: ignore[no-untyped-def]
     return exchange
 
 
+def _account_id(exchange, user_id: int, asset: str) -> int:  # type: ignore[no-untyped-def]
+    with exchange.db.read() as session:
+        return int(session.scalar(select(Account.id).where(Account.user_id == user_id,
+                                                           Account.asset == asset)))
+
+
 def _tamper(exchange, statement) -> None:  # type: ignore[no-untyped-def]
     exchange.db.transaction(lambda session: session.execute(statement))
 
@@ -72,6 +78,15 @@ def test_reconcile_finds_a_balance_changed_behind_the_ledger(traded) -> None:  #
     failed = _failed(traded)
     assert set(failed) == {"ledger_matches_balances", "assets_conserved"}
     assert "XU" in failed["assets_conserved"][0]
+    # the amounts read as a person writes them, not as DECIMAL(36,18) ("1000000.0000...",
+    # "0E-18")
+    assert failed["ledger_matches_balances"] == [
+        f"account {_account_id(traded, alice, 'XU')} (user {alice} XU): balance 1000000/0 but "
+        "ledger sums to 10099.9/0"
+    ]
+    assert failed["assets_conserved"] == [
+        "XU: accounts hold 1009900.1 but deposits - withdrawals = 20000"
+    ]
 
 
 def test_reconcile_finds_a_lock_without_an_order(traded) -> None:  # type: ignore[no-untyped-def]
