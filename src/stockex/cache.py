@@ -221,6 +221,9 @@ class Cache:
             self.redis.set(key, _token(), px=max(1, int(ttl * 1000)))
         except redis.RedisError as exc:
             self._note_down(exc)
+            if self.redis_paused:  # it timed out: a DEL now would wait out another timeout
+                self._lost_bumps.add(key)
+                return
             try:
                 self.redis.delete(key)
             except redis.RedisError:

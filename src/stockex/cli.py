@@ -231,9 +231,11 @@ def crawl(markets: tuple[str, ...], once: bool, until: str | None) -> None:
                                 on_chunk=bars.update if bars else None)
             return
         database = Database(settings.database.url, pool_size=2)
+        busy: list[crawler.CrawlInProgress] = []  # held by another crawler: the others run
         try:
             summaries = crawler.crawl_markets(database, settings, chosen, until=until_ts,
-                                              stop=stop, on_chunk=bars.update if bars else None)
+                                              stop=stop, on_chunk=bars.update if bars else None,
+                                              busy=busy)
         finally:
             database.dispose()
     finally:
@@ -245,9 +247,10 @@ def crawl(markets: tuple[str, ...], once: bool, until: str | None) -> None:
     # An upstream error names its market already ("asaxu [window]: ..."): once is enough.
     problems = [s.error if (s.error or "").startswith((f"{s.market} ", f"{s.market}:"))
                 else f"{s.market}: {s.error}" for s in summaries if not s.ok]
+    problems += [f"{exc.code}: {exc.message}" for exc in busy]
     # A pass cut short by SIGTERM/Ctrl-C did not catch up: `crawl --once && next` must stop.
     unfinished = [s.market for s in summaries if s.status == "stopped"]
-    unfinished += chosen[len(summaries):]  # not started after the signal
+    unfinished += chosen[len(summaries) + len(busy):]  # not started after the signal
     if unfinished:
         problems.append(f"stopped by a signal before catching up: {', '.join(unfinished)} "
                         "(run again to resume)")

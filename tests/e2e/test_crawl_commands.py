@@ -212,6 +212,37 @@ def test_crawl_once_stopped_by_sigterm_finishes_the_chunk_and_exits_1(
     assert run_statuses(database) == ["stopped"]
 
 
+def test_crawl_once_crawls_the_other_markets_when_one_is_being_crawled(
+    database: Database, start_simulator: Any
+) -> None:
+    """A market another crawler holds (the DAG's task, the loop) fails that market, not the
+    pass: before, `crawl --once` stopped at it, leaving the markets after it uncrawled and the
+    summaries of those before it unprinted."""
+    from stockex.crawler import market_lock
+
+    _, url = start_simulator(markets=("asaxu", "btcvnd"))
+    env = {**crawl_env(database, url), "STOCKEX__MARKETS": (
+        "[{id: asaxu, base: ASA, quote: XU, price_precision: 0, amount_precision: 3, "
+        "min_amount: '0.001'}, {id: btcvnd, base: BTC, quote: VND, price_precision: 0, "
+        "amount_precision: 6, min_amount: '0.000001'}]")}
+    other = Database(database.url)  # as the other crawler's process would connect
+    try:
+        with market_lock(other, "asaxu"):
+            result = run(["crawl", "--once", "--market", "asaxu", "--market", "btcvnd",
+                          "--until", str(minute(99))], env)
+    finally:
+        other.dispose()
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "stockex: crawl_in_progress: asaxu is being crawled by another process (stockex crawl "
+        "or the tiki_candles DAG) right now; this run did not start")
+    summaries = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert [(s["market"], s["status"], s["inserted"]) for s in summaries] == [
+        ("btcvnd", "success", 100)]
+    assert run_statuses(database) == ["success"]
+
+
 def test_sim_serves_klines_and_refuses_bad_switches(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKEX")}
     env["PYTHONPATH"] = str(SRC)

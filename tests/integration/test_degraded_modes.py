@@ -248,6 +248,31 @@ def test_a_hung_redis_costs_one_timeout_then_is_skipped_until_it_answers(  # typ
         server.close()
 
 
+def test_a_book_bump_on_a_hung_redis_costs_one_timeout_and_is_retired_later() -> None:
+    """A placement or cancel bumps its book's generation after the commit: on a frozen Redis
+    the refused SET must not be followed by a DEL that waits out a second 0.5 s timeout.
+    The generation is deleted once Redis answers again, so no old depth comes back."""
+    from stockex.cache import Cache, book_generation, invalidate_book
+
+    server = start_redis(private=True)
+    cache = Cache(server.url)
+    try:
+        before = book_generation(cache, "asaxu")
+        assert before is not None
+        with server.hung():
+            started = time.monotonic()
+            invalidate_book(cache, "asaxu")
+            seconds = time.monotonic() - started
+            assert seconds < 0.8, f"{seconds:.2f}s: one timeout, not two"
+            assert cache.redis_paused
+        cache.ping()  # answered: the pause ends
+        after = book_generation(cache, "asaxu")
+        assert after is not None and after != before
+    finally:
+        cache.close()
+        server.close()
+
+
 def test_authenticated_requests_survive_a_mysql_restart_and_are_bounded_when_it_hangs(  # type: ignore[no-untyped-def]
     own_mysql, make_settings
 ) -> None:

@@ -22,6 +22,7 @@ from stockex.alerts import notifier_for
 from stockex.api.errors import register_error_handlers
 from stockex.api.incidents import cache_hooks, install_incident_alerts
 from stockex.api.openapi import build_spec
+from stockex.api.params import AsciiIntegerConverter
 from stockex.api.ratelimits import install_rate_limits
 from stockex.api.request_log import install_request_log
 from stockex.api.security import check_secret_key, install_security
@@ -73,6 +74,7 @@ def create_app(
         TESTING=testing,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.url_map.converters["int"] = AsciiIntegerConverter  # before any route is added
     database = db or Database(settings.database.url)
     notifier = notifier_for(settings)
     app.extensions["stockex"] = Services(

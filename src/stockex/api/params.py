@@ -7,9 +7,17 @@ import re
 from typing import Any
 
 from flask import g, request
+from werkzeug.routing import IntegerConverter
 
 from stockex.errors import InvalidInput, refuse_unknown_fields
 from stockex.numbers import parse_int
+
+
+class AsciiIntegerConverter(IntegerConverter):
+    """``<int:...>`` in a route: ASCII digits only, as :func:`stockex.numbers.parse_int` reads
+    query integers. Werkzeug's own matches ``\\d``, any script's digits (``/orders/١``)."""
+
+    regex = r"[0-9]+"
 
 
 def _refuse_constant(name: str) -> None:

@@ -38,11 +38,14 @@ def crawl_markets(
     clock: Callable[[], float] = time.time,
     stop: threading.Event | None = None,
     on_chunk: Callable[[ChunkProgress], None] | None = None,
+    busy: list[CrawlInProgress] | None = None,
 ) -> list[CrawlSummary]:
     """One run per market, in order; a failed market does not keep the others from running.
 
-    Returns the summaries (failed runs included). Errors that prevent a run row (unknown or
-    unsynced market, database down) propagate.
+    Returns the summaries (failed runs included). A market another crawler holds
+    (:class:`CrawlInProgress`) is added to ``busy`` when given, and the others still run.
+    Errors that prevent a run row (unknown or unsynced market, database down, a held market
+    without ``busy``) propagate.
     """
     summaries = []
     for market in markets:
@@ -53,6 +56,10 @@ def crawl_markets(
                                           clock=clock, stop=stop, on_chunk=on_chunk))
         except CrawlFailed as exc:
             summaries.append(exc.summary)
+        except CrawlInProgress as exc:
+            if busy is None:
+                raise
+            busy.append(exc)
     return summaries
 
 

@@ -39,6 +39,20 @@ def test_limit_order_rests_locks_and_cancel_releases(exchange) -> None:  # type:
     exchange.assert_reconciles()
 
 
+def test_an_order_id_in_the_path_is_ascii_digits_only(exchange) -> None:  # type: ignore[no-untyped-def]
+    """As for query integers (numbers.parse_int): Werkzeug's int converter matches any
+    script's digits, so /orders/١ read and cancelled order 1."""
+    exchange.user("alice", XU="10000")
+    order = exchange.order("alice", side="buy", type="limit", price="100", amount="1")
+    arabic = "".join(chr(0x0660 + int(d)) for d in str(order["id"]))  # ARABIC-INDIC digits
+    for method in (exchange.client.get, exchange.client.delete):
+        response = method(f"/api/v1/orders/{arabic}", headers=exchange.headers("alice"))
+        assert response.status_code == 404, response.get_json()
+        assert response.get_json()["error"]["code"] == "not_found"
+    got = exchange.client.get(f"/api/v1/orders/{order['id']}", headers=exchange.headers("alice"))
+    assert got.get_json()["status"] == "open"
+
+
 def test_price_time_priority_at_the_makers_price_with_fees(exchange) -> None:  # type: ignore[no-untyped-def]
     exchange.user("seller1", ASA="10")
     exchange.user("seller2", ASA="10")
