@@ -208,12 +208,17 @@ def _open_run(
             details={"market": market},
         )
     # This run holds the market's lock, so no other run of it is alive: a row still
-    # ``running`` is a run that was killed (or lost its host) before it could close it.
-    session.execute(
-        update(CrawlRun)
-        .where(CrawlRun.market_id == market, CrawlRun.status == RUNNING)
-        .values(status=FAILED, error=ABANDONED)
-    )
+    # ``running`` is a run that was killed (or lost its host) before it could close it. Only
+    # the market's newest row can be one (every run closes the row before its own), so one
+    # row is read through the (market_id, id) index, however many runs the table holds.
+    newest = session.execute(
+        select(CrawlRun.id, CrawlRun.status).where(CrawlRun.market_id == market)
+        .order_by(CrawlRun.id.desc()).limit(1)
+    ).first()
+    if newest is not None and newest.status == RUNNING:
+        session.execute(
+            update(CrawlRun).where(CrawlRun.id == newest.id).values(status=FAILED, error=ABANDONED)
+        )
     row = CrawlRun(
         market_id=market,
         started_at=started_at,
