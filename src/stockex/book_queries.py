@@ -19,8 +19,8 @@ from typing import Any
 from sqlalchemy import func, literal, select, union_all
 from sqlalchemy.orm import Session
 
-from stockex.candles import SUM_CONTEXT
 from stockex.models import Order, Trade
+from stockex.numbers import EXACT
 
 Level = tuple[Decimal, Decimal]  # price, amount
 
@@ -83,7 +83,7 @@ def _side(session: Session, market_id: str, side: str, limit: int) -> list[Level
         *_resting(market_id, side)
     )
     best_first = _best_first(side)
-    with localcontext(SUM_CONTEXT):
+    with localcontext(EXACT):
         for price, amount, filled in session.execute(stmt.order_by(best_first)):
             left = amount - filled
             if left <= 0:

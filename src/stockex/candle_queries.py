@@ -24,11 +24,11 @@ from sqlalchemy import Connection, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from stockex.buckets import BucketClock
-from stockex.candles import SETTLE_SECONDS, SUM_CONTEXT
+from stockex.candles import SETTLE_SECONDS
 from stockex.db import Database
 from stockex.errors import DomainError
 from stockex.models import Candle, CandleRollup, CandleSeries
-from stockex.numbers import to_str
+from stockex.numbers import EXACT, to_str
 
 DEFAULT_LIMIT = 500
 MAX_LIMIT = 5000
@@ -260,7 +260,7 @@ def read_ticker(session: Session, market_id: str, now: int) -> Ticker:
     change = last - first
     percent = None
     if first != 0:
-        with localcontext(SUM_CONTEXT):
+        with localcontext(EXACT):
             percent = (change * 100 / first).quantize(Decimal("0.01"))
     return Ticker(market_id, now, last, last_time, first, high, low, volume, change, percent)
 
@@ -271,5 +271,5 @@ def _sum_volume(session: Session, window: tuple) -> Decimal:  # type: ignore[typ
         total = session.execute(select(func.sum(Candle.volume)).where(*window)).scalar()
         return Decimal(total or 0)
     # SQLite stores amounts as text; its SUM would go through floats.
-    with localcontext(SUM_CONTEXT):
+    with localcontext(EXACT):
         return sum(session.execute(select(Candle.volume).where(*window)).scalars(), Decimal(0))

@@ -33,7 +33,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
-from decimal import Context, Decimal, localcontext
+from decimal import Decimal, localcontext
 from functools import lru_cache
 from operator import itemgetter
 from typing import Any
@@ -48,6 +48,7 @@ from stockex.batch import WriteBatch
 from stockex.buckets import ROLLUP_PERIODS, SOURCE_PERIOD, BucketClock, clock_for
 from stockex.db import Database, as_sqlalchemy_error, upsert_rows
 from stockex.models import Candle, CandleRollup, CandleSeries
+from stockex.numbers import EXACT
 from stockex.tiki import Kline
 
 _VALUE_COLUMNS = ("open", "high", "low", "close", "volume")
@@ -60,8 +61,6 @@ _CLOCK_SKEW_ALLOWANCE = 600
 # Range conditions per SELECT (keeps statements and bind parameter counts small on SQLite).
 _RANGES_PER_QUERY = 200
 _REBUILD_WINDOW = 7 * 1440 * 60
-# Sums of DECIMAL(36,18) values need more than the default 28 significant digits.
-SUM_CONTEXT = Context(prec=60)
 
 Values = tuple[Decimal, Decimal, Decimal, Decimal, Decimal]  # open, high, low, close, volume
 
@@ -277,7 +276,7 @@ def _rollup_rows(
     _overlay(stored, ranges, pending)
     computed: dict[int, dict[int, Values]] = {1: minutes}
     rows: list[tuple[int, int, Values]] = []
-    with localcontext(SUM_CONTEXT):
+    with localcontext(EXACT):  # sums of 36-digit amounts
         for period in ROLLUP_PERIODS:
             source = SOURCE_PERIOD[period]
             pool = computed[source] if source == 1 else {**stored[source], **computed[source]}
