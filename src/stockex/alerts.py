@@ -44,7 +44,7 @@ import time
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING, Any
 
 from stockex.alert_senders import Sender, sender_for
@@ -125,8 +125,10 @@ class AlertNotifier:
         secrets: tuple[str, ...] = (),
         host: str | None = None,
         queue_size: int = QUEUE_SIZE,
+        tz: tzinfo = UTC,
     ) -> None:
         self.sender = sender
+        self.tz = tz  # the configured timezone: times in messages read as the crawl logs do
         self.state: AlertState = state or LocalAlertState()
         self.cooldown_seconds = cooldown_seconds
         self.secrets = secrets
@@ -306,10 +308,10 @@ class AlertNotifier:
     def format_resolved(self, event: _Resolve, closed: list[ClosedIncident]) -> str:
         lines = [f":white_check_mark: *{event.service}* on `{self.host}`: resolved {event.key}"]
         for incident in closed:
-            since = datetime.fromtimestamp(incident.first_seen, UTC)
+            since = datetime.fromtimestamp(int(incident.first_seen), self.tz).isoformat()
             minutes = max(0.0, event.at - incident.first_seen) / 60
             lines.append(
-                f"• {incident.fingerprint}: failing since {since:%Y-%m-%d %H:%M:%S} UTC "
+                f"• {incident.fingerprint}: failing since {since} "
                 f"({minutes:.1f} min), {incident.occurrences} occurrence(s)"
             )
         lines += _context_lines(event.context, self.secrets)
@@ -343,12 +345,13 @@ def build_notifier(settings: Settings) -> AlertNotifier:
         state,
         cooldown_seconds=settings.slack.cooldown_seconds,
         secrets=secrets_from_settings(settings),
+        tz=settings.tz,
     )
 
 
 def notifier_for(settings: Settings) -> AlertNotifier:
     """The process's notifier for this Slack/Redis configuration (built on first use)."""
-    key = (settings.slack, settings.redis.url, secrets_from_settings(settings))
+    key = (settings.slack, settings.redis.url, secrets_from_settings(settings), settings.timezone)
     with _notifiers_lock:
         notifier = _notifiers.get(key)
         if notifier is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from types import SimpleNamespace
 
@@ -149,6 +150,8 @@ def test_resolved_is_sent_once_and_only_after_a_failure(fake_slack) -> None:  # 
     assert len(texts) == 2
     assert ":white_check_mark:" in texts[1] and "resolved database" in texts[1]
     assert "database#RuntimeError: failing since" in texts[1] and "3 occurrence(s)" in texts[1]
+    # in the configured timezone (Asia/Ho_Chi_Minh by default), as the crawl logs write times
+    assert re.search(r"failing since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+07:00 ", texts[1]), texts[1]
 
 
 def test_slack_rate_limit_is_retried_after_retry_after(fake_slack) -> None:  # type: ignore[no-untyped-def]
