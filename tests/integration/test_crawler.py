@@ -294,6 +294,42 @@ def test_a_second_run_of_a_market_while_one_runs_does_not_start(
     assert same_values(stored(database), expected(minute(0), minute(999)))
 
 
+@pytest.mark.parametrize("backend", ["mysql"], indirect=True)
+def test_a_run_whose_mysql_lock_goes_with_its_connection_stops_before_writing_more(
+    database: Database, make_settings: Any, start_simulator: Any
+) -> None:
+    """The lock lives on one connection; if that connection ends mid-run (a MySQL restart,
+    wait_timeout), another run may start, so this one must not write on: it fails before its
+    next chunk, and the next run resumes and completes the table."""
+    from sqlalchemy import text
+
+    now = FakeClock(minute(1000) + 1)
+    _, url = start_simulator(clock=now)
+    settings = crawl_settings(make_settings, database, url, chunk_minutes=100)
+    killed: list[int] = []
+
+    def on_chunk(chunk: Any) -> None:
+        if not killed:
+            with database.engine.connect() as admin:
+                holder = admin.execute(text(
+                    "SELECT IS_USED_LOCK(SHA1(CONCAT('stockex-crawl/', DATABASE(), '/asaxu')))"
+                )).scalar()
+                admin.execute(text(f"KILL {int(holder)}"))
+            killed.append(int(holder))
+
+    with pytest.raises(CrawlFailed) as failure:
+        crawl_market(database, settings, "asaxu", clock=now, on_chunk=on_chunk,
+                     client=fast_client(url))
+    assert killed, "the lock's connection was killed after the first chunk"
+    summary = failure.value.summary
+    assert summary.status == "failed" and "crawl lock was lost" in (summary.error or "")
+    partial = stored(database)
+    assert 100 <= len(partial) < 1000 and len(partial) % 100 == 0
+    resumed = crawl_market(database, settings, "asaxu", clock=now, client=fast_client(url))
+    assert resumed.status == "success"
+    assert same_values(stored(database), expected(minute(0), minute(999)))
+
+
 def test_the_loop_skips_a_market_another_crawler_holds_and_does_not_alert(
     database: Database, make_settings: Any, start_simulator: Any, fake_slack: Any, caplog: Any
 ) -> None:

@@ -19,6 +19,8 @@
 * **One at a time.** A run first takes its market's lock (:mod:`stockex.crawler.lock`);
   while another run of the market holds it, :class:`CrawlInProgress` is raised and nothing
   is written: two runs at once would each compute rollups without the other's minutes.
+  A run whose MySQL lock went with its connection fails before its next chunk
+  (:class:`~stockex.crawler.lock.CrawlLockLost`).
 * **Run rows.** Every run is one ``crawl_runs`` row: ``running`` and then ``success``,
   ``stopped`` (the stop flag was set; it finished the chunk in flight) or ``failed`` with the
   error. The row holds the window, rows written, and the gaps — minutes missing between the
@@ -48,7 +50,7 @@ from stockex.crawler.airflow_tasks import (
     crawl_configured_market,
     report_task_failure,
 )
-from stockex.crawler.lock import CrawlInProgress, market_lock
+from stockex.crawler.lock import CrawlInProgress, CrawlLockLost, market_lock
 from stockex.crawler.loop import crawl_markets, run_forever, seconds_until_next_run, stop_on_signals
 from stockex.crawler.run import crawl_market
 from stockex.crawler.summary import ChunkProgress, CrawlFailed, CrawlSummary
@@ -65,6 +67,7 @@ __all__ = [
     "crawl_markets",
     "last_closed_minute",
     "local_iso",
+    "CrawlLockLost",
     "market_lock",
     "parse_time",
     "report_task_failure",

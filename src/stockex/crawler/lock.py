@@ -19,16 +19,20 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from stockex.db import Database, as_sqlalchemy_error
 from stockex.errors import Conflict
 
 # Server-wide on MySQL, so the database's name is part of it (SHA1: at most 64 characters).
-_GET_LOCK = "SELECT GET_LOCK(SHA1(CONCAT('stockex-crawl/', DATABASE(), '/', %s)), 0)"
-_RELEASE_LOCK = "SELECT RELEASE_LOCK(SHA1(CONCAT('stockex-crawl/', DATABASE(), '/', %s)))"
+_NAME = "SHA1(CONCAT('stockex-crawl/', DATABASE(), '/', %s))"
+_GET_LOCK = f"SELECT GET_LOCK({_NAME}, 0)"
+_RELEASE_LOCK = f"SELECT RELEASE_LOCK({_NAME})"
+_STILL_HELD = f"SELECT IS_USED_LOCK({_NAME}) = CONNECTION_ID()"
 
 
 class CrawlInProgress(Conflict):
@@ -44,16 +48,39 @@ class CrawlInProgress(Conflict):
         )
 
 
+class CrawlLockLost(Conflict):
+    """The connection holding the market's MySQL lock ended during the run (a MySQL restart,
+    ``wait_timeout`` on a long backfill): another run may have started, so this one stops."""
+
+    code = "crawl_lock_lost"
+
+    def __init__(self, market: str) -> None:
+        super().__init__(
+            f"{market}'s crawl lock was lost during the run (its database connection ended): "
+            "the run stopped before writing more; the next run resumes from the newest stored "
+            "minute",
+            details={"market": market},
+        )
+
+
+def _held() -> None:
+    """A lock that cannot be lost while the process lives (a file lock, or none)."""
+
+
 @contextmanager
-def market_lock(db: Database, market: str) -> Iterator[None]:
-    """Hold ``market``'s crawl lock for the block; :class:`CrawlInProgress` if it is taken."""
+def market_lock(db: Database, market: str) -> Iterator[Callable[[], None]]:
+    """Hold ``market``'s crawl lock for the block; :class:`CrawlInProgress` if it is taken.
+
+    The block gets a check to call before each write: it raises :class:`CrawlLockLost` when
+    the lock went with its MySQL connection (one round trip; nothing on SQLite, where the
+    kernel keeps the lock as long as the process)."""
     if db.dialect == "mysql":
-        with _mysql_lock(db, market):
-            yield
+        with _mysql_lock(db, market) as still_held:
+            yield still_held
         return
     database = db.engine.url.database
     if database in (None, "", ":memory:"):
-        yield
+        yield _held
         return
     descriptor = os.open(f"{database}.crawl-{market}.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -61,20 +88,32 @@ def market_lock(db: Database, market: str) -> Iterator[None]:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise CrawlInProgress(market) from None
-        yield
+        yield _held
     finally:
         os.close(descriptor)  # releases the lock
 
 
 @contextmanager
-def _mysql_lock(db: Database, market: str) -> Iterator[None]:
+def _mysql_lock(db: Database, market: str) -> Iterator[Callable[[], None]]:
     connection = db.engine.raw_connection()
     held = False
+
+    def still_held() -> None:
+        nonlocal held
+        try:
+            held = _scalar(db, connection, _STILL_HELD, market) == 1
+        except SQLAlchemyError:
+            held = False
+        if not held:
+            if connection.is_valid:  # (a lost one is invalidated already)
+                connection.invalidate()  # whatever it is now, it holds no lock to release
+            raise CrawlLockLost(market)
+
     try:
         held = _scalar(db, connection, _GET_LOCK, market) == 1
         if not held:
             raise CrawlInProgress(market)
-        yield
+        yield still_held
     finally:
         try:
             if held:

@@ -122,9 +122,9 @@ def crawl_market(
     """
     if settings.market(market) is None:
         raise UnknownMarket(market)
-    with market_lock(db, market):
+    with market_lock(db, market) as still_held:
         return _crawl(db, settings, market, client=client, until=until, clock=clock, stop=stop,
-                      on_chunk=on_chunk, alert=alert)
+                      on_chunk=on_chunk, alert=alert, still_held=still_held)
 
 
 def _crawl(
@@ -138,8 +138,10 @@ def _crawl(
     stop: threading.Event | None,
     on_chunk: Callable[[ChunkProgress], None] | None,
     alert: bool,
+    still_held: Callable[[], None],
 ) -> CrawlSummary:
-    """:func:`crawl_market` once it holds the market's lock."""
+    """:func:`crawl_market` once it holds the market's lock (``still_held`` raises
+    :class:`~stockex.crawler.lock.CrawlLockLost` once it does not)."""
     tz = settings.tz
     started_at = int(clock())
     window_from, window_to, newest = _window(db, settings, market, started_at, until)
@@ -159,7 +161,8 @@ def _crawl(
     status, error = SUCCESS, None
     try:
         run.previous_ts = newest
-        _crawl_chunks(db, client, settings, run, window_from, window_to, stop, on_chunk)
+        _crawl_chunks(db, client, settings, run, window_from, window_to, stop, on_chunk,
+                      still_held)
         unfinished = run.covered_to is None or run.covered_to < window_to
         if stop is not None and stop.is_set() and window_from <= window_to and unfinished:
             status = STOPPED
@@ -251,10 +254,12 @@ def _crawl_chunks(
     window_to: int,
     stop: threading.Event | None,
     on_chunk: Callable[[ChunkProgress], None] | None,
+    still_held: Callable[[], None],
 ) -> None:
     chunks = _chunks(window_from, window_to, settings.crawler.chunk_minutes)
     with fewer_gc_passes:
-        _store_chunks(db, client, run, window_from, window_to, chunks, stop, on_chunk)
+        _store_chunks(db, client, run, window_from, window_to, chunks, stop, on_chunk,
+                      still_held)
 
 
 class _FewerGcPasses:
@@ -315,9 +320,12 @@ def _store_chunks(
     chunks: Iterable[tuple[int, int]],
     stop: threading.Event | None,
     on_chunk: Callable[[ChunkProgress], None] | None,
+    still_held: Callable[[], None],
 ) -> None:
     """Plan each chunk (reads and CPU) in this thread while a writer thread commits the chunk
-    before it, so the database's work on chunk N overlaps the computing of chunk N+1.
+    before it, so the database's work on chunk N overlaps the computing of chunk N+1. Each
+    chunk is handed to the writer only while the market's lock is still held (``still_held``):
+    a run that lost it (its MySQL connection ended) may no longer be the only one.
 
     Chunks are still written one at a time and in order, each in its own transaction, and
     chunk N+1 only after chunk N committed (its plan takes chunk N's rows as stored, see
@@ -343,6 +351,7 @@ def _store_chunks(
                     log.info("%s: stop requested; run %d ends before %s", run.market,
                              run.run_id, local_iso(chunk_from, run.tz))
                     break
+                still_held()
                 store = partial(_store_chunk, run=run, plan=plan,
                                 rows_before=run.inserted + run.updated)
                 writing = _Chunk(chunk_from, chunk_to, klines, plan,
