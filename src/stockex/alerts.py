@@ -41,7 +41,6 @@ import queue
 import socket
 import threading
 import time
-import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
@@ -49,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from stockex.alert_senders import Sender, sender_for
 from stockex.alert_state import AlertState, ClosedIncident, LocalAlertState, RedisAlertState
+from stockex.logs import format_exception
 from stockex.redaction import redact, redact_mapping, secrets_from_settings
 
 if TYPE_CHECKING:
@@ -299,7 +299,7 @@ class AlertNotifier:
                 f"(cooldown {self.cooldown_seconds:g} s)_"
             )
         if event.exc is not None:
-            text = redact("".join(traceback.format_exception(event.exc)), self.secrets)
+            text = redact(format_exception(event.exc), self.secrets)
             if len(text) > MAX_TRACEBACK_CHARS:
                 text = "... (truncated)\n" + text[-MAX_TRACEBACK_CHARS:]
             lines.append("```" + text.replace("```", "'''").rstrip() + "```")

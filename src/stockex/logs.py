@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
+import traceback
 from collections.abc import Iterable
 from typing import IO, Any
 
@@ -55,8 +56,37 @@ def install_request_id_factory() -> None:
     _installed = True
 
 
+def format_exception(exc: BaseException) -> str:
+    """``traceback.format_exception(exc)`` without the ``^^^^`` lines under each frame.
+
+    Python 3.11 finds where to put them with ``ast.parse``, and its AST constructor keeps its
+    recursion count in state shared by every thread: an ``ast.parse`` in one thread (a
+    traceback formatted for an alert or a log line) while another runs one too (Flask
+    compiling routes in ``create_app``, another traceback) fails one of them with
+    ``SystemError: AST constructor recursion depth mismatch``. Without column numbers the
+    formatter never asks."""
+    formatted = traceback.TracebackException.from_exception(exc)
+    pending, seen = [formatted], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for frame in current.stack:
+            frame.colno = frame.end_colno = None
+        pending += [c for c in (current.__cause__, current.__context__) if c is not None]
+        pending += getattr(current, "exceptions", None) or []  # an ExceptionGroup's
+    return "".join(formatted.format())
+
+
 class RedactingFormatter(logging.Formatter):
     """A formatter whose output (message, traceback) has credentials replaced by ``***``."""
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+        exc = ei[1] if isinstance(ei, tuple) else ei
+        if isinstance(exc, BaseException):
+            return format_exception(exc).rstrip("\n")
+        return super().formatException(ei)
 
     def format(self, record: logging.LogRecord) -> str:
         if not hasattr(record, "request_id"):  # another record factory replaced ours
