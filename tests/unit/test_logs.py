@@ -88,8 +88,10 @@ def test_tracebacks_are_formatted_without_ast_parse(monkeypatch: pytest.MonkeyPa
     handler.setFormatter(RedactingFormatter(LOG_FORMAT))
     logger = logging.getLogger("stockex.test.carets")
     logger.addHandler(handler)
+    logger.propagate = False  # only our formatter (others, e.g. pytest's, draw carets)
     try:
         logger.error("failed", exc_info=failure)
     finally:
         logger.removeHandler(handler)
+        logger.propagate = True
     assert calls == [] and "KeyError: 'bid'" in stream.getvalue()
