@@ -88,6 +88,33 @@ def _wait_or_kill(check, process: subprocess.Popen[bytes], timeout: float,  # ty
         raise
 
 
+def signal_when(process: subprocess.Popen[str], ready: Any, sig: int,
+                timeout: float = 60) -> tuple[str, str]:
+    """Send ``sig`` to ``process`` once ``ready()`` is true (the process must still run until
+    then), and return its (stdout, stderr); a process still alive at the end is killed."""
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not ready():
+            if process.poll() is not None:
+                raise AssertionError(f"exited {process.returncode} before the signal")
+            time.sleep(0.02)
+        process.send_signal(sig)
+        return process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def lose_mysql_connection(dbapi_connection: Any) -> None:
+    """As when the network drops: the PyMySQL connection's socket closes and error 2013 is
+    raised, as PyMySQL does for a connection lost during a query."""
+    import pymysql
+
+    dbapi_connection._force_close()
+    raise pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query")
+
+
 def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float, what: str) -> None:
     """Poll ``url`` until it answers 200; on timeout kill ``process`` and raise
     :class:`ServerUnavailable` (benchmarks start gunicorn and the simulator this way)."""

@@ -201,24 +201,32 @@ def test_airflow_dags_test_loads_candles_into_the_stockex_database(
     assert len(xcoms[0][3]) < 600
 
 
+def failing_upstream_env(airflow_home: Path, database: Database, start_simulator: Any,
+                         fake_slack: Any, **extra: str) -> tuple[dict[str, str], int]:
+    """Airflow's environment for a run against a simulator answering 503 to everything,
+    crawling asaxu from 30 minutes ago (returned too) into ``database``, alerting
+    ``fake_slack``."""
+    crawl_from = int(time.time()) // 60 * 60 - 30 * 60
+    _, url = start_simulator(origin=crawl_from, error_rate=1.0)
+    return airflow_env(
+        airflow_home,
+        STOCKEX__DATABASE__URL=database.url,
+        STOCKEX__TIKI__BASE_URL=url,
+        STOCKEX__CRAWLER__START=f"'{datetime.fromtimestamp(crawl_from, UTC).isoformat()}'",
+        STOCKEX__CRAWLER__MARKETS="[asaxu]",
+        STOCKEX__SLACK__TOKEN=fake_slack.token,
+        STOCKEX__SLACK__BASE_URL=fake_slack.api_base_url,
+        **extra,
+    ), crawl_from
+
+
 def test_the_first_failed_try_alerts_slack_not_only_the_last(
     airflow_home: Path, mysql_database: Database, start_simulator: Any, fake_slack: Any
 ) -> None:
     """With retries, Slack hears of try 1 when it fails (on_retry_callback), not minutes
     later when the retries are used up; try 2 falls in the cooldown."""
-    now_minute = int(time.time()) // 60 * 60
-    _, url = start_simulator(origin=now_minute - 30 * 60, error_rate=1.0)
-    env = airflow_env(
-        airflow_home,
-        STOCKEX_DAG_RETRIES="1",
-        STOCKEX__DATABASE__URL=mysql_database.url,
-        STOCKEX__TIKI__BASE_URL=url,
-        STOCKEX__TIKI__TIMEOUT_SECONDS="1",
-        STOCKEX__CRAWLER__START=f"'{datetime.fromtimestamp(now_minute - 1800, UTC).isoformat()}'",
-        STOCKEX__CRAWLER__MARKETS="[asaxu]",
-        STOCKEX__SLACK__TOKEN=fake_slack.token,
-        STOCKEX__SLACK__BASE_URL=fake_slack.api_base_url,
-    )
+    env, _ = failing_upstream_env(airflow_home, mysql_database, start_simulator, fake_slack,
+                                  STOCKEX_DAG_RETRIES="1", STOCKEX__TIKI__TIMEOUT_SECONDS="1")
     result = subprocess.run(  # noqa: S603
         [str(BIN / "airflow"), "dags", "test", "tiki_candles"], env=env, capture_output=True,
         text=True, timeout=300, check=False,
@@ -238,24 +246,16 @@ def test_a_failing_upstream_fails_the_task_and_alerts_slack(
     task fails and its failure callback posts ONE message to Slack with dag/task/try and the
     run's market and window (the crawler does not alert on its own as well); no message
     carries the database password."""
-    now_minute = int(time.time()) // 60 * 60
-    _, url = start_simulator(origin=now_minute - 30 * 60, error_rate=1.0)
-    env = airflow_env(
-        airflow_home,
+    env, crawl_from = failing_upstream_env(
+        airflow_home, mysql_database, start_simulator, fake_slack,
         STOCKEX_DAG_RETRIES="0",
-        STOCKEX__DATABASE__URL=mysql_database.url,
-        STOCKEX__TIKI__BASE_URL=url,
         STOCKEX__TIKI__TIMEOUT_SECONDS="2",
-        STOCKEX__CRAWLER__START=f"'{datetime.fromtimestamp(now_minute - 1800, UTC).isoformat()}'",
-        STOCKEX__CRAWLER__MARKETS="[asaxu]",
         STOCKEX__MARKETS=json.dumps([
             {"id": "asaxu", "base": "ASA", "quote": "XU"},
             {"id": "btcvnd", "base": "BTC", "quote": "VND", "amount_precision": 6,
              "min_amount": "0.000001"},
         ]),
         STOCKEX__SECRET_KEY="an-airflow-test-signing-key",
-        STOCKEX__SLACK__TOKEN=fake_slack.token,
-        STOCKEX__SLACK__BASE_URL=fake_slack.api_base_url,
         STOCKEX__SLACK__CHANNEL="'#ops'",
     )
     result = subprocess.run(  # noqa: S603
@@ -273,7 +273,7 @@ def test_a_failing_upstream_fails_the_task_and_alerts_slack(
                  "• market: asaxu", "• crawl_run_id: "):
         assert line in alert, alert
     assert "UpstreamUnavailable" in alert or "503" in alert
-    start = datetime.fromtimestamp(now_minute - 1800, UTC).astimezone(ZoneInfo(
+    start = datetime.fromtimestamp(crawl_from, UTC).astimezone(ZoneInfo(
         "Asia/Ho_Chi_Minh")).isoformat()
     assert f"• window: {start} .. " in alert, alert
     credentials = mysql_database.url.split("//", 1)[1].split("@", 1)[0]  # user:password

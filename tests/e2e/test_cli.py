@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from stockex.testing import free_port
+from stockex.testing import free_port, signal_when
 
 STOCKEX = [sys.executable, "-m", "stockex.cli"]
 
@@ -265,17 +265,9 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path) -> None:
         STOCKEX + ["user", "create", "bob", "--password-stdin"], env=env, cwd=tmp_path,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    try:
-        wchan = Path(f"/proc/{process.pid}/wchan")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and "pipe_read" not in wchan.read_text():
-            time.sleep(0.05)  # until it blocks reading the password (Python's handler is set)
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+    wchan = Path(f"/proc/{process.pid}/wchan")
+    # once it blocks reading the password (Python's handler is set by then)
+    _, stderr = signal_when(process, lambda: "pipe_read" in wchan.read_text(), signal.SIGINT)
     assert process.returncode == 130
     assert stderr.strip().splitlines() == ["stockex: interrupted"]
     assert not (tmp_path / "stockex.db").exists()

@@ -14,7 +14,6 @@ import select as select_module
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +23,7 @@ from sqlalchemy import select
 
 from stockex.db import Database
 from stockex.models import Candle, CrawlRun
-from stockex.testing import free_port
+from stockex.testing import free_port, signal_when
 from stockex.tiki.simulator import DEFAULT_ORIGIN, kline_at
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,17 +157,7 @@ def test_cron_loop_finishes_the_chunk_on_sigterm_and_exits_0(
         [sys.executable, str(ROOT / "cron_jobs" / "crawl.py")],
         env=crawl_env(database, url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(candle_times(database)) < 300:
-            assert process.poll() is None
-            time.sleep(0.02)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+    _, stderr = signal_when(process, lambda: len(candle_times(database)) >= 300, signal.SIGTERM)
     assert process.returncode == 0, stderr
     assert "SIGTERM received" in stderr
     times = candle_times(database)
@@ -191,17 +180,8 @@ def test_crawl_once_stopped_by_sigterm_finishes_the_chunk_and_exits_1(
         STOCKEX + ["crawl", "--once", "--until", str(minute(99_999))],
         env=crawl_env(database, url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(candle_times(database)) < 200:
-            assert process.poll() is None
-            time.sleep(0.02)
-        process.send_signal(signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+    stdout, stderr = signal_when(process, lambda: len(candle_times(database)) >= 200,
+                                 signal.SIGTERM)
     assert process.returncode == 1, stderr
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1] == (

@@ -8,6 +8,7 @@ from decimal import Decimal as D
 import pytest
 
 from stockex.cache import book_generation
+from stockex.testing import lose_mysql_connection
 
 
 def fee_balances(exchange) -> dict[str, D]:  # type: ignore[no-untyped-def]
@@ -363,8 +364,6 @@ def test_a_placement_whose_commit_answer_is_lost_says_it_may_have_happened(  # t
     answers 200 with that order."""
     from contextlib import contextmanager
 
-    import pymysql
-
     from stockex import batch
     from stockex.api import services
 
@@ -385,8 +384,7 @@ def test_a_placement_whose_commit_answer_is_lost_says_it_may_have_happened(  # t
             if sql.endswith("COMMIT"):
                 while self.cursor.nextset():
                     pass
-                self.cursor.connection._force_close()
-                raise pymysql.err.OperationalError(2013, "Lost connection to MySQL server")
+                lose_mysql_connection(self.cursor.connection)
             return result
 
     @contextmanager
@@ -418,7 +416,6 @@ def test_a_cancel_whose_commit_answer_is_lost_says_so_and_retires_the_book(  # t
     """The connection drops right after MySQL committed a cancel: the answer says the outcome
     is unknown (without the placement's client_order_id hint) and the market's book caches
     are retired, since the order may have left the book."""
-    import pymysql
 
     from stockex.api import services
     from stockex.cache import book_generation
@@ -433,8 +430,7 @@ def test_a_cancel_whose_commit_answer_is_lost_says_so_and_retires_the_book(  # t
 
     def commit_lost(dbapi_connection) -> None:  # type: ignore[no-untyped-def]
         real_commit(dbapi_connection)
-        dbapi_connection._force_close()
-        raise pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query")
+        lose_mysql_connection(dbapi_connection)
 
     monkeypatch.setattr(dialect, "do_commit", commit_lost)
     response = exchange.client.delete(f"/api/v1/orders/{order['id']}",

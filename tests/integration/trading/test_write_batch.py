@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from stockex.batch import WriteBatch, mysql_cursor
 from stockex.models import Account, LedgerEntry, User
+from stockex.testing import lose_mysql_connection
 
 USERS = User.__table__
 
@@ -225,14 +226,6 @@ def test_connections_go_back_to_the_pool_with_one_end_of_transaction(mysql_datab
         db.dispose()
 
 
-def _lose_the_connection(dbapi_connection) -> None:  # type: ignore[no-untyped-def]
-    """As when the network drops: the socket closes, PyMySQL reports error 2013."""
-    import pymysql
-
-    dbapi_connection._force_close()
-    raise pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query")
-
-
 @pytest.mark.mysql_only
 def test_a_connection_lost_at_the_commit_says_the_outcome_is_unknown(  # type: ignore[no-untyped-def]
     mysql_database, monkeypatch
@@ -253,7 +246,7 @@ def test_a_connection_lost_at_the_commit_says_the_outcome_is_unknown(  # type: i
             self.cursor.execute(sql)  # MySQL runs all of it, COMMIT included
             while self.cursor.nextset():
                 pass
-            _lose_the_connection(self.cursor.connection)
+            lose_mysql_connection(self.cursor.connection)
 
     real_cursor = batch_module.mysql_cursor
 
@@ -281,7 +274,7 @@ def test_a_connection_lost_at_the_commit_says_the_outcome_is_unknown(  # type: i
 
     def commit_lost(dbapi_connection) -> None:  # type: ignore[no-untyped-def]
         real_commit(dbapi_connection)
-        _lose_the_connection(dbapi_connection)
+        lose_mysql_connection(dbapi_connection)
 
     def by_session(session):  # type: ignore[no-untyped-def]
         runs.append("session")
