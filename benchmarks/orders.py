@@ -164,6 +164,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import socket
 import statistics
 import subprocess
@@ -592,6 +593,7 @@ def main() -> None:
         server.close()
         if redis_server is not None:
             redis_server.close()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def round_figures(order: list[str], last: dict[str, Window]) -> dict[str, Any]:
