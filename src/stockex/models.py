@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from stockex.db import Amount, SignedAmount
@@ -227,7 +228,11 @@ class Order(Base):
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     user_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("users.id"))
     market_id: Mapped[str] = mapped_column(String(32), ForeignKey("markets.id"))
-    client_order_id: Mapped[str | None] = mapped_column(String(64))
+    # Case-sensitive, as on Binance: on MySQL a binary collation (the table's default one
+    # compares without letter case, so "ABC" would be taken for "abc"); SQLite compares bytes.
+    client_order_id: Mapped[str | None] = mapped_column(
+        String(64).with_variant(mysql.VARCHAR(64, collation="utf8mb4_bin"), "mysql", "mariadb")
+    )
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))
     side: Mapped[str] = mapped_column(String(4))
     type: Mapped[str] = mapped_column(String(6))

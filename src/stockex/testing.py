@@ -28,6 +28,11 @@ from typing import Any
 
 MYSQL_URL_ENV = "STOCKEX_TEST_MYSQL_URL"
 REDIS_URL_ENV = "STOCKEX_TEST_REDIS_URL"
+# Test databases compare text as a production server does by default (MySQL 8's
+# utf8mb4_0900_ai_ci, MariaDB's utf8mb4_general_ci): without letter case and, on MariaDB, without
+# trailing blanks. A binary collation here would hide every comparison that a deployment makes
+# case-insensitively (user names, client order ids).
+TEST_COLLATION = "utf8mb4_general_ci"
 _SBIN = ("/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin")
 
 
@@ -239,7 +244,9 @@ class MySQLServer:
         try:
             with conn.cursor() as cur:
                 cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-                cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+                cur.execute(
+                    f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE {TEST_COLLATION}"
+                )
         finally:
             conn.close()
         return self.database_url(name)
@@ -331,7 +338,7 @@ def _mysql_options(directory: Path, port: int) -> list[str]:
         "--innodb-lock-wait-timeout=10",
         "--max-connections=500",
         "--character-set-server=utf8mb4",
-        "--collation-server=utf8mb4_bin",
+        f"--collation-server={TEST_COLLATION}",
     ]
     if os.geteuid() == 0:
         options.append("--user=root")

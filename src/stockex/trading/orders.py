@@ -159,15 +159,6 @@ def _repeat(db: Database, user_id: int, request: OrderRequest) -> OrderView | No
         ).first()
         if row is None:
             return None
-        if row.client_order_id != request.client_order_id:
-            # MySQL's utf8mb4 collation compares without case: "abc" found "ABC", another
-            # id to the client (as on Binance), so it is not a repeat of that order.
-            raise DuplicateClientOrderId(
-                f"client_order_id {request.client_order_id!r} clashes with "
-                f"{row.client_order_id!r} of order {row.id}: client_order_ids that differ "
-                "only in letter case cannot both be used",
-                details={"order_id": row.id, "client_order_id": row.client_order_id},
-            )
         if row.request_fingerprint != request.fingerprint:
             raise DuplicateClientOrderId(
                 f"client_order_id {request.client_order_id!r} was used for a different order",
