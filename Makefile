@@ -11,8 +11,10 @@ help:
 	@echo "make run   - set up .venv, migrate the embedded SQLite database, run stockex"
 	@echo "make test  - set up .venv with dev+airflow extras, MariaDB and Redis, run ruff + pytest"
 
+# Debian's python3 without python3-venv creates bin/python, then fails (no ensurepip): remove
+# it, or every later run would take the venv as made and fail on its missing pip.
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV) || { rm -f $@; exit 1; }
 	$(PIP) --upgrade pip
 
 # Stamps: reinstall only when pyproject.toml changes.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -42,6 +43,21 @@ hypothesis_settings.register_profile(
     "ci", derandomize=True, deadline=None, database=None, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """End on SIGTERM/SIGHUP as on Ctrl-C, which tears the fixtures down. A CI timeout, a
+    cancelled job or a closed terminal would otherwise end pytest at once, and the session's
+    MariaDB and Redis (in sessions of their own, so the signal does not reach them) would
+    run on, with their temporary directories, after ``make test``."""
+
+    def interrupt(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"{signal.Signals(signum).name} received")
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            signal.signal(signum, interrupt)
+
 
 TEST_SECRET = "test-secret-key-that-is-long-enough-for-hs256"
 

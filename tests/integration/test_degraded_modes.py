@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from flask import Flask, jsonify
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 
 from stockex.api import create_app, services
 from stockex.db import Database
@@ -101,6 +101,7 @@ def test_mysql_down_answers_503_within_2s_and_heals_without_restart(  # type: ig
         warm = list(pool.map(get, DB_ROUTES * 16))
     assert {r.status_code for r, _ in warm} == {200}
     assert client.get("/ready").status_code == 200
+    engine = services_engine(app)
 
     own_mysql.stop()
     try:
@@ -120,7 +121,7 @@ def test_mysql_down_answers_503_within_2s_and_heals_without_restart(  # type: ig
     for path in ["/ready", *DB_ROUTES, *UNCACHED_MARKET_ROUTES]:
         response, seconds = timed(client, path)
         assert response.status_code == 200, (path, response.get_data(as_text=True))
-    assert services_db_url(app) == url  # the same process and engine healed
+    assert services_engine(app) is engine  # the same process and engine healed
 
     messages = fake_slack.wait_for(2, timeout=10)
     texts = [m.text for m in messages]
@@ -131,9 +132,9 @@ def test_mysql_down_answers_503_within_2s_and_heals_without_restart(  # type: ig
     own_mysql.drop_database("stockex_outage")
 
 
-def services_db_url(app: Flask) -> str:
+def services_engine(app: Flask) -> Engine:
     with app.app_context():
-        return services().db.url
+        return services().db.engine
 
 
 def test_a_hung_mysql_is_bounded_too(own_mysql, make_settings) -> None:  # type: ignore[no-untyped-def]

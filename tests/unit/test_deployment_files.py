@@ -102,3 +102,39 @@ def test_airflow_does_not_start_with_a_known_or_short_jwt_secret(tmp_path: Path)
         )
     example = (ROOT / ".env.example").read_text()
     assert re.search(r"^AIRFLOW_JWT_SECRET=$", example, re.MULTILINE)
+
+
+def _fake_python(path: Path, ensurepip: bool) -> Path:
+    """A python3 for the Makefile's venv step: ``-m venv DIR`` makes DIR/bin/python (a stub
+    that accepts anything) and, like Debian's python3 without python3-venv, fails after that
+    unless ``ensurepip``."""
+    path.write_text(
+        "#!/bin/sh\n"
+        'mkdir -p "$3/bin" && printf "#!/bin/sh\\n" > "$3/bin/python" && chmod +x "$3/bin/python"\n'
+        + ("exit 0\n" if ensurepip else
+           'echo "The virtual environment was not created successfully because ensurepip is '
+           'not available." >&2; exit 1\n')
+    )
+    path.chmod(0o755)
+    return path
+
+
+def test_make_makes_the_venv_again_after_python_could_not(tmp_path: Path) -> None:
+    """On Debian 12 without python3-venv, `make run` and `make test` fail with Debian's hint
+    to install it; after `apt-get install python3-venv` they must make the venv, not take the
+    half-made one (no pip) for done."""
+    venv = tmp_path / ".venv"
+
+    def make(ensurepip: bool) -> subprocess.CompletedProcess[str]:
+        python = _fake_python(tmp_path / f"python-{ensurepip}", ensurepip)
+        return subprocess.run(
+            ["make", "--no-print-directory", "-C", str(ROOT), f"PYTHON={python}",
+             f"VENV={venv}", f"{venv}/bin/python"],
+            capture_output=True, text=True, check=False,
+        )
+
+    failed = make(ensurepip=False)
+    assert failed.returncode != 0 and "ensurepip is not available" in failed.stderr
+    made = make(ensurepip=True)
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert "-m venv" in made.stdout
