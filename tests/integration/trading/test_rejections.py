@@ -139,6 +139,40 @@ def test_not_json(book) -> None:  # type: ignore[no-untyped-def]
     assert book.snapshot() == before
 
 
+def test_a_repeated_key_is_refused_not_read_as_its_last_value(book) -> None:  # type: ignore[no-untyped-def]
+    """{"amount": "0.1", "amount": "0.4"} placed an order for 0.4 (Python keeps the last
+    value) while anything reading the first saw 0.1; Binance answers -1101 "Duplicate values
+    for a parameter"."""
+    before = book.snapshot()
+    body = ('{"market": "asaxu", "side": "buy", "type": "limit", "price": "1000", '
+            '"amount": "0.1", "time_in_force": "GTC", "amount": "0.4"}')
+    response = book.client.post("/api/v1/orders", data=body, headers=book.headers("carol"),
+                                content_type="application/json")
+    assert response.status_code == 400
+    assert response.get_json()["error"] == {
+        "code": "invalid_json",
+        "message": "the key 'amount' appears more than once in the request body",
+        "details": {"field": "amount"},
+    }
+    # a key that is no UTF-8 text is not echoed back
+    response = book.client.post("/api/v1/orders", data='{"\\ud800": 1, "\\ud800": 2}',
+                                headers=book.headers("carol"), content_type="application/json")
+    assert response.get_json()["error"] == {
+        "code": "invalid_json", "message": "the request body must be a JSON object",
+        "details": {}}
+    # register and login read their bodies the same way
+    response = book.client.post("/api/v1/auth/register", content_type="application/json",
+                                data='{"username": "zoe", "username": "admin", '
+                                     '"password": "password-123"}')
+    assert response.status_code == 400
+    assert response.get_json()["error"]["details"] == {"field": "username"}
+    assert book.snapshot() == before
+    # the control: the order meant, without the repeat, goes through
+    assert book.client.post("/api/v1/orders", headers=book.headers("carol"),
+                            json={**LIMIT_BUY, "price": "1000", "amount": "0.4"}).status_code \
+        == 201
+
+
 STATEFUL: list[tuple[str, dict[str, Any], int, str]] = [
     ("limit buy beyond XU", {**LIMIT_BUY, "price": "1000", "amount": "0.6"}, 400,
      "insufficient_balance"),
