@@ -156,7 +156,7 @@ def match(taker: Taker, book: Iterable[Resting], market: MarketSettings) -> Matc
                 break
         else:
             remaining_quote -= total
-            if remaining_quote == 0:
+            if quantity == wanted:  # what is left buys no step here, nor at worse prices
                 result.complete = True
                 break
     return result
