@@ -28,6 +28,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
+from stockex.numbers import fits_amount
+
 ENV_PREFIX = "STOCKEX__"
 CONFIG_PATH_ENV = "STOCKEX_CONFIG"
 DEFAULT_SECRET_KEY = "change-me"  # noqa: S105 - the placeholder that start-up refuses in production
@@ -537,9 +539,16 @@ def _validate_markets(s: Settings) -> None:
             raise ConfigError(f"{where}.min_amount", "must be > 0")
         if m.min_amount.as_tuple().exponent < -m.amount_precision:  # type: ignore[operator]
             raise ConfigError(f"{where}.min_amount", "has more decimals than amount_precision")
+        if not fits_amount(m.min_amount):
+            raise ConfigError(f"{where}.min_amount", "must be below 10^18")
         for key in ("maker_fee", "taker_fee"):
             if not Decimal(0) <= getattr(m, key) < 1:
                 raise ConfigError(f"{where}.{key}", "expected a fraction in [0, 1)")
+            # The markets table stores it as DECIMAL(36,18): a finer rate stopped `stockex db
+            # upgrade` with "database error: 1E-19 has more than 18 decimal places", naming no
+            # key, and left the API without that market (404 unknown_market).
+            if not fits_amount(getattr(m, key)):
+                raise ConfigError(f"{where}.{key}", "has more than 18 decimal places")
     for name in s.crawler.markets:
         if name not in seen:
             raise ConfigError("crawler.markets", f"{name!r} is not one of the configured markets")

@@ -95,6 +95,20 @@ def test_markets_list_override_as_yaml() -> None:
          "markets[0].taker_fee", "[0, 1)"),
         ({"markets": [{"id": "asaxu", "base": "ASA", "quote": "XU", "min_amount": "0.0001"}]},
          "markets[0].min_amount", "amount_precision"),
+        ({"markets": [{"id": "asaxu", "base": "ASA", "quote": "XU", "maker_fee": "-0.001"}]},
+         "markets[0].maker_fee", "[0, 1)"),
+        ({"markets": [{"id": "asaxu", "base": "ASA", "quote": "XU", "taker_fee": 1}]},
+         "markets[0].taker_fee", "[0, 1)"),
+        # what the markets table (DECIMAL(36,18)) cannot store stopped `stockex db upgrade`
+        # with a database error naming no key, and the API served without the market
+        ({"markets": [{"id": "asaxu", "base": "ASA", "quote": "XU",
+                       "maker_fee": "0.0000000000000000001"}]},
+         "markets[0].maker_fee", "more than 18 decimal places"),
+        ({"markets": [{"id": "asaxu", "base": "ASA", "quote": "XU",
+                       "taker_fee": "0.1234567890123456789"}]},
+         "markets[0].taker_fee", "more than 18 decimal places"),
+        ({"markets": [{"id": "asaxu", "base": "ASA", "quote": "XU", "min_amount": "1e18"}]},
+         "markets[0].min_amount", "below 10^18"),
         ({"secret_key": ""}, "secret_key", "empty"),
         ({"timezone": "Europe"}, "timezone", "unknown timezone"),  # a directory of zones
         ({"database": {"url": "mysql+pymysql://u:p@h:abc/db"}}, "database.url",

@@ -62,6 +62,20 @@ def test_market_buy_by_quote_buys_whole_steps_only() -> None:
     assert thin.filled_quote == D("3") and not thin.complete
 
 
+def test_a_market_buy_by_quote_is_complete_once_its_quote_buys_no_further_step() -> None:
+    """10 XU buys 1.428 of the ask at 7 (0.004 XU left, less than a step): the order got all
+    its quote could buy whatever rests behind, so it is complete (filled; FOK goes through)
+    and orders of its own further up the book are left alone. It was complete only when
+    another order rested behind, and an own order there was cancelled on the way."""
+    alone = match(Taker(1, "buy", "market", "FOK", None, None, D("10")), [ask(1, 2, "7", "5")],
+                  MARKET)
+    assert [(f.price, f.amount) for f in alone.fills] == [(D("7"), D("1.428"))]
+    assert alone.complete
+    book = [ask(1, 2, "7", "5"), ask(2, 1, "8", "1"), ask(3, 2, "9", "1")]
+    behind = match(Taker(1, "buy", "market", "FOK", None, None, D("10")), book, MARKET)
+    assert behind.complete and behind.self_cancelled == []
+
+
 def test_fees_come_from_what_each_side_receives() -> None:
     taker = Taker(1, "buy", "limit", "GTC", D("110"), D("2"))
     maker = ask(5, 2, "100", "2")

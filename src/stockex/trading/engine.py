@@ -8,7 +8,8 @@ Rules (CONTRACT §6):
   released) and matching goes on with the next one.
 * A limit taker only trades at its limit or better; a market taker at any price. A market buy
   by ``quote_amount`` buys, at each price, as many whole amount steps as the remaining quote
-  pays for, and stops at the first price where it cannot afford one step.
+  pays for, and stops at the first price where it cannot afford one step; what that comes to
+  is held against ``min_amount`` (:func:`quote_buy_amount`).
 * Fees come out of what each side receives (the buyer pays in base, the seller in quote) at the
   market's maker/taker rate, rounded down to 18 places, and go to the fee account.
 * A buy order reserves price × amount of quote; after a fill at a better (maker) price the
@@ -156,10 +157,24 @@ def match(taker: Taker, book: Iterable[Resting], market: MarketSettings) -> Matc
                 break
         else:
             remaining_quote -= total
-            if remaining_quote == 0:
+            if quantity == wanted:  # what is left buys no step here, nor at worse prices
                 result.complete = True
                 break
     return result
+
+
+@exact
+def quote_buy_amount(taker: Taker, result: Match, market: MarketSettings) -> Decimal:
+    """What a market buy by ``quote_amount`` comes to in base, to hold against the market's
+    ``min_amount`` as an order by ``amount`` is (Binance: a ``quoteOrderQty`` order's
+    quantity must pass LOT_SIZE's ``minQty``). When its quote ran out, what it filled; when
+    the book ran out first, that plus what the rest of its quote buys in whole steps at the
+    last fill's price, the most it could have bought further up the book."""
+    if result.complete or not result.fills:
+        return result.filled_amount
+    step = Decimal(1).scaleb(-market.amount_precision)
+    rest = ((taker.quote_amount or ZERO) - result.filled_quote) / result.fills[-1].price
+    return result.filled_amount + rest.quantize(step, rounding=ROUND_DOWN)
 
 
 Posting = tuple[int, str, Decimal, Decimal]  # user_id, asset, Δavailable, Δlocked

@@ -18,7 +18,8 @@ Every mistake is a 400 with its own code (CONTRACT §6), before anything touches
 ``invalid_quote_amount``       given on anything but a market buy, or not a positive decimal
 ``too_many_decimals``          price / amount / quote_amount has more decimal places than the
                                market allows (``details.field``, ``details.max_decimals``)
-``below_min_amount``           amount below the market's ``min_amount``
+``below_min_amount``           amount below the market's ``min_amount`` (for ``quote_amount``,
+                               what it buys at the book's prices: checked while matching)
 ``invalid_client_order_id``    not 1-64 characters of ``[A-Za-z0-9_.:-]``
 =============================  ==============================================================
 """

@@ -37,7 +37,7 @@ from stockex.batch import Ref, WriteBatch
 from stockex.cache import Cache, invalidate_book
 from stockex.config import MarketSettings, Settings
 from stockex.db import CommitOutcomeUnknown, Database
-from stockex.errors import Conflict, NotFound, UnknownMarket
+from stockex.errors import Conflict, InvalidInput, NotFound, UnknownMarket
 from stockex.models import Order, Trade
 from stockex.numbers import exact, to_str
 from stockex.trading import engine
@@ -128,7 +128,8 @@ def place_order(
 ) -> Placement:
     """Place (and match) one order; see the module docstring. Raises the CONTRACT §6
     rejections: InsufficientBalance, FokNotFilled, InsufficientLiquidity, UnknownMarket,
-    DuplicateClientOrderId."""
+    DuplicateClientOrderId, and InvalidInput ``below_min_amount`` for a market buy whose
+    ``quote_amount`` buys less than ``min_amount`` at the book's prices."""
     if request.client_order_id is not None:
         earlier = _repeat(db, user_id, request)
         if earlier is not None:
@@ -183,6 +184,16 @@ def _place(session: Session, user_id: int, request: OrderRequest) -> OrderView:
             "nothing to trade with: the book is empty, only your own orders rest at the best "
             "prices, or the order is smaller than one amount step there; nothing was done"
         )
+    if taker.quote_amount is not None:  # an order by amount was held to it when parsed
+        bought = engine.quote_buy_amount(taker, result, market)
+        if bought < market.min_amount:
+            raise InvalidInput(
+                f"quote_amount buys {to_str(bought)} {market.base} at the book's prices, below "
+                f"the market's minimum {to_str(market.min_amount)}; nothing was done",
+                code="below_min_amount",
+                details={"quote_amount": to_str(taker.quote_amount), "amount": to_str(bought),
+                         "min_amount": to_str(market.min_amount)},
+            )
     if taker.time_in_force == "FOK" and not result.complete:
         raise FokNotFilled(
             "the order cannot be filled entirely right now; nothing was done",

@@ -13,7 +13,13 @@ when the invariant holds):
   reserve, and every order reserves exactly what it should (an open buy: price × unfilled
   amount of quote; an open sell: its unfilled amount of base; any other order: nothing);
 * ``fills_match_trades``: every order's filled amount, filled quote and fee equal the sums
-  over its trades, and its status agrees with them.
+  over its trades, and its status agrees with them;
+* ``trades_consistent``: every trade's total is price × amount (amount and price positive);
+  it agrees with its orders (maker and taker users, market, sides; at the maker's price,
+  within the taker's limit; not a self-trade); each side's fee is at least 0 and below what
+  that side received; and the fee account was credited, per asset, exactly the trades' fees.
+  The fees are not checked against the market's current rates: those may have changed in
+  the configuration since a trade, while every rate ever accepted lies in [0, 1).
 
 Sums run in SQL on MySQL (exact DECIMAL) and in Python on SQLite (where SQL would use floats).
 """
@@ -28,12 +34,13 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from stockex.config import Settings
 from stockex.db import Database
-from stockex.models import Account, LedgerEntry, Order, Trade
+from stockex.models import Account, LedgerEntry, Market, Order, Trade, User
 from stockex.numbers import exact, to_str
+from stockex.trading.accounts import FEE_USERNAME
 
 ZERO = Decimal(0)
 MAX_PROBLEMS = 20  # per check, so that a broken database does not print a novel
@@ -99,7 +106,7 @@ def reconcile(db: Database, settings: Settings) -> list[Check]:
         ).all()
         checks: list[Callable[..., Check]] = [
             _ledger_matches_balances, _assets_conserved, _no_negative_balances,
-            _locked_matches_open_orders, _fills_match_trades,
+            _locked_matches_open_orders, _fills_match_trades, _trades_consistent,
         ]
         return [check(session, accounts, settings, mysql) for check in checks]
 
@@ -235,3 +242,77 @@ def _fills_match_trades(session: Session, accounts: list[Any], settings: Setting
     for order_id in by_order:
         check.add(f"trades refer to missing order {order_id}")
     return check
+
+
+def _trades_consistent(session: Session, accounts: list[Any], settings: Settings,
+                       mysql: bool) -> Check:
+    check = Check("trades_consistent")
+    markets = {m.id: (m.base, m.quote) for m in session.execute(
+        select(Market.id, Market.base, Market.quote))}
+    maker, taker = aliased(Order), aliased(Order)
+    rows = session.execute(
+        select(*Trade.__table__.columns,
+               maker.user_id.label("maker_owner"), maker.market_id.label("maker_market"),
+               maker.side.label("maker_side"), maker.price.label("maker_price"),
+               taker.user_id.label("taker_owner"), taker.market_id.label("taker_market"),
+               taker.side.label("taker_order_side"), taker.price.label("taker_price"))
+        .join(maker, maker.id == Trade.maker_order_id, isouter=True)
+        .join(taker, taker.id == Trade.taker_order_id, isouter=True)
+    )
+    fees: dict[str, Decimal] = defaultdict(lambda: ZERO)
+    for trade in rows:  # columns only: an ORM object per trade costs several times as much
+        name = f"trade {trade.id}"
+        if trade.amount <= 0 or trade.price <= 0:
+            check.add(f"{name}: amount {to_str(trade.amount)} at price {to_str(trade.price)}")
+        if trade.total != trade.price * trade.amount:
+            check.add(f"{name}: total {to_str(trade.total)} but price x amount = "
+                      f"{to_str(trade.price * trade.amount)}")
+        base, quote = markets.get(trade.market_id, ("?", "?"))
+        bought, sold = (trade.amount, base), (trade.total, quote)  # what buyer, seller receive
+        received = {"taker": bought if trade.taker_side == "buy" else sold,
+                    "maker": sold if trade.taker_side == "buy" else bought}
+        for role, fee in (("maker", trade.maker_fee), ("taker", trade.taker_fee)):
+            amount, asset = received[role]
+            if fee < 0 or (fee and fee >= amount):
+                check.add(f"{name}: {role} fee {to_str(fee)} {asset} is not below the "
+                          f"{to_str(amount)} {asset} the {role} received")
+            fees[asset] += fee
+        if trade.maker_user_id == trade.taker_user_id:
+            check.add(f"{name}: user {trade.maker_user_id} traded with itself")
+        if trade.maker_owner is not None:
+            _compare(check, name, f"maker order {trade.maker_order_id}", {
+                "user": (trade.maker_user_id, trade.maker_owner),
+                "market": (trade.market_id, trade.maker_market),
+                "side": ("sell" if trade.taker_side == "buy" else "buy", trade.maker_side),
+                "price": (trade.price, trade.maker_price),
+            })
+        if trade.taker_owner is not None:
+            _compare(check, name, f"taker order {trade.taker_order_id}", {
+                "user": (trade.taker_user_id, trade.taker_owner),
+                "market": (trade.market_id, trade.taker_market),
+                "side": (trade.taker_side, trade.taker_order_side),
+            })
+            limit = trade.taker_price
+            if limit is not None and (trade.price > limit if trade.taker_side == "buy"
+                                      else trade.price < limit):
+                check.add(f"{name}: price {to_str(trade.price)} is beyond the limit "
+                          f"{to_str(limit)} of taker order {trade.taker_order_id}")
+    fee_user = session.scalar(
+        select(User.id).where(User.username == FEE_USERNAME, User.role == "system"))
+    credited = _sums(session, [LedgerEntry.asset], [LedgerEntry.delta_available],
+                     LedgerEntry.user_id == fee_user, LedgerEntry.reason == "trade", mysql=mysql)
+    for asset in sorted(set(fees) | {key[0] for key in credited}):
+        got = credited.get((asset,), [ZERO])[0]
+        if got != fees[asset]:
+            check.add(f"{asset}: the fee account was credited {to_str(got)} by trades but "
+                      f"the trades' fees sum to {to_str(fees[asset])}")
+    return check
+
+
+def _compare(check: Check, name: str, order: str,
+             fields: dict[str, tuple[Any, Any]]) -> None:
+    differ = [f"{key} {to_str(a) if isinstance(a, Decimal) else a} vs "
+              f"{to_str(b) if isinstance(b, Decimal) else b}"
+              for key, (a, b) in fields.items() if a != b]
+    if differ:
+        check.add(f"{name} disagrees with its {order}: {', '.join(differ)}")

@@ -109,7 +109,7 @@ class Model:
             else:
                 assert left_quote is not None
                 left_quote -= qty * maker.price
-                if left_quote == 0:
+                if qty == want:  # the rest buys no step here, nor at a worse price
                     complete = True
                     break
         if kind == "market" and not fills:  # nothing to match, FOK or IOC (CONTRACT §6)

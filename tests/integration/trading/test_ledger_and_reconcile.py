@@ -7,7 +7,7 @@ from decimal import Decimal as D
 import pytest
 from sqlalchemy import select, update
 
-from stockex.models import Account, LedgerEntry, Order
+from stockex.models import Account, LedgerEntry, Order, Trade
 from stockex.trading import accounts
 from stockex.trading.reconcile import reconcile
 
@@ -118,6 +118,54 @@ def test_reconcile_finds_a_ledger_row_without_a_balance(traded) -> None:  # type
         account_id=account.id, user_id=account.user_id, asset=account.asset,
         delta_available=D("1"), delta_locked=D(0), reason="deposit", created_at=0))
     assert set(_failed(traded)) == {"ledger_matches_balances", "assets_conserved"}
+
+
+def _trade(exchange):  # type: ignore[no-untyped-def]
+    """The one trade of ``traded``: alice's sell (maker) and bob's buy (taker), 1 @ 100, fees
+    0.1 XU (maker, 0.001) and 0.002 ASA (taker, 0.002)."""
+    with exchange.db.read() as session:
+        return session.execute(select(Trade)).scalar_one()
+
+
+def test_reconcile_finds_a_trade_whose_total_is_not_price_times_amount(traded) -> None:  # type: ignore[no-untyped-def]
+    """Its orders' filled quotes agree with it, so only the trade itself can tell."""
+    trade = _trade(traded)
+    _tamper(traded, update(Trade).values(total=D("110")))
+    _tamper(traded, update(Order).where(Order.id.in_((trade.maker_order_id,
+                                                      trade.taker_order_id)))
+            .values(filled_quote=Order.filled_quote + 10))
+    assert _failed(traded) == {"trades_consistent": [
+        f"trade {trade.id}: total 110 but price x amount = 100"]}
+
+
+def test_reconcile_finds_trades_that_disagree_with_their_orders(traded) -> None:  # type: ignore[no-untyped-def]
+    trade, bob = _trade(traded), traded.ids["bob"]
+    _tamper(traded, update(Trade).values(price=D("110"), total=D("110"), maker_user_id=bob))
+    _tamper(traded, update(Order).where(Order.id.in_((trade.maker_order_id,
+                                                      trade.taker_order_id)))
+            .values(filled_quote=Order.filled_quote + 10))
+    assert _failed(traded) == {"trades_consistent": [
+        f"trade {trade.id}: user {bob} traded with itself",
+        f"trade {trade.id} disagrees with its maker order {trade.maker_order_id}: "
+        f"user {bob} vs {traded.ids['alice']}, price 110 vs 100",
+        f"trade {trade.id}: price 110 is beyond the limit 100 of taker order "
+        f"{trade.taker_order_id}",
+    ]}
+
+
+def test_reconcile_finds_fees_out_of_bounds_or_not_credited(traded) -> None:  # type: ignore[no-untyped-def]
+    """Fees are not held against today's rates (the configuration may have changed since),
+    only against what every rate allows (at least 0, below what a side received) and what
+    the fee account was credited."""
+    trade = _trade(traded)
+    _tamper(traded, update(Trade).values(taker_fee=D("1"), maker_fee=D("0")))
+    _tamper(traded, update(Order).where(Order.id == trade.taker_order_id).values(fee=D("1")))
+    _tamper(traded, update(Order).where(Order.id == trade.maker_order_id).values(fee=D("0")))
+    assert _failed(traded) == {"trades_consistent": [
+        f"trade {trade.id}: taker fee 1 ASA is not below the 1 ASA the taker received",
+        "ASA: the fee account was credited 0.002 by trades but the trades' fees sum to 1",
+        "XU: the fee account was credited 0.1 by trades but the trades' fees sum to 0",
+    ]}
 
 
 def test_balances_of_36_digits_are_stored_exactly(exchange) -> None:  # type: ignore[no-untyped-def]

@@ -126,6 +126,50 @@ def test_below_min_amount(exchange, make_settings, database) -> None:  # type: i
     assert exchange.snapshot() == before
 
 
+def test_a_market_buy_by_quote_below_min_amount(exchange, make_settings, database) -> None:  # type: ignore[no-untyped-def]
+    """What a quote_amount buys is held against min_amount as an amount is (Binance: a
+    quoteOrderQty order's quantity must pass LOT_SIZE): 400 below_min_amount, nothing
+    changed. Such orders traded 0.495 where min_amount is 0.5."""
+    from stockex.api import create_app
+
+    exchange.user("alice", ASA="10")
+    exchange.user("carol", XU="10000")
+    exchange.order("alice", side="sell", type="limit", price="1000", amount="0.1")  # 0.001 min
+    settings = make_settings(database.url, markets=[
+        {"id": "asaxu", "base": "ASA", "quote": "XU", "price_precision": 0,
+         "amount_precision": 3, "min_amount": "0.5"}])
+    exchange.client = create_app(settings, db=database).test_client()
+    exchange.settings = settings
+
+    def refused(quote: str, tif: str = "IOC") -> dict[str, Any]:
+        error = exchange.order("carol", expect=400, side="buy", type="market",
+                               quote_amount=quote, time_in_force=tif)["error"]
+        assert error["code"] == "below_min_amount"
+        return error  # type: ignore[no-any-return]
+
+    # the book runs out first: the rest is counted at the last price, the most it could buy
+    before = exchange.snapshot()
+    assert refused("300")["details"] == {"quote_amount": "300", "amount": "0.3",
+                                         "min_amount": "0.5"}
+    assert exchange.snapshot() == before
+    thin = exchange.order("carol", side="buy", type="market", quote_amount="600")
+    assert (thin["status"], thin["filled_amount"]) == ("cancelled", "0.1")  # as amount=0.5 would
+    # the quote runs out first: what it bought
+    exchange.order("alice", side="sell", type="limit", price="1010", amount="2")
+    before = exchange.snapshot()
+    for tif in ("IOC", "FOK"):
+        error = refused("500", tif)
+        assert error["details"] == {"quote_amount": "500", "amount": "0.495",
+                                    "min_amount": "0.5"}
+        assert error["message"] == ("quote_amount buys 0.495 ASA at the book's prices, below "
+                                    "the market's minimum 0.5; nothing was done")
+    assert exchange.snapshot() == before
+    enough = exchange.order("carol", side="buy", type="market", quote_amount="505",
+                            time_in_force="FOK")
+    assert (enough["status"], enough["filled_amount"]) == ("filled", "0.5")
+    exchange.assert_reconciles()
+
+
 def test_not_json(book) -> None:  # type: ignore[no-untyped-def]
     before = book.snapshot()
     nested = b"[" * 30_000 + b"]" * 30_000  # deeper than Python's parser can recurse
@@ -137,6 +181,40 @@ def test_not_json(book) -> None:  # type: ignore[no-untyped-def]
         assert response.status_code == 400
         assert response.get_json()["error"]["code"] == "invalid_json"
     assert book.snapshot() == before
+
+
+def test_a_repeated_key_is_refused_not_read_as_its_last_value(book) -> None:  # type: ignore[no-untyped-def]
+    """{"amount": "0.1", "amount": "0.4"} placed an order for 0.4 (Python keeps the last
+    value) while anything reading the first saw 0.1; Binance answers -1101 "Duplicate values
+    for a parameter"."""
+    before = book.snapshot()
+    body = ('{"market": "asaxu", "side": "buy", "type": "limit", "price": "1000", '
+            '"amount": "0.1", "time_in_force": "GTC", "amount": "0.4"}')
+    response = book.client.post("/api/v1/orders", data=body, headers=book.headers("carol"),
+                                content_type="application/json")
+    assert response.status_code == 400
+    assert response.get_json()["error"] == {
+        "code": "invalid_json",
+        "message": "the key 'amount' appears more than once in the request body",
+        "details": {"field": "amount"},
+    }
+    # a key that is no UTF-8 text is not echoed back
+    response = book.client.post("/api/v1/orders", data='{"\\ud800": 1, "\\ud800": 2}',
+                                headers=book.headers("carol"), content_type="application/json")
+    assert response.get_json()["error"] == {
+        "code": "invalid_json", "message": "the request body must be a JSON object",
+        "details": {}}
+    # register and login read their bodies the same way
+    response = book.client.post("/api/v1/auth/register", content_type="application/json",
+                                data='{"username": "zoe", "username": "admin", '
+                                     '"password": "password-123"}')
+    assert response.status_code == 400
+    assert response.get_json()["error"]["details"] == {"field": "username"}
+    assert book.snapshot() == before
+    # the control: the order meant, without the repeat, goes through
+    assert book.client.post("/api/v1/orders", headers=book.headers("carol"),
+                            json={**LIMIT_BUY, "price": "1000", "amount": "0.4"}).status_code \
+        == 201
 
 
 STATEFUL: list[tuple[str, dict[str, Any], int, str]] = [
