@@ -258,6 +258,40 @@ def test_ticker_without_recent_data(client, database) -> None:  # type: ignore[n
     assert body["price_change_percent"] is None
 
 
+def test_ticker_reads_one_snapshot(database) -> None:  # type: ignore[no-untyped-def]
+    """A crawl committing while the ticker is read shows in all of it or none of it: on
+    MySQL (READ COMMITTED) every statement sees what committed before it, and a ticker read
+    in several statements mixed the two states (a high above every minute it said was last,
+    a volume counting a minute its last price had not seen) for one crawl interval."""
+    from sqlalchemy import event
+
+    from stockex.candle_queries import read_ticker
+
+    def ticker():  # type: ignore[no-untyped-def]
+        with database.read() as session:
+            return read_ticker(session, "asaxu", now)
+
+    now = int(time.time()) // 60 * 60
+    store(database, [kline(now - 3600, 100)])
+    before = ticker()
+    crawled = []
+
+    def crawl_meanwhile(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        if not crawled and "candles" in statement:
+            crawled.append(statement)  # first: the crawl's own statements pass through here
+            store(database, [kline(now - 60, 500, "2")])
+
+    event.listen(database.engine, "after_cursor_execute", crawl_meanwhile)
+    try:
+        seen = ticker()
+    finally:
+        event.remove(database.engine, "after_cursor_execute", crawl_meanwhile)
+    after = ticker()
+    assert crawled and before != after
+    assert seen in (before, after)
+    assert seen.last is not None and seen.high is not None and seen.last <= seen.high
+
+
 def test_series_states_memo_refreshes_after_max_age(database) -> None:  # type: ignore[no-untyped-def]
     from stockex.candle_queries import SeriesStates
 
