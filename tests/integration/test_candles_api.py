@@ -129,6 +129,16 @@ def test_iso_times_naive_are_local(client, three_days) -> None:  # type: ignore[
     assert len(by_epoch["candles"]) == 5
 
 
+def test_iso_offset_written_into_a_url(client, three_days) -> None:  # type: ignore[no-untyped-def]
+    """The documented ``2024-07-02T01:24:00+07:00`` typed or pasted into a URL unencoded: its
+    "+" arrives as a space (form encoding), and was a 400 ``invalid_time_from``."""
+    by_epoch = get(client, period=15, time_from=DAY0 + 3600, time_to=DAY0 + 7200).get_json()
+    response = client.get(f"{URL}?period=15&time_from=2024-07-01T01:00:00+07:00"
+                          "&time_to=2024-07-01T02:00+0700")
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json() == by_epoch
+
+
 def test_newest_limit_up_to_time_to(client, three_days) -> None:  # type: ignore[no-untyped-def]
     body = get(client, period=60, limit=2, time_to="2024-07-02T00:30:00").get_json()
     assert [c["time_local"] for c in body["candles"]] == [
