@@ -212,6 +212,9 @@ def test_timezone_change_requires_rebuild(database, make_settings, three_days) -
     refused = get(client, period=1440)
     assert refused.status_code == 503
     assert refused.get_json()["error"]["code"] == "candles_rebuild_required"
+    documented = client.get("/api/openapi.json").get_json()["paths"][
+        "/api/v1/markets/{market}/candles"]["get"]["responses"]["503"]["description"]
+    assert "candles_rebuild_required" in documented and "stockex candles rebuild" in documented
     assert get(client, period=1).status_code == 200  # minutes do not depend on the timezone
 
     count = database.transaction(lambda s: rebuild_rollups(s, "asaxu", "UTC"))
