@@ -19,6 +19,7 @@ a bucket of a longer period is the union of the buckets of :data:`SOURCE_PERIOD`
 from __future__ import annotations
 
 import bisect
+import re
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
@@ -50,6 +51,10 @@ DST_SLACK = 2 * 3600
 # Epoch seconds accepted from users: 0001-01-01 .. 9999-12-31, what datetime can represent.
 _MIN_EPOCH = -62_135_596_800
 _MAX_EPOCH = 253_402_300_799
+# A "+" typed into a URL's query string unencoded decodes to a space (form encoding): the
+# documented "2024-07-02T01:24:00+07:00" arrives as "2024-07-02T01:24:00 07:00". A space
+# between a time of day and digits can mean nothing else.
+_SPACED_OFFSET = re.compile(r"(\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?) (\d{2}(?::?\d{2})?)$")
 
 
 class BucketClock:
@@ -127,12 +132,14 @@ class BucketClock:
 
     def parse_time(self, raw: str, name: str) -> int:
         """Epoch seconds from ``raw``: an integer of epoch seconds, or ISO-8601 (a naive
-        one is local time in this zone). 400 ``invalid_<name>`` when it is neither."""
+        one is local time in this zone; a space before the offset is read as the "+" of an
+        unencoded URL). 400 ``invalid_<name>`` when it is neither."""
         text = raw.strip()
         try:
             value = parse_int(text)
             if value is None:
-                moment = datetime.fromisoformat(text.replace("z", "Z"))
+                iso = _SPACED_OFFSET.sub(r"\1+\2", text.replace("z", "Z"))
+                moment = datetime.fromisoformat(iso)
                 if moment.tzinfo is None:
                     moment = moment.replace(tzinfo=self.tz)
                 value = int(moment.timestamp())

@@ -303,7 +303,10 @@ def invalidate_book(cache: Cache, market_id: str) -> None:
 # the open bucket no later than one interval after it was stored.
 # Ticker: at most one crawl interval.
 # Depth and trades: keyed on book_generation, so a committed placement, cancel or fill
-# (invalidate_book) retires every cached variant at once; the TTL only bounds memory.
+# (invalidate_book) retires every cached variant at once; the TTL only bounds memory. Only
+# in Redis: each process's own cache would keep its own generation, which a placement made
+# through another process (gunicorn or granian worker) does not bump, so without Redis they
+# are not cached.
 # Every answer holds *_local times: its key names the configured timezone, so processes
 # configured with another one (during a rolling restart after a change) never share it.
 
@@ -339,8 +342,13 @@ def ticker_key(market_id: str, timezone: str) -> str:
     return f"ticker:{market_id}:{timezone}"
 
 
+def _shared_book_generation(cache: Cache, market_id: str) -> str | None:
+    """The book generation when every process shares it (in Redis), else None."""
+    return None if cache.redis is None else book_generation(cache, market_id)
+
+
 def depth_key(cache: Cache, market_id: str, timezone: str, limit: int) -> str | None:
-    generation = book_generation(cache, market_id)
+    generation = _shared_book_generation(cache, market_id)
     if generation is None:
         return None
     return f"depth:{market_id}:{timezone}:g{generation}:{limit}"
@@ -354,7 +362,7 @@ def trades_key(
     time_from: int | None,
     time_to: int | None,
 ) -> str | None:
-    generation = book_generation(cache, market_id)
+    generation = _shared_book_generation(cache, market_id)
     if generation is None:
         return None
     start = "-" if time_from is None else str(time_from)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, localcontext
 
-from sqlalchemy import Connection, bindparam, func, select
+from sqlalchemy import Connection, bindparam, func, literal_column, select
 from sqlalchemy.orm import Session
 
 from stockex.buckets import BucketClock
@@ -239,37 +239,39 @@ class Ticker:
 
 
 def read_ticker(session: Session, market_id: str, now: int) -> Ticker:
-    """24 h open/high/low/volume and the last price; None fields when there is no data."""
+    """24 h open/high/low/volume and the last price; None fields when there is no data.
+
+    Every figure comes from one snapshot, so a crawl committing meanwhile shows in all of
+    them or in none (never a ``last`` above ``high``). On MySQL that takes one statement:
+    under READ COMMITTED each statement reads its own snapshot. SQLite's read transaction
+    keeps one snapshot for all of its statements, and there the volume is summed in Python
+    after the statement (SQLite's SUM would go through floats)."""
+    mysql = session.get_bind().dialect.name == "mysql"
     mine = Candle.market_id == market_id
     window = (mine, Candle.time > now - TICKER_WINDOW, Candle.time <= now)
-    newest = session.execute(
-        select(Candle.time, Candle.close).where(mine, Candle.time <= now)
-        .order_by(Candle.time.desc()).limit(1)
-    ).one_or_none()
-    first = session.execute(
-        select(Candle.open).where(*window).order_by(Candle.time).limit(1)
-    ).scalar_one_or_none()
+
+    def newest(column):  # type: ignore[no-untyped-def]
+        return (select(column).where(mine, Candle.time <= now).order_by(Candle.time.desc())
+                .limit(1).correlate(None).scalar_subquery())
+
+    first_open = (select(Candle.open).where(*window).order_by(Candle.time).limit(1)
+                  .correlate(None).scalar_subquery())
+    volume_sum = func.sum(Candle.volume) if mysql else literal_column("NULL")
+    last_time, last, first, high, low, total = session.execute(
+        select(newest(Candle.time), newest(Candle.close), first_open, func.max(Candle.high),
+               func.min(Candle.low), volume_sum).where(*window)
+    ).one()
     if first is None:
-        last, last_time = (newest[1], newest[0]) if newest else (None, None)
         return Ticker(market_id, now, last, last_time, None, None, None, Decimal(0), None, None)
-    extremes = select(func.max(Candle.high), func.min(Candle.low)).where(*window)
-    high, low = session.execute(extremes).one()
-    volume = _sum_volume(session, window)
-    # the window holds a minute, so there is a newest minute
-    last_time, last = newest if newest is not None else (now, first)
-    change = last - first
+    if mysql:  # DECIMAL SUM is exact in MySQL and saves shipping 1,440 rows.
+        volume = Decimal(total or 0)
+    else:
+        with localcontext(EXACT):
+            volume = sum(session.execute(select(Candle.volume).where(*window)).scalars(),
+                         Decimal(0))
+    change = last - first  # the window holds a minute, so there is a newest minute
     percent = None
     if first != 0:
         with localcontext(EXACT):
             percent = (change * 100 / first).quantize(Decimal("0.01"))
     return Ticker(market_id, now, last, last_time, first, high, low, volume, change, percent)
-
-
-def _sum_volume(session: Session, window: tuple) -> Decimal:  # type: ignore[type-arg]
-    if session.get_bind().dialect.name == "mysql":
-        # DECIMAL SUM is exact in MySQL and saves shipping 1,440 rows.
-        total = session.execute(select(func.sum(Candle.volume)).where(*window)).scalar()
-        return Decimal(total or 0)
-    # SQLite stores amounts as text; its SUM would go through floats.
-    with localcontext(EXACT):
-        return sum(session.execute(select(Candle.volume).where(*window)).scalars(), Decimal(0))

@@ -129,6 +129,16 @@ def test_iso_times_naive_are_local(client, three_days) -> None:  # type: ignore[
     assert len(by_epoch["candles"]) == 5
 
 
+def test_iso_offset_written_into_a_url(client, three_days) -> None:  # type: ignore[no-untyped-def]
+    """The documented ``2024-07-02T01:24:00+07:00`` typed or pasted into a URL unencoded: its
+    "+" arrives as a space (form encoding), and was a 400 ``invalid_time_from``."""
+    by_epoch = get(client, period=15, time_from=DAY0 + 3600, time_to=DAY0 + 7200).get_json()
+    response = client.get(f"{URL}?period=15&time_from=2024-07-01T01:00:00+07:00"
+                          "&time_to=2024-07-01T02:00+0700")
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json() == by_epoch
+
+
 def test_newest_limit_up_to_time_to(client, three_days) -> None:  # type: ignore[no-untyped-def]
     body = get(client, period=60, limit=2, time_to="2024-07-02T00:30:00").get_json()
     assert [c["time_local"] for c in body["candles"]] == [
@@ -202,6 +212,9 @@ def test_timezone_change_requires_rebuild(database, make_settings, three_days) -
     refused = get(client, period=1440)
     assert refused.status_code == 503
     assert refused.get_json()["error"]["code"] == "candles_rebuild_required"
+    documented = client.get("/api/openapi.json").get_json()["paths"][
+        "/api/v1/markets/{market}/candles"]["get"]["responses"]["503"]["description"]
+    assert "candles_rebuild_required" in documented and "stockex candles rebuild" in documented
     assert get(client, period=1).status_code == 200  # minutes do not depend on the timezone
 
     count = database.transaction(lambda s: rebuild_rollups(s, "asaxu", "UTC"))
@@ -256,6 +269,40 @@ def test_ticker_without_recent_data(client, database) -> None:  # type: ignore[n
     assert body["last"] == "101" and body["last_time"] == DAY0
     assert body["open"] is None and body["volume"] == "0"
     assert body["price_change_percent"] is None
+
+
+def test_ticker_reads_one_snapshot(database) -> None:  # type: ignore[no-untyped-def]
+    """A crawl committing while the ticker is read shows in all of it or none of it: on
+    MySQL (READ COMMITTED) every statement sees what committed before it, and a ticker read
+    in several statements mixed the two states (a high above every minute it said was last,
+    a volume counting a minute its last price had not seen) for one crawl interval."""
+    from sqlalchemy import event
+
+    from stockex.candle_queries import read_ticker
+
+    def ticker():  # type: ignore[no-untyped-def]
+        with database.read() as session:
+            return read_ticker(session, "asaxu", now)
+
+    now = int(time.time()) // 60 * 60
+    store(database, [kline(now - 3600, 100)])
+    before = ticker()
+    crawled = []
+
+    def crawl_meanwhile(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        if not crawled and "candles" in statement:
+            crawled.append(statement)  # first: the crawl's own statements pass through here
+            store(database, [kline(now - 60, 500, "2")])
+
+    event.listen(database.engine, "after_cursor_execute", crawl_meanwhile)
+    try:
+        seen = ticker()
+    finally:
+        event.remove(database.engine, "after_cursor_execute", crawl_meanwhile)
+    after = ticker()
+    assert crawled and before != after
+    assert seen in (before, after)
+    assert seen.last is not None and seen.high is not None and seen.last <= seen.high
 
 
 def test_series_states_memo_refreshes_after_max_age(database) -> None:  # type: ignore[no-untyped-def]

@@ -295,6 +295,21 @@ def test_a_book_change_while_redis_is_down_is_not_hidden_by_its_restored_data(  
     close_cache(writer)
 
 
+def test_without_redis_a_book_change_made_by_another_process_shows_at_once(  # type: ignore[no-untyped-def]
+    database, make_settings
+) -> None:
+    """No ``redis.url``, several workers (gunicorn, granian --workers 3): each has its own
+    in-process cache, and a placement bumped the book generation of its own worker only, so
+    the others answered the book from before it for up to 5 minutes (the entries' TTL)."""
+    settings = make_settings(database.url)
+    writer = create_app(settings, db=database)
+    reader = create_app(settings, db=database)  # another worker
+    alice = trader(writer, database, "alice", XU="1000")
+    assert book(reader.test_client()) == ([], [])
+    place(writer.test_client(), alice, "buy", "100", "1")
+    assert book(reader.test_client()) == ([["100", "1"]], [])
+
+
 def test_processes_configured_with_another_timezone_never_share_an_answer(  # type: ignore[no-untyped-def]
     database, make_settings, redis_url
 ) -> None:

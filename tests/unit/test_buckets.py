@@ -77,13 +77,19 @@ def test_local_iso(clock: BucketClock) -> None:
         ("2024-07-02T01:24:00", 1719858240),  # naive: the configured timezone
         ("2024-07-02", 1719853200),  # local midnight
         (" 1719858240 ", 1719858240),
+        # "+07:00" in a URL's query string unencoded: the "+" decodes to a space
+        ("2024-07-02T01:24:00 07:00", 1719858240),
+        ("2024-07-02 01:24 0700", 1719858240),
+        ("2024-07-02T01:24:00.5 07", 1719858240),
     ],
 )
 def test_parse_time(clock: BucketClock, raw: str, expected: int) -> None:
     assert clock.parse_time(raw, "time_from") == expected
 
 
-@pytest.mark.parametrize("raw", ["abc", "2024-13-01", "1e9", "99999999999999999999", "--1"])
+@pytest.mark.parametrize(
+    "raw", ["abc", "2024-13-01", "1e9", "99999999999999999999", "--1", "2024-07-02 07:00 7"]
+)
 def test_parse_time_rejects(clock: BucketClock, raw: str) -> None:
     with pytest.raises(InvalidInput) as caught:
         clock.parse_time(raw, "time_to")

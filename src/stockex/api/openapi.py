@@ -276,7 +276,13 @@ def _market_data_paths() -> dict[str, Any]:
                             },
                         },
                     },
-                    **errors(400, 404, 503),
+                    **errors(400, 404),
+                    "503": json_response(
+                        "A backing service (database, Redis) is unavailable, or the database "
+                        "schema is not migrated (`schema_not_migrated`: run `stockex db "
+                        "upgrade`); or, for a period above 1, `candles_rebuild_required`: the "
+                        "rollups were bucketed in another timezone than the configured one "
+                        "(run `stockex candles rebuild`)", ref("Error")),
                 },
             }
         },
