@@ -28,7 +28,7 @@ from stockex.config import settings_from_mapping
 from stockex.db import Database
 from stockex.markets import sync_markets
 from stockex.migrate import upgrade
-from stockex.testing import start_mysql
+from stockex.testing import end_on_termination_signals, start_mysql
 from stockex.trading.book import _BOOK_SQL, FIRST_PAGE
 
 
@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=10_000, help="resting orders per side")
     parser.add_argument("--reads", type=int, default=200)
     args = parser.parse_args()
+    end_on_termination_signals()  # a kill stops the servers too
     server = start_mysql()
     try:
         url = server.create_database("stockex_depth")

@@ -45,6 +45,7 @@ from stockex.markets import sync_markets
 from stockex.migrate import upgrade
 from stockex.testing import (
     api_server_command,
+    end_on_termination_signals,
     free_port,
     start_mysql,
     start_redis,
@@ -238,6 +239,7 @@ def main() -> None:
     year_end = start + minutes * 60 - 1
 
     load_at_start = [round(x, 2) for x in os.getloadavg()]
+    end_on_termination_signals()  # a kill stops the servers too
     mysql = start_mysql()
     cache = start_redis()
     gunicorn = None

@@ -45,7 +45,13 @@ from stockex.crawler import crawl_market
 from stockex.db import Database
 from stockex.markets import sync_markets
 from stockex.migrate import upgrade
-from stockex.testing import free_port, process_cpu_seconds, start_mysql, wait_for_http
+from stockex.testing import (
+    end_on_termination_signals,
+    free_port,
+    process_cpu_seconds,
+    start_mysql,
+    wait_for_http,
+)
 from stockex.tiki import TikiClient
 from stockex.tiki.simulator import kline_at
 
@@ -189,6 +195,7 @@ def main() -> None:
     origin = now_minute - args.minutes * 60
     until = origin + (args.minutes - 1) * 60
     load_before = os.getloadavg()
+    end_on_termination_signals()  # a kill stops the servers too
     server = start_mysql()
     sim, url = start_simulator(origin)
     try:

@@ -186,6 +186,7 @@ from stockex.migrate import upgrade
 from stockex.testing import (
     MySQLServer,
     api_server_command,
+    end_on_termination_signals,
     free_port,
     machine_cpu_shares,
     machine_cpu_ticks,
@@ -546,6 +547,7 @@ def main() -> None:
     args = parser.parse_args()
     servers = SERVERS if args.server == "both" else (args.server,)
 
+    end_on_termination_signals()  # a kill stops the servers too
     server = start_mysql()
     redis_server = start_redis() if args.redis else None
     workdir = Path(tempfile.mkdtemp(prefix="stockex-bench-"))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -37,7 +36,14 @@ from stockex.db import Database
 from stockex.markets import sync_markets
 from stockex.migrate import upgrade
 from stockex.models import Base
-from stockex.testing import FakeSlack, MySQLServer, RedisServer, start_mysql, start_redis
+from stockex.testing import (
+    FakeSlack,
+    MySQLServer,
+    RedisServer,
+    end_on_termination_signals,
+    start_mysql,
+    start_redis,
+)
 
 hypothesis_settings.register_profile(
     "ci", derandomize=True, deadline=None, database=None, print_blob=True,
@@ -46,17 +52,9 @@ hypothesis_settings.register_profile(
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """End on SIGTERM/SIGHUP as on Ctrl-C, which tears the fixtures down. A CI timeout, a
-    cancelled job or a closed terminal would otherwise end pytest at once, and the session's
-    MariaDB and Redis (in sessions of their own, so the signal does not reach them) would
-    run on, with their temporary directories, after ``make test``."""
-
-    def interrupt(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"{signal.Signals(signum).name} received")
-
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(signum) is signal.SIG_DFL:
-            signal.signal(signum, interrupt)
+    """End on SIGTERM/SIGHUP as on Ctrl-C, which tears the fixtures down (the session's
+    MariaDB and Redis would otherwise run on after a CI timeout or a cancelled job)."""
+    end_on_termination_signals()
 
 
 TEST_SECRET = "test-secret-key-that-is-long-enough-for-hs256"

@@ -40,6 +40,21 @@ class ServerUnavailable(RuntimeError):
     """The server binary is missing or did not come up; the message says what to do."""
 
 
+def end_on_termination_signals() -> None:
+    """Turn SIGTERM and SIGHUP into KeyboardInterrupt, as Ctrl-C, so that ``finally`` blocks
+    and fixtures stop the servers started here. They run in sessions of their own (a signal
+    to the test run or benchmark does not reach them), so a CI timeout, a cancelled job or a
+    closed terminal would otherwise leave MariaDB and Redis running, with their temporary
+    directories. Handlers someone else installed are left alone."""
+
+    def interrupt(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"{signal.Signals(signum).name} received")
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            signal.signal(signum, interrupt)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
