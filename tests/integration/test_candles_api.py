@@ -188,6 +188,16 @@ def test_csv_holds_the_same_candles_as_json(client, three_days, period: int) -> 
     assert len(rows) == len(as_json) > 0
 
 
+def test_csv_file_name_names_the_range(client, three_days) -> None:  # type: ignore[no-untyped-def]
+    def name(**params: object) -> str:
+        response = get(client, format="csv", period=1, **params)
+        assert response.status_code == 200, response.get_data(as_text=True)
+        return response.headers["Content-Disposition"].split("filename=")[1].strip('"')
+
+    assert name() == "asaxu-1m-latest-now.csv"
+    assert name(time_from=0, time_to=DAY0) == f"asaxu-1m-0-{DAY0}.csv"  # 0 is no "latest"
+
+
 def test_csv_errors_are_still_json(client) -> None:  # type: ignore[no-untyped-def]
     response = get(client, format="csv", period=3)
     assert response.status_code == 400 and response.mimetype == "application/json"

@@ -83,7 +83,9 @@ def candles(market: str) -> Response:
 
     body = keys.cached(svc.cache, key, ttl, compute)
     if fmt == "csv":
-        name = f"{spec.id}-{period}m-{time_from or 'latest'}-{time_to or 'now'}.csv"
+        start = "latest" if time_from is None else time_from  # 0 is a time too
+        end = "now" if time_to is None else time_to
+        name = f"{spec.id}-{period}m-{start}-{end}.csv"
         return Response(
             body, mimetype="text/csv",
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
