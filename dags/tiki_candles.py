@@ -62,8 +62,10 @@ def _report_success(context: Any) -> None:
     default_args={"owner": "stockex"},
 )
 def tiki_candles() -> None:
+    # on_success_callback: a failure of this task (bad settings) is an incident like a
+    # crawl's, so its next success posts "resolved" too.
     @task(retries=1, retry_delay=timedelta(seconds=10), on_failure_callback=_report_failure,
-          on_retry_callback=_report_failure)
+          on_retry_callback=_report_failure, on_success_callback=_report_success)
     def configured_markets() -> list[str]:
         """The markets to crawl: `crawler.markets` of the stockex settings."""
         from stockex.crawler import configured_markets as markets

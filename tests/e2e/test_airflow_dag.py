@@ -106,6 +106,9 @@ if dag is not None:
         markets_on_failure_callback=callback_names(dag.get_task("configured_markets")),
         markets_on_retry_callback=callback_names(dag.get_task("configured_markets"),
                                                  "on_retry_callback"),
+        on_success_callback=callback_names(crawl, "on_success_callback"),
+        markets_on_success_callback=callback_names(dag.get_task("configured_markets"),
+                                                   "on_success_callback"),
     )
 print("PROBE " + json.dumps(out))
 """
@@ -142,6 +145,9 @@ def test_dagbag_imports_the_dag_with_zero_errors_and_no_io(airflow_home: Path) -
     # A try that Airflow retries ends in on_retry_callback, not on_failure_callback
     assert probe["on_retry_callback"] == ["_report_failure"]
     assert probe["markets_on_retry_callback"] == ["_report_failure"]
+    # Both tasks alert, so both say "resolved" when they work again
+    assert probe["on_success_callback"] == ["_report_success"]
+    assert probe["markets_on_success_callback"] == ["_report_success"]
     assert time.monotonic() - started < 120
 
 
