@@ -25,3 +25,6 @@ FROM apache/airflow:${AIRFLOW_VERSION}-python${PYTHON_VERSION} AS airflow
 COPY --chown=airflow:root pyproject.toml README.md /opt/stockex/
 COPY --chown=airflow:root src /opt/stockex/src
 RUN pip install --no-cache-dir /opt/stockex
+# The mount point of the airflow-auth volume (the web UI's password file, docker-compose.yml):
+# made here so that the new volume belongs to the airflow user, not to root.
+RUN mkdir -p /opt/airflow/auth

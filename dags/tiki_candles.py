@@ -62,8 +62,10 @@ def _report_success(context: Any) -> None:
     default_args={"owner": "stockex"},
 )
 def tiki_candles() -> None:
+    # on_success_callback: a failure of this task (bad settings) is an incident like a
+    # crawl's, so its next success posts "resolved" too.
     @task(retries=1, retry_delay=timedelta(seconds=10), on_failure_callback=_report_failure,
-          on_retry_callback=_report_failure)
+          on_retry_callback=_report_failure, on_success_callback=_report_success)
     def configured_markets() -> list[str]:
         """The markets to crawl: `crawler.markets` of the stockex settings."""
         from stockex.crawler import configured_markets as markets
@@ -81,16 +83,16 @@ def tiki_candles() -> None:
         on_failure_callback=_report_failure,
         on_retry_callback=_report_failure,
         on_success_callback=_report_success,
-        map_index_template="{{ market }}",
+        # The market names each mapped task in the UI from its start: read from the task's
+        # arguments, not from the context during the run, which a try ended by
+        # execution_timeout or a kill never got to render (it showed "0").
+        map_index_template="{{ task.op_kwargs['market'] }}",
         multiple_outputs=False,
     )
     def crawl_market(market: str) -> dict[str, Any]:
         """One crawl run of `market`; returns the run's small summary."""
-        from airflow.sdk import get_current_context
-
         from stockex.crawler import crawl_configured_market
 
-        get_current_context()["market"] = market  # type: ignore[typeddict-unknown-key]
         return crawl_configured_market(market)
 
     crawl_market.expand(market=configured_markets())

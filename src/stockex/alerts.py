@@ -359,8 +359,16 @@ def notifier_for(settings: Settings) -> AlertNotifier:
         return notifier
 
 
+#: What alerting reads of the configuration: when the whole of it is invalid, these sections
+#: alone still say which Slack to tell (and where the shared cooldown lives).
+ALERT_SECTIONS = ("slack", "redis", "timezone")
+
+
 def _settings(settings: Settings | None) -> Settings:
-    """``settings``, or the process's configuration (read once; defaults if it is invalid)."""
+    """``settings``, or the process's configuration (read once). When that is invalid —
+    often the very failure being reported, e.g. by the DAG's ``configured_markets`` task —
+    its :data:`ALERT_SECTIONS` are read alone, and only if they are bad too the defaults
+    (no Slack, only the log)."""
     global _default_settings
     if settings is not None:
         return settings
@@ -370,8 +378,14 @@ def _settings(settings: Settings | None) -> Settings:
         try:
             _default_settings = load_settings()
         except Exception as exc:  # noqa: BLE001 - a bad config must not hide the alert
-            log.warning("alerts: using defaults, the configuration is invalid: %s", exc)
-            _default_settings = Settings()
+            try:
+                _default_settings = load_settings(sections=ALERT_SECTIONS)
+                log.warning("alerts: the configuration is invalid (%s); alerting with its "
+                            "%s settings alone", exc, ", ".join(ALERT_SECTIONS))
+            except Exception as also:  # noqa: BLE001
+                log.warning("alerts: using defaults, the configuration is invalid: %s (%s)",
+                            exc, also)
+                _default_settings = Settings()
     return _default_settings
 
 

@@ -17,7 +17,7 @@ import dataclasses
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
@@ -158,9 +158,17 @@ _SECTIONS: dict[str, type] = {
 
 
 def load_settings(
-    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    sections: Collection[str] | None = None,
 ) -> Settings:
-    """Read the YAML file (see module docstring), apply environment overrides, validate."""
+    """Read the YAML file (see module docstring), apply environment overrides, validate.
+
+    ``sections`` reads only those top-level keys of the file and the environment, the others
+    keep their defaults: the alerts read ``slack``, ``redis`` and ``timezone`` alone when the
+    whole configuration is invalid (see :func:`stockex.alerts`'s fallback).
+    """
     env = os.environ if environ is None else environ
     raw: dict[str, Any] = {}
     # An empty STOCKEX_CONFIG (compose's ${STOCKEX_CONFIG:-}) is unset, as in the shell.
@@ -169,8 +177,14 @@ def load_settings(
         source = "config.yaml"
     if source:
         raw = _read_yaml(Path(source))
+    if sections is not None:
+        raw = {key: value for key, value in raw.items() if key in sections}
     for name, value in sorted(env.items()):
         if name.upper().startswith(ENV_PREFIX):
+            if sections is not None and (
+                name[len(ENV_PREFIX):].split("__", 1)[0].lower() not in sections
+            ):
+                continue
             _apply_override(raw, name, value)
     return settings_from_mapping(raw)
 

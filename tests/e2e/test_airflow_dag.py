@@ -106,6 +106,9 @@ if dag is not None:
         markets_on_failure_callback=callback_names(dag.get_task("configured_markets")),
         markets_on_retry_callback=callback_names(dag.get_task("configured_markets"),
                                                  "on_retry_callback"),
+        on_success_callback=callback_names(crawl, "on_success_callback"),
+        markets_on_success_callback=callback_names(dag.get_task("configured_markets"),
+                                                   "on_success_callback"),
     )
 print("PROBE " + json.dumps(out))
 """
@@ -142,6 +145,9 @@ def test_dagbag_imports_the_dag_with_zero_errors_and_no_io(airflow_home: Path) -
     # A try that Airflow retries ends in on_retry_callback, not on_failure_callback
     assert probe["on_retry_callback"] == ["_report_failure"]
     assert probe["markets_on_retry_callback"] == ["_report_failure"]
+    # Both tasks alert, so both say "resolved" when they work again
+    assert probe["on_success_callback"] == ["_report_success"]
+    assert probe["markets_on_success_callback"] == ["_report_success"]
     assert time.monotonic() - started < 120
 
 
@@ -281,3 +287,49 @@ def test_a_failing_upstream_fails_the_task_and_alerts_slack(
     with mysql_database.read() as session:
         runs = list(session.scalars(select(CrawlRun)))
     assert [(r.market_id, r.status) for r in runs] == [("asaxu", "failed")]
+
+
+def test_a_running_crawl_is_named_by_its_market_in_the_ui(
+    airflow_home: Path, mysql_database: Database, start_simulator: Any
+) -> None:
+    """The map index shows the market from the task's start, not only once it returned or
+    raised an Exception: a try ended by execution_timeout or a kill (BaseExceptions) never
+    rendered it, and the grid showed "0" for it, as for every crawl while it ran."""
+    crawl_from = int(time.time()) // 60 * 60 - 30 * 60
+    simulator, url = start_simulator(origin=crawl_from, latency=4.0)  # each request: 4 s
+    env = airflow_env(
+        airflow_home,
+        STOCKEX__DATABASE__URL=mysql_database.url,
+        STOCKEX__TIKI__BASE_URL=url,
+        STOCKEX__CRAWLER__START=f"'{datetime.fromtimestamp(crawl_from, UTC).isoformat()}'",
+        STOCKEX__CRAWLER__MARKETS="[asaxu]",
+    )
+    started = time.time()
+    process = subprocess.Popen(  # noqa: S603
+        [str(BIN / "airflow"), "dags", "test", "tiki_candles"], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    seen: set[Any] = set()
+    try:
+        while process.poll() is None and time.time() - started < 240:
+            if simulator.request_count == 0:  # the crawl has not begun fetching yet
+                time.sleep(0.2)
+                continue
+            meta = sqlite3.connect(airflow_home / "airflow.db", timeout=1)
+            try:
+                seen.update(meta.execute(
+                    "SELECT rendered_map_index FROM task_instance WHERE task_id = "
+                    "'crawl_market' AND state = 'running' AND start_date >= ?",
+                    (datetime.fromtimestamp(started, UTC).strftime("%Y-%m-%d %H:%M:%S"),),
+                ).fetchall())
+            except sqlite3.OperationalError:  # locked by Airflow for a moment
+                pass
+            finally:
+                meta.close()
+            time.sleep(0.2)
+        output, _ = process.communicate(timeout=240)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output[-4000:]
+    assert seen == {("asaxu",)}, seen

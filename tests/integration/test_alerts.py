@@ -14,7 +14,7 @@ from stockex import alerts
 from stockex.alert_senders import LogSender, SlackApiSender, SlackWebhookSender
 from stockex.alert_state import RedisAlertState
 from stockex.alerts import AlertNotifier
-from stockex.config import settings_from_mapping
+from stockex.config import ConfigError, load_settings, settings_from_mapping
 from stockex.testing import FakeSlack, start_redis
 
 SECRET_KEY = "jwt-signing-key-that-must-never-leave"
@@ -296,6 +296,30 @@ def test_airflow_failure_callback_is_delivered_before_it_returns(fake_slack) -> 
 def test_airflow_callback_without_an_exception_object(fake_slack) -> None:  # type: ignore[no-untyped-def]
     alerts.airflow_task_failed(airflow_context("Task timed out"), settings_for(fake_slack))
     assert "AirflowTaskFailed" in fake_slack.texts[0] and "Task timed out" in fake_slack.texts[0]
+
+
+def test_an_invalid_configuration_is_still_reported_to_its_slack(  # type: ignore[no-untyped-def]
+    fake_slack, monkeypatch, tmp_path, caplog
+) -> None:
+    """The DAG's configured_markets task fails on bad settings, and its callback read them
+    again to find Slack: it fell back to the defaults (no Slack) and the failure reached only
+    the log. The slack section (file and environment) is read alone then."""
+    config = tmp_path / "config.yaml"
+    config.write_text(f"slack:\n  base_url: {fake_slack.api_base_url}\n"
+                      "crawler:\n  chunk_minutes: lots\n")
+    monkeypatch.setenv("STOCKEX_CONFIG", str(config))
+    monkeypatch.setenv("STOCKEX__SLACK__TOKEN", fake_slack.token)
+    monkeypatch.setenv("STOCKEX__SLACK__CHANNEL", "'#ops'")
+    monkeypatch.setenv("STOCKEX__CRAWLER__MARKETS", "[nope]")
+    monkeypatch.setattr(alerts, "_default_settings", None)
+    with pytest.raises(ConfigError) as problem:
+        load_settings()
+    with caplog.at_level(logging.WARNING, logger="stockex.alerts"):
+        alerts.airflow_task_failed(airflow_context(problem.value))
+    [message] = fake_slack.messages
+    assert message.channel == "#ops" and "ConfigError* in airflow tiki_candles" in message.text
+    assert "crawler.chunk_minutes: expected an integer" in message.text
+    assert "alerting with its slack, redis, timezone settings alone" in caplog.text
 
 
 def test_callbacks_never_raise(fake_slack) -> None:  # type: ignore[no-untyped-def]

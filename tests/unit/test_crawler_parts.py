@@ -16,9 +16,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from stockex.config import ConfigError
 from stockex.crawler import (
     CrawlFailed,
     CrawlSummary,
+    configured_markets,
     last_closed_minute,
     local_iso,
     parse_time,
@@ -137,6 +139,15 @@ def test_report_task_failure_names_the_market_and_error(caplog: Any) -> None:
     assert message.startswith("tiki_candles.crawl_market[0] failed on try 3 for market asaxu")
     assert "high 1 < max 2" in message
     assert any(message in r.getMessage() for r in caplog.records)
+
+
+def test_the_dag_refuses_an_empty_market_list(make_settings: Any) -> None:
+    """Airflow maps no crawl over [] and calls the run a success: the DAG would stay green
+    while nothing is crawled. The configured_markets task fails (and alerts) instead."""
+    assert configured_markets(make_settings("sqlite://")) == ["asaxu"]
+    empty = make_settings("sqlite://", crawler={"markets": []})
+    with pytest.raises(ConfigError, match=r"crawler\.markets: empty: nothing to crawl"):
+        configured_markets(empty)
 
 
 def test_report_task_failure_survives_a_sparse_context() -> None:

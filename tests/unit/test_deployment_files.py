@@ -138,3 +138,22 @@ def test_make_makes_the_venv_again_after_python_could_not(tmp_path: Path) -> Non
     made = make(ensurepip=True)
     assert made.returncode == 0, made.stdout + made.stderr
     assert "-m venv" in made.stdout
+
+
+def test_the_airflow_ui_can_be_logged_into_and_alerts_link_to_it() -> None:
+    """Airflow 3's SimpleAuthManager makes up the admin password on the api-server's first
+    start and keeps it in a file: inside the container it was lost (and a new one made) on
+    every redeploy, and README did not say where to read it. The log links in Slack alerts
+    start with api.base_url, which Airflow takes for http://localhost:8080 when unset."""
+    airflow = COMPOSE["x-airflow-common"]
+    passwords = Path(airflow["environment"]["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
+    mounts = dict(v.split(":")[:2][::-1] for v in SERVICES["airflow-apiserver"]["volumes"])
+    volume = mounts.get(str(passwords.parent))
+    assert volume in COMPOSE["volumes"], (passwords, mounts)  # a named volume, not the container
+    # the image makes the mount point, so the new volume belongs to airflow, not root
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"mkdir -p {passwords.parent}" in dockerfile.split(" AS airflow", 1)[1]
+    assert f"cat {passwords}" in (ROOT / "README.md").read_text()
+    base_url = airflow["environment"]["AIRFLOW__API__BASE_URL"]
+    assert with_defaults(base_url) == "http://localhost:8080" and "AIRFLOW_BASE_URL" in base_url
+    assert re.search(r"^AIRFLOW_BASE_URL=", (ROOT / ".env.example").read_text(), re.MULTILINE)

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from stockex import alerts
-from stockex.config import Settings, load_settings
+from stockex.config import ConfigError, Settings, load_settings
 from stockex.crawler.lock import CrawlInProgress
 from stockex.crawler.run import crawl_market
 from stockex.crawler.summary import CrawlFailed
@@ -20,8 +20,16 @@ log = logging.getLogger("stockex.crawler")
 
 
 def configured_markets(settings: Settings | None = None) -> list[str]:
-    """``crawler.markets`` from the settings (no I/O beyond reading the config file)."""
-    return list((settings or load_settings()).crawler.markets)
+    """``crawler.markets`` from the settings (no I/O beyond reading the config file).
+
+    Raises :class:`ConfigError` when it is empty (``STOCKEX__CRAWLER__MARKETS=``): Airflow
+    maps no ``crawl_market`` task over an empty list and marks the run successful, so every
+    run would be green while nothing is crawled. ``stockex crawl`` refuses it too.
+    """
+    markets = list((settings or load_settings()).crawler.markets)
+    if not markets:
+        raise ConfigError("crawler.markets", "empty: nothing to crawl (list a market in it)")
+    return markets
 
 
 def crawl_configured_market(market: str, settings: Settings | None = None) -> dict[str, Any]:
