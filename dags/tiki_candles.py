@@ -20,7 +20,9 @@ chunks of `crawler.chunk_minutes`, upserts each chunk in one transaction and rec
   `stockex.crawler.report_task_failure`; the next success posts "resolved". Each try is a
   process of its own: the cooldown between tries and "resolved" need `redis.url`. A failure of
   `configured_markets` (bad settings: every crawl would be `upstream_failed`) is posted too.
-  A long first backfill that hits `execution_timeout` simply continues in the next run.
+  A long first backfill that hits `execution_timeout` simply continues in the next run. A
+  run stopped by its `dagrun_timeout` (45 min: Airflow marks its unfinished tasks skipped,
+  not failed) is posted by the DAG's own failure callback.
 """
 
 from __future__ import annotations
@@ -50,6 +52,18 @@ def _report_success(context: Any) -> None:
     airflow_task_succeeded(context)
 
 
+def _report_run_failure(context: Any) -> None:
+    from stockex.alerts import airflow_dag_run_failed
+
+    airflow_dag_run_failed(context)
+
+
+def _report_run_success(context: Any) -> None:
+    from stockex.alerts import airflow_dag_run_succeeded
+
+    airflow_dag_run_succeeded(context)
+
+
 @dag(
     dag_id="tiki_candles",
     schedule="* * * * *",
@@ -57,6 +71,10 @@ def _report_success(context: Any) -> None:
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(minutes=45),
+    # A run ended by dagrun_timeout has its unfinished tasks marked skipped (no task callback
+    # runs): the DAG's own callbacks post it, and "resolved" after the next good run.
+    on_failure_callback=_report_run_failure,
+    on_success_callback=_report_run_success,
     tags=["stockex", "tiki", "candles", "crawler"],
     doc_md=__doc__,
     default_args={"owner": "stockex"},

@@ -532,6 +532,52 @@ def airflow_task_succeeded(context: Mapping[str, Any], settings: Settings | None
         log.exception("could not send the Airflow recovery message")
 
 
+class AirflowRunTimedOut(RuntimeError):
+    """A DAG run ended by its ``dagrun_timeout``."""
+
+
+def _dag_run_source(context: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    dag = context.get("dag")
+    dag_id = getattr(dag, "dag_id", None) or "?"
+    return f"airflow {dag_id}", {"dag": dag_id, "run_id": context.get("run_id")}
+
+
+def airflow_dag_run_failed(context: Mapping[str, Any], settings: Settings | None = None) -> None:
+    """Airflow's DAG-level ``on_failure_callback``: alerts a run ended by its
+    ``dagrun_timeout``. Airflow marks that run's unfinished tasks *skipped*, so no task
+    callback runs and the grid shows no failure; a run failed by a task was that task's
+    alert already, and is only logged here."""
+    try:
+        source, fields = _dag_run_source(context)
+        reason = context.get("reason")
+        if reason != "timed_out":
+            log.info("%s: run %s failed (%s)", source, fields["run_id"], reason)
+            return
+        timeout = getattr(context.get("dag"), "dagrun_timeout", None)
+        ti = context.get("ti") or context.get("task_instance")
+        fields["unfinished_task"] = getattr(ti, "task_id", None)
+        error = AirflowRunTimedOut(
+            f"the run was stopped by its dagrun_timeout ({timeout}); Airflow marked its "
+            "unfinished tasks skipped"
+        )
+        notifier = _notifier(settings)
+        notifier.alert_exception(source, error, fields, service=SERVICE_AIRFLOW)
+        notifier.flush(AIRFLOW_FLUSH_SECONDS)
+    except Exception:  # noqa: BLE001 - a callback must not fail the DAG processor
+        log.exception("could not send the Airflow DAG run alert")
+
+
+def airflow_dag_run_succeeded(context: Mapping[str, Any], settings: Settings | None = None) -> None:
+    """Airflow's DAG-level ``on_success_callback``: resolves a timed-out run's incident."""
+    try:
+        source, fields = _dag_run_source(context)
+        notifier = _notifier(settings)
+        notifier.resolve(source, service=SERVICE_AIRFLOW, context=fields)
+        notifier.flush(AIRFLOW_FLUSH_SECONDS)
+    except Exception:  # noqa: BLE001
+        log.exception("could not send the Airflow DAG run recovery message")
+
+
 class AirflowTaskFailed(RuntimeError):
     """Stands in for the task's error when Airflow hands the callback none."""
 

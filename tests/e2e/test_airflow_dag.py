@@ -109,6 +109,8 @@ if dag is not None:
         on_success_callback=callback_names(crawl, "on_success_callback"),
         markets_on_success_callback=callback_names(dag.get_task("configured_markets"),
                                                    "on_success_callback"),
+        dag_on_failure_callback=callback_names(dag),
+        dag_on_success_callback=callback_names(dag, "on_success_callback"),
     )
 print("PROBE " + json.dumps(out))
 """
@@ -148,6 +150,9 @@ def test_dagbag_imports_the_dag_with_zero_errors_and_no_io(airflow_home: Path) -
     # Both tasks alert, so both say "resolved" when they work again
     assert probe["on_success_callback"] == ["_report_success"]
     assert probe["markets_on_success_callback"] == ["_report_success"]
+    # A run stopped by dagrun_timeout skips its unfinished tasks: the DAG itself tells
+    assert probe["dag_on_failure_callback"] == ["_report_run_failure"]
+    assert probe["dag_on_success_callback"] == ["_report_run_success"]
     assert time.monotonic() - started < 120
 
 

@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import time
+from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
@@ -291,6 +292,28 @@ def test_airflow_failure_callback_is_delivered_before_it_returns(fake_slack) -> 
         assert line in text
     alerts.airflow_task_succeeded(airflow_context(None), settings)
     assert "resolved airflow tiki_candles.crawl_asaxu" in fake_slack.texts[1]
+
+
+def test_a_dag_run_stopped_by_its_timeout_is_posted_and_resolved(fake_slack) -> None:  # type: ignore[no-untyped-def]
+    """Airflow marks the unfinished tasks of a run ended by dagrun_timeout skipped: no task
+    callback runs, so the DAG's own failure callback must tell. A run failed by a task was
+    that task's alert and is not posted twice."""
+    settings = settings_for(fake_slack)
+    dag = SimpleNamespace(dag_id="tiki_candles", dagrun_timeout=timedelta(minutes=45))
+    ti = SimpleNamespace(dag_id="tiki_candles", task_id="crawl_market", map_index=0)
+    run_id = "scheduled__2024-07-02T00:00:00+00:00"
+    alerts.airflow_dag_run_failed({"dag": dag, "run_id": run_id, "reason": "task_failure",
+                                   "ti": ti}, settings)
+    assert fake_slack.texts == []
+    alerts.airflow_dag_run_failed({"dag": dag, "run_id": run_id, "reason": "timed_out",
+                                   "ti": ti}, settings)
+    [text] = fake_slack.texts
+    assert "AirflowRunTimedOut* in airflow tiki_candles" in text
+    assert "dagrun_timeout (0:45:00)" in text and "skipped" in text
+    assert f"• run_id: {run_id}" in text and "• unfinished_task: crawl_market" in text
+    alerts.airflow_dag_run_succeeded({"dag": dag, "run_id": "scheduled__x", "reason": "success"},
+                                     settings)
+    assert "resolved airflow tiki_candles" in fake_slack.texts[1]
 
 
 def test_airflow_callback_without_an_exception_object(fake_slack) -> None:  # type: ignore[no-untyped-def]
