@@ -624,6 +624,35 @@ def test_upstream_down_fails_the_run_with_a_clear_error(
     assert stored(database) == []
 
 
+def test_a_failed_run_counts_the_requests_it_made(
+    database: Database, make_settings: Any, start_simulator: Any, caplog: Any
+) -> None:
+    """A request that failed (after its retries) or whose page was refused still went out:
+    the summary (the CLI's JSON, XCom) and the log line must not say "0 request(s)" beside
+    "upstream unavailable after 2 attempt(s)", as if the upstream had never been asked."""
+    from stockex.testing import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    now = FakeClock(minute(10))
+    settings = crawl_settings(make_settings, database, url)
+    with caplog.at_level(logging.ERROR, logger="stockex.crawler"), pytest.raises(
+        CrawlFailed
+    ) as failure:
+        crawl_market(database, settings, "asaxu", clock=now,
+                     client=fast_client(url, max_attempts=2))
+    assert failure.value.summary.requests == 1
+    assert failure.value.summary.as_dict()["requests"] == 1
+    assert any("1 request(s)" in r.getMessage() for r in caplog.records)
+
+    # chunks 0-99 and 100-199 stored, 200-299 answered with a bad minute and refused
+    bad_now = FakeClock(minute(500) + 10)
+    _, sim_url = start_simulator(clock=bad_now, malformed_ts=minute(250))
+    settings = crawl_settings(make_settings, database, sim_url, chunk_minutes=100)
+    with pytest.raises(CrawlFailed) as failure:
+        crawl_market(database, settings, "asaxu", clock=bad_now, client=fast_client(sim_url))
+    assert failure.value.summary.requests == 3
+
+
 def test_a_credential_in_the_upstream_url_is_not_stored_in_the_run_row(
     database: Database, make_settings: Any, start_simulator: Any
 ) -> None:

@@ -61,6 +61,19 @@ def test_one_crawler_by_default_the_dag_and_the_loop_on_request() -> None:
     assert {"mysql-data", "redis-data", "airflow-db-data"} <= set(COMPOSE["volumes"])
 
 
+def test_the_dag_retries_set_in_env_reach_every_airflow_process() -> None:
+    """README: failed tries retry `STOCKEX_DAG_RETRIES` times. The DAG file reads it from the
+    environment where it is parsed (dag-processor, and the scheduler's task processes), so
+    compose must pass the .env value through, or setting it there does nothing."""
+    airflow = [n for n in SERVICES if n.startswith("airflow-") and n != "airflow-db"]
+    assert airflow
+    for name in airflow:
+        value = str(SERVICES[name]["environment"].get("STOCKEX_DAG_RETRIES"))
+        assert "${STOCKEX_DAG_RETRIES" in value and with_defaults(value) == "4", name
+    example = (ROOT / ".env.example").read_text()
+    assert re.search(r"^STOCKEX_DAG_RETRIES=4$", example, re.MULTILINE)
+
+
 def test_jenkinsfile_stages() -> None:
     text = (ROOT / "Jenkinsfile").read_text()
     stages = re.findall(r"stage\('([^']+)'\)", text)

@@ -423,8 +423,10 @@ def _fetch_chunk(client: TikiClient, run: _Run, chunk_from: int, chunk_to: int) 
     klines: list[Kline] = []
     cursor = chunk_from
     while cursor <= chunk_to:
-        page = client.fetch_klines(run.market, cursor, chunk_to)
-        run.requests += 1
+        try:
+            page = client.fetch_klines(run.market, cursor, chunk_to)
+        finally:
+            run.requests += 1  # failed or refused, it was asked: not "0 request(s)"
         if not page:
             break  # nothing more in this chunk: a gap (or no data yet), not the end
         klines.extend(page)
