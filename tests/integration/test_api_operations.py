@@ -262,3 +262,38 @@ def test_body_over_the_limit_is_413_json(app, client) -> None:  # type: ignore[n
     response = client.post("/api/v1/auth/register", data=b"x" * 100_000,
                            content_type="application/json")
     assert response.status_code == 413
+
+
+def test_a_compressed_body_is_415_naming_the_encoding(app, client) -> None:  # type: ignore[no-untyped-def]
+    """A gzip body (``curl --compressed`` does not, but HTTP libraries and proxies can) was
+    refused as 400 invalid_json "the request body must be a JSON object" although it was one.
+    RFC 9110 §15.5.16: 415, with Accept-Encoding saying what is taken."""
+    import gzip
+
+    @app.post("/echo")
+    def echo():  # type: ignore[no-untyped-def]
+        return json_body()
+
+    for encoding in ("gzip", "deflate", "br", "GZIP"):
+        response = client.post("/echo", data=gzip.compress(b'{"a": 1}'),
+                               content_type="application/json",
+                               headers={"Content-Encoding": encoding})
+        assert response.status_code == 415, response.get_json()
+        assert response.headers["Accept-Encoding"] == "identity"
+        assert response.get_json()["error"] == {
+            "code": "unsupported_content_encoding",
+            "message": f"Content-Encoding {encoding.lower()!r} is not supported: send the "
+                       "request body uncompressed",
+            "details": {"content_encoding": encoding.lower()},
+        }
+    for encoding in ("identity", ""):
+        response = client.post("/echo", json={"a": 1}, headers={"Content-Encoding": encoding})
+        assert response.get_json() == {"a": 1}
+    response = client.post("/api/v1/auth/register", data=gzip.compress(b'{"username": "al"}'),
+                           content_type="application/json", headers={"Content-Encoding": "gzip"})
+    assert response.status_code == 415
+    spec = client.get("/api/openapi.json").get_json()
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            if "requestBody" in operation:
+                assert "415" in operation["responses"], (method, path)

@@ -9,7 +9,7 @@ from typing import Any
 from flask import g, request
 from werkzeug.routing import IntegerConverter
 
-from stockex.errors import InvalidInput, refuse_unknown_fields
+from stockex.errors import DomainError, InvalidInput, refuse_unknown_fields
 from stockex.numbers import parse_int
 
 
@@ -76,10 +76,23 @@ def request_json() -> Any:
     return g.stockex_json
 
 
+def _refuse_content_encoding() -> None:
+    """415 for a compressed body (RFC 9110 §15.5.16): it would otherwise be read as bytes
+    that are no JSON, and refused as if the client had sent something else than JSON."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise DomainError(
+            f"Content-Encoding {encoding!r} is not supported: send the request body "
+            "uncompressed", code="unsupported_content_encoding", status=415,
+            details={"content_encoding": encoding}, headers={"Accept-Encoding": "identity"})
+
+
 def json_body(fields: frozenset[str] | None = None) -> dict[str, Any]:
     """The request's JSON object; 400 ``invalid_json`` for anything else, and 400
     ``unknown_field`` for a key outside ``fields`` when given (a misspelt or unsupported
-    key is refused, not silently ignored: ``{"role": "admin"}`` at register sets nothing)."""
+    key is refused, not silently ignored: ``{"role": "admin"}`` at register sets nothing).
+    A compressed body is 415 ``unsupported_content_encoding``."""
+    _refuse_content_encoding()
     data = request_json()
     if "stockex_json_duplicate" in g:
         key = g.stockex_json_duplicate
