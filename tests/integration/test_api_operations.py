@@ -297,3 +297,13 @@ def test_a_compressed_body_is_415_naming_the_encoding(app, client) -> None:  # t
         for method, operation in item.items():
             if "requestBody" in operation:
                 assert "415" in operation["responses"], (method, path)
+
+
+def test_a_login_over_the_limit_is_413_with_its_rate_limit_on(database, make_settings) -> None:  # type: ignore[no-untyped-def]
+    """A rate-limited login reads its body twice (the limit is keyed on the username): the
+    second read must answer 413 too, not 400 "must be a JSON object"."""
+    limited = create_app(make_settings(database.url, api={"login_rate_limit": "5 per minute"}),
+                         db=database).test_client()
+    response = limited.post("/api/v1/auth/login", data=b"x" * 100_000,
+                            content_type="application/json")
+    assert response.status_code == 413, response.get_json()

@@ -61,19 +61,33 @@ def _check_encodable(value: Any) -> None:
 def request_json() -> Any:
     """The body as strict UTF-8 JSON, parsed once per request; None when it is not JSON
     (or is too deeply nested to parse, escapes a lone surrogate, or repeats a key: then
-    ``g.stockex_json_duplicate`` names it). A body over the size limit raises 413."""
+    ``g.stockex_json_duplicate`` names it; ``g.stockex_json_problem`` says what else is
+    wrong, when it can). A body over the size limit raises 413."""
     if "stockex_json" not in g:
-        try:
+        value = None
+        try:  # a 413 propagates, and leaves nothing cached: a second call raises it again
             text = request.get_data(cache=True).decode("utf-8")
             value = _DECODER.decode(text)
             if _SURROGATE_ESCAPE.search(text):
                 _check_encodable(value)
-            g.stockex_json = value
         except _DuplicateKey as exc:
-            g.stockex_json, g.stockex_json_duplicate = None, str(exc)
-        except (ValueError, RecursionError):  # UnicodeDecodeError/EncodeError are ValueErrors
-            g.stockex_json = None
+            value, g.stockex_json_duplicate = None, str(exc)
+        except UnicodeDecodeError:
+            g.stockex_json_problem = ("the request body is not UTF-8 text", {})
+        except json.JSONDecodeError as exc:
+            g.stockex_json_problem = _syntax_problem(exc)
+        except (ValueError, RecursionError):  # NaN, a lone surrogate, 30,000 brackets
+            value = None
+        g.stockex_json = value
     return g.stockex_json
+
+
+def _syntax_problem(exc: json.JSONDecodeError) -> tuple[str, dict[str, Any]]:
+    if not exc.doc.strip():
+        return "the request body is empty: send a JSON object", {}
+    what = exc.msg[:1].lower() + exc.msg[1:]
+    return (f"the request body is not valid JSON: {what} (line {exc.lineno}, column "
+            f"{exc.colno})", {"line": exc.lineno, "column": exc.colno})
 
 
 def _refuse_content_encoding() -> None:
@@ -99,7 +113,9 @@ def json_body(fields: frozenset[str] | None = None) -> dict[str, Any]:
         raise InvalidInput(f"the key {key!r} appears more than once in the request body",
                            code="invalid_json", details={"field": key})
     if not isinstance(data, dict):
-        raise InvalidInput("the request body must be a JSON object", code="invalid_json")
+        message, details = g.get("stockex_json_problem",
+                                 ("the request body must be a JSON object", {}))
+        raise InvalidInput(message, code="invalid_json", details=details)
     if fields is not None:
         refuse_unknown_fields(data, fields)
     return data
