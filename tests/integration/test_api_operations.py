@@ -307,3 +307,34 @@ def test_a_login_over_the_limit_is_413_with_its_rate_limit_on(database, make_set
     response = limited.post("/api/v1/auth/login", data=b"x" * 100_000,
                             content_type="application/json")
     assert response.status_code == 413, response.get_json()
+
+
+class _BrokenChunkedBody:
+    """What gunicorn hands the app for a body whose chunked coding is malformed
+    ("Transfer-Encoding: chunked" then "zz\\r\\n"): reading it raises its parser's error."""
+
+    def read(self, *_args):  # type: ignore[no-untyped-def]
+        from gunicorn.http.errors import InvalidChunkSize
+
+        raise InvalidChunkSize(b"zz")
+
+    readline = read
+
+
+def test_an_unreadable_body_is_400_not_a_500(app, client, caplog) -> None:  # type: ignore[no-untyped-def]
+    """A malformed chunked body under gunicorn raised InvalidChunkSize out of the view: 500
+    internal_error and a Slack alert, for what is the client's mistake."""
+    unhandled = []
+    app.extensions["stockex.on_unhandled_error"] = unhandled.append
+    for path in ("/api/v1/auth/login", "/api/v1/auth/register"):
+        response = client.post(
+            path, headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+            environ_overrides={"wsgi.input": _BrokenChunkedBody(),
+                               "wsgi.input_terminated": True})
+        assert response.status_code == 400, response.get_json()
+        assert response.get_json()["error"] == {
+            "code": "invalid_json",
+            "message": "the request body could not be read (malformed chunked transfer "
+                       "coding, or the connection was cut)",
+            "details": {}}
+    assert unhandled == []

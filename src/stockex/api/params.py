@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import Any
 
 from flask import g, request
+from werkzeug.exceptions import HTTPException
 from werkzeug.routing import IntegerConverter
 
 from stockex.errors import DomainError, InvalidInput, refuse_unknown_fields
 from stockex.numbers import parse_int
+
+log = logging.getLogger("stockex.api")
 
 
 class AsciiIntegerConverter(IntegerConverter):
@@ -78,8 +82,18 @@ def request_json() -> Any:
             g.stockex_json_problem = _syntax_problem(exc)
         except (ValueError, RecursionError):  # NaN, a lone surrogate, 30,000 brackets
             value = None
+        except HTTPException:  # 413: over the size limit
+            raise
+        except Exception as exc:  # noqa: BLE001 - the server could not read the body: gunicorn
+            # raises InvalidChunkSize for a malformed chunked body, NoMoreData when cut short
+            log.info("request body unreadable: %s: %s", type(exc).__name__, exc)
+            g.stockex_json_problem = (UNREADABLE_BODY, {})
         g.stockex_json = value
     return g.stockex_json
+
+
+UNREADABLE_BODY = ("the request body could not be read (malformed chunked transfer coding, or "
+                   "the connection was cut)")
 
 
 def _syntax_problem(exc: json.JSONDecodeError) -> tuple[str, dict[str, Any]]:
