@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from flask import g, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.routing import IntegerConverter
 
 from stockex.errors import DomainError, InvalidInput, refuse_unknown_fields
@@ -70,7 +70,15 @@ def request_json() -> Any:
     if "stockex_json" not in g:
         value = None
         try:  # a 413 propagates, and leaves nothing cached: a second call raises it again
-            text = request.get_data(cache=True).decode("utf-8")
+            data = request.get_data(cache=True)
+            limit = request.max_content_length
+            if request.content_length is None and limit is not None and len(data) >= limit:
+                # A streamed (chunked) body is read up to the limit only, and Werkzeug
+                # raises 413 on a further read alone: look for one more byte ourselves.
+                if g.get("stockex_json_too_large") or request.input_stream.read(1):
+                    g.stockex_json_too_large = True  # for a second call (login's rate limit)
+                    raise RequestEntityTooLarge()
+            text = data.decode("utf-8")
             value = _DECODER.decode(text)
             if _SURROGATE_ESCAPE.search(text):
                 _check_encodable(value)
