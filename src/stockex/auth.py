@@ -334,7 +334,11 @@ def bearer_token() -> str:
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("an 'Authorization: Bearer <token>' header is required",
                            code="missing_token")
-    return token.strip()
+    token = token.strip()
+    if token[:7].lower() == "bearer ":  # "Bearer <token>" pasted where the token alone goes
+        raise Unauthorized("the Authorization header says 'Bearer' twice: send 'Bearer "
+                           "<token>' (in Swagger UI's Authorize dialog, paste the token alone)")
+    return token
 
 
 def current_principal() -> Principal:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from werkzeug.serving import make_server
 from stockex.api import create_app
 from stockex.candles import store_minutes
 from stockex.tiki import Kline
+from stockex.trading import accounts
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -103,5 +105,86 @@ def test_swagger_ui_try_it_out_executes_candles(served_app: str) -> None:
             assert body["market"] == "asaxu" and body["period"] == 60
             assert len(body["candles"]) == 2
             assert body["candles"][-1]["time"] % 3600 == 0
+        finally:
+            browser.close()
+
+
+def _try_it_out(page, operation_id: str, params: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    """Open one operation, press "Try it out", keep the request body Swagger UI offers, fill
+    ``params`` and execute; returns (status, parsed body) as the page renders them."""
+    from playwright.sync_api import expect
+
+    operation = page.locator(f"#operations-{operation_id}")
+    operation.locator(".opblock-summary").first.click()
+    try_out = operation.locator("button.try-out__btn")
+    if "cancel" not in (try_out.get_attribute("class") or ""):  # not in "Try it out" yet
+        try_out.click()
+    for name, value in (params or {}).items():
+        operation.locator(f"tr[data-param-name='{name}'] input").fill(value)
+    operation.locator("button.execute").click()
+    live = operation.locator(".live-responses-table tr.response")
+    status = live.locator(".response-col_status").first
+    expect(status).to_have_text(re.compile(r"^\d{3}$"), timeout=15_000)
+    body = json.loads(live.locator(".response-col_description pre").first.inner_text())
+    result = int(status.inner_text()), body
+    operation.locator(".opblock-summary").first.click()  # closed again: one open at a time
+    return result
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"Chromium is not installed at "
+                    f"{CHROMIUM} (apt-get install chromium; `make test` installs it)")
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_user_trades_from_swagger_ui_with_its_examples(served_app: str, database,  # type: ignore[no-untyped-def]
+                                                         settings) -> None:
+    """What a newcomer does in /api/docs: register and log in with the request bodies the
+    page offers, paste the token into "Authorize", then /me, place an order (the offered
+    body), list it, cancel it, and cancel it again to see an error rendered. The offered
+    bodies are the document's examples: they must be accepted as they stand (the register
+    example's password used to be Swagger UI's "string", 6 characters, and the order example
+    a limit buy with a price of 0.001 and a quote_amount too)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.route(
+                "**/*",
+                lambda route: route.continue_()
+                if route.request.url.startswith(served_app) else route.abort(),
+            )
+            page.goto(f"{served_app}/api/docs", wait_until="domcontentloaded")
+
+            status, user = _try_it_out(page, "accounts-register")
+            assert status == 201, user
+            status, login = _try_it_out(page, "accounts-login")
+            assert status == 200, login
+            assert login["token_type"] == "Bearer"
+
+            page.locator(".auth-wrapper button.authorize").click()
+            dialog = page.locator(".modal-ux")
+            assert "bearerAuth" in dialog.inner_text()
+            dialog.locator("input").first.fill(login["access_token"])
+            dialog.locator("button.authorize").click()
+            dialog.locator("button.btn-done").click()
+
+            status, me = _try_it_out(page, "accounts-me")
+            assert (status, me["username"], me["id"]) == (200, user["username"], user["id"])
+
+            accounts.deposit(database, settings, user["username"], "XU", "1000000")
+            accounts.deposit(database, settings, user["username"], "ASA", "1000")
+            status, order = _try_it_out(page, "trading-placeOrder")
+            assert status == 201, order
+            assert order["status"] == "open"
+            status, listed = _try_it_out(page, "trading-listOrders")
+            assert status == 200 and [o["id"] for o in listed] == [order["id"]]
+            status, cancelled = _try_it_out(page, "trading-cancelOrder",
+                                            {"order_id": str(order["id"])})
+            assert (status, cancelled["status"]) == (200, "cancelled")
+            status, error = _try_it_out(page, "trading-cancelOrder",
+                                        {"order_id": str(order["id"])})
+            assert status == 409
+            assert error["error"]["code"] == "order_not_open"
+            assert set(error["error"]) == {"code", "message", "details"}
         finally:
             browser.close()

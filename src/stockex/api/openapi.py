@@ -37,6 +37,8 @@ _ERROR_TEXT = {
     404: "Unknown market, order or route",
     409: "Conflict with the current state",
     413: "The request body is larger than 64 KiB",
+    415: "The request body is compressed (`unsupported_content_encoding`): send it without "
+         "Content-Encoding",
     429: "Rate limited; see the Retry-After header",
     500: "Internal error (details are in the server log, never in the response)",
     503: "A backing service (database, Redis) is unavailable, or the database schema is "
@@ -338,6 +340,12 @@ ORDER_ERROR_CODES = (
     "too_many_decimals, below_min_amount, invalid_client_order_id, insufficient_balance"
 )
 
+# Request bodies carry a whole example: Swagger UI's "Try it out" starts from it, and without
+# one makes one up from the properties (a password "string", too short; an order with every
+# optional field), which the API refuses. Register, log in, deposit (as admin) and order with
+# them, in that order, and each is accepted.
+EXAMPLE_PASSWORD = "correct-horse-battery"  # noqa: S105 - an example in the docs
+
 TRADING_SCHEMAS: dict[str, Any] = {
     "RegisterRequest": {
         "type": "object",
@@ -348,6 +356,8 @@ TRADING_SCHEMAS: dict[str, Any] = {
             "password": {"type": "string", "minLength": 8, "format": "password"},
             "email": {"type": "string", "format": "email", "nullable": True},
         },
+        "example": {"username": "alice", "password": EXAMPLE_PASSWORD,
+                    "email": "alice@example.com"},
     },
     "LoginRequest": {
         "type": "object",
@@ -357,6 +367,7 @@ TRADING_SCHEMAS: dict[str, Any] = {
             "username": {"type": "string"},
             "password": {"type": "string", "format": "password"},
         },
+        "example": {"username": "alice", "password": EXAMPLE_PASSWORD},
     },
     "User": {
         "type": "object",
@@ -395,6 +406,7 @@ TRADING_SCHEMAS: dict[str, Any] = {
             "asset": {"type": "string", "example": "XU"},
             "amount": ref("Decimal"),
         },
+        "example": {"username": "alice", "asset": "XU", "amount": "100000"},
     },
     "TransferResult": {
         "type": "object",
@@ -427,6 +439,8 @@ TRADING_SCHEMAS: dict[str, Any] = {
             "time_in_force": {"type": "string", "enum": ["GTC", "IOC", "FOK"]},
             "client_order_id": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$"},
         },
+        "example": {"market": "asaxu", "side": "buy", "type": "limit", "price": "25000",
+                    "amount": "0.5", "time_in_force": "GTC"},
     },
     "Fill": {
         "type": "object",
@@ -545,7 +559,7 @@ def _trading_paths() -> dict[str, Any]:
                            "invalid_password, invalid_email. 409 username_taken.",
             "requestBody": json_body_of("RegisterRequest"),
             "responses": {"201": json_response("Created", ref("User")),
-                          **errors(400, 409, 413, 503)},
+                          **errors(400, 409, 413, 415, 503)},
         }},
         "/api/v1/auth/login": {"post": {
             "tags": ["accounts"], "summary": "Log in: a bearer token",
@@ -553,7 +567,7 @@ def _trading_paths() -> dict[str, Any]:
             "description": "400 invalid_json, unknown_field; 401 invalid_credentials.",
             "requestBody": json_body_of("LoginRequest"),
             "responses": {"200": json_response("A token", ref("Token")),
-                          **errors(400, 401, 413, 429, 503)},
+                          **errors(400, 401, 413, 415, 429, 503)},
         }},
         "/api/v1/auth/logout": {"post": {
             "tags": ["accounts"], "summary": "Revoke the presented token",
@@ -586,7 +600,7 @@ def _trading_paths() -> dict[str, Any]:
                     "201": json_response("Placed, with its fills", ref("Order")),
                     "200": json_response("The original order of a repeated client_order_id",
                                          ref("Order")),
-                    **errors(400, 401, 404, 409, 413, 429, 503),
+                    **errors(400, 401, 404, 409, 413, 415, 429, 503),
                 },
             },
             "get": {
@@ -634,7 +648,7 @@ def _trading_paths() -> dict[str, Any]:
                            "404 unknown_user.",
             "requestBody": json_body_of("TransferRequest"),
             "responses": {"200": json_response("The new balance", ref("TransferResult")),
-                          **errors(400, 401, 403, 404, 413, 503)},
+                          **errors(400, 401, 403, 404, 413, 415, 503)},
         }},
         "/api/v1/admin/withdrawals": {"post": {
             "tags": ["admin"], "summary": "Debit a user's available balance (admin)",
@@ -643,7 +657,7 @@ def _trading_paths() -> dict[str, Any]:
                            "insufficient_balance; 404 unknown_user.",
             "requestBody": json_body_of("TransferRequest"),
             "responses": {"200": json_response("The new balance", ref("TransferResult")),
-                          **errors(400, 401, 403, 404, 413, 503)},
+                          **errors(400, 401, 403, 404, 413, 415, 503)},
         }},
     }
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import Any
 
 from flask import g, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.routing import IntegerConverter
 
-from stockex.errors import InvalidInput, refuse_unknown_fields
+from stockex.errors import DomainError, InvalidInput, refuse_unknown_fields
 from stockex.numbers import parse_int
+
+log = logging.getLogger("stockex.api")
 
 
 class AsciiIntegerConverter(IntegerConverter):
@@ -61,32 +65,79 @@ def _check_encodable(value: Any) -> None:
 def request_json() -> Any:
     """The body as strict UTF-8 JSON, parsed once per request; None when it is not JSON
     (or is too deeply nested to parse, escapes a lone surrogate, or repeats a key: then
-    ``g.stockex_json_duplicate`` names it). A body over the size limit raises 413."""
+    ``g.stockex_json_duplicate`` names it; ``g.stockex_json_problem`` says what else is
+    wrong, when it can). A body over the size limit raises 413."""
     if "stockex_json" not in g:
-        try:
-            text = request.get_data(cache=True).decode("utf-8")
+        value = None
+        try:  # a 413 propagates, and leaves nothing cached: a second call raises it again
+            data = request.get_data(cache=True)
+            limit = request.max_content_length
+            if request.content_length is None and limit is not None and len(data) >= limit:
+                # A streamed (chunked) body is read up to the limit only, and Werkzeug
+                # raises 413 on a further read alone: look for one more byte ourselves.
+                if g.get("stockex_json_too_large") or request.input_stream.read(1):
+                    g.stockex_json_too_large = True  # for a second call (login's rate limit)
+                    raise RequestEntityTooLarge()
+            text = data.decode("utf-8")
             value = _DECODER.decode(text)
             if _SURROGATE_ESCAPE.search(text):
                 _check_encodable(value)
-            g.stockex_json = value
         except _DuplicateKey as exc:
-            g.stockex_json, g.stockex_json_duplicate = None, str(exc)
-        except (ValueError, RecursionError):  # UnicodeDecodeError/EncodeError are ValueErrors
-            g.stockex_json = None
+            value, g.stockex_json_duplicate = None, str(exc)
+        except UnicodeDecodeError:
+            g.stockex_json_problem = ("the request body is not UTF-8 text", {})
+        except json.JSONDecodeError as exc:
+            g.stockex_json_problem = _syntax_problem(exc)
+        except (ValueError, RecursionError):  # NaN, a lone surrogate, 30,000 brackets
+            value = None
+        except HTTPException:  # 413: over the size limit
+            raise
+        except Exception as exc:  # noqa: BLE001 - the server could not read the body: gunicorn
+            # raises InvalidChunkSize for a malformed chunked body, NoMoreData when cut short
+            log.info("request body unreadable: %s: %s", type(exc).__name__, exc)
+            g.stockex_json_problem = (UNREADABLE_BODY, {})
+        g.stockex_json = value
     return g.stockex_json
+
+
+UNREADABLE_BODY = ("the request body could not be read (malformed chunked transfer coding, or "
+                   "the connection was cut)")
+
+
+def _syntax_problem(exc: json.JSONDecodeError) -> tuple[str, dict[str, Any]]:
+    if not exc.doc.strip():
+        return "the request body is empty: send a JSON object", {}
+    what = exc.msg[:1].lower() + exc.msg[1:]
+    return (f"the request body is not valid JSON: {what} (line {exc.lineno}, column "
+            f"{exc.colno})", {"line": exc.lineno, "column": exc.colno})
+
+
+def _refuse_content_encoding() -> None:
+    """415 for a compressed body (RFC 9110 §15.5.16): it would otherwise be read as bytes
+    that are no JSON, and refused as if the client had sent something else than JSON."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise DomainError(
+            f"Content-Encoding {encoding!r} is not supported: send the request body "
+            "uncompressed", code="unsupported_content_encoding", status=415,
+            details={"content_encoding": encoding}, headers={"Accept-Encoding": "identity"})
 
 
 def json_body(fields: frozenset[str] | None = None) -> dict[str, Any]:
     """The request's JSON object; 400 ``invalid_json`` for anything else, and 400
     ``unknown_field`` for a key outside ``fields`` when given (a misspelt or unsupported
-    key is refused, not silently ignored: ``{"role": "admin"}`` at register sets nothing)."""
+    key is refused, not silently ignored: ``{"role": "admin"}`` at register sets nothing).
+    A compressed body is 415 ``unsupported_content_encoding``."""
+    _refuse_content_encoding()
     data = request_json()
     if "stockex_json_duplicate" in g:
         key = g.stockex_json_duplicate
         raise InvalidInput(f"the key {key!r} appears more than once in the request body",
                            code="invalid_json", details={"field": key})
     if not isinstance(data, dict):
-        raise InvalidInput("the request body must be a JSON object", code="invalid_json")
+        message, details = g.get("stockex_json_problem",
+                                 ("the request body must be a JSON object", {}))
+        raise InvalidInput(message, code="invalid_json", details=details)
     if fields is not None:
         refuse_unknown_fields(data, fields)
     return data

@@ -247,6 +247,24 @@ def test_missing_or_malformed_header(client, header: str) -> None:  # type: igno
     assert response.get_json()["error"]["code"] == "missing_token"
 
 
+def test_a_token_pasted_with_its_bearer_prefix_is_told_so(client) -> None:  # type: ignore[no-untyped-def]
+    """Swagger UI's "Authorize" dialog (bearer scheme) puts "Bearer " before what is pasted;
+    pasting "Bearer eyJ..." (login answers token_type "Bearer") sent "Bearer Bearer eyJ...",
+    answered only "the token is not valid", as if the token itself were bad."""
+    register(client, "dora")
+    token = login(client, "dora").get_json()["access_token"]
+    for header in (f"Bearer Bearer {token}", f"Bearer bearer  {token}"):
+        response = client.get("/api/v1/me", headers={"Authorization": header})
+        assert response.status_code == 401
+        assert response.get_json()["error"] == {
+            "code": "invalid_token",
+            "message": "the Authorization header says 'Bearer' twice: send 'Bearer <token>' "
+                       "(in Swagger UI's Authorize dialog, paste the token alone)",
+            "details": {},
+        }
+    assert client.get("/api/v1/me", headers=bearer(token)).status_code == 200
+
+
 def test_admin_routes_need_the_admin_role(client, database, settings) -> None:  # type: ignore[no-untyped-def]
     user = register(client, "frank").get_json()
     admin = auth.create_user(database, settings, "boss", "password-123", role="admin")

@@ -391,3 +391,28 @@ def test_a_balance_beyond_what_the_database_stores_is_refused(exchange) -> None:
                                       headers=exchange.headers("frank"))
     assert response.status_code == 200, response.get_json()
     exchange.assert_reconciles()
+
+
+def test_a_body_that_is_not_json_says_why(book) -> None:  # type: ignore[no-untyped-def]
+    """A body edited by hand (Swagger UI's "Try it out", curl -d) with a trailing comma or
+    a missing quote was answered "the request body must be a JSON object", while it looked
+    like one: the answer now says where the parser stopped, or that the body is empty."""
+    cases = [
+        ('{"market": "asaxu",\n "side": "buy",\n}', "the request body is not valid JSON: "
+         "expecting property name enclosed in double quotes (line 3, column 1)",
+         {"line": 3, "column": 1}),
+        ('{"market": asaxu}', "the request body is not valid JSON: expecting value "
+         "(line 1, column 12)", {"line": 1, "column": 12}),
+        ('{"market": "asa', "the request body is not valid JSON: unterminated string "
+         "starting at (line 1, column 12)", {"line": 1, "column": 12}),
+        ("", "the request body is empty: send a JSON object", {}),
+        ("  \n", "the request body is empty: send a JSON object", {}),
+        (b'{"side": "\xff"}', "the request body is not UTF-8 text", {}),
+        ("[1, 2]", "the request body must be a JSON object", {}),
+    ]
+    for data, message, details in cases:
+        response = book.client.post("/api/v1/orders", data=data, headers=book.headers("carol"),
+                                    content_type="application/json")
+        assert response.status_code == 400
+        assert response.get_json()["error"] == {
+            "code": "invalid_json", "message": message, "details": details}, data
