@@ -76,6 +76,21 @@ def test_a_market_buy_by_quote_is_complete_once_its_quote_buys_no_further_step()
     assert behind.complete and behind.self_cancelled == []
 
 
+def test_a_market_buy_by_quote_leaves_an_own_order_it_cannot_reach_alone() -> None:
+    """10.01 XU takes the whole ask of 1 at 10 (10 XU), and the 0.01 XU left buys no step at
+    20: the own order resting there is out of reach, so it stays, and the order is complete
+    (filled; FOK goes through) whether or not another order rests behind it. The own order
+    was cancelled as a self-trade before the quote was held against its price."""
+    for behind in ([], [ask(3, 2, "20", "1")]):
+        book = [ask(1, 2, "10", "1"), ask(2, 1, "20", "1"), *behind]
+        result = match(Taker(1, "buy", "market", "FOK", None, None, D("10.01")), book, MARKET)
+        assert [(f.price, f.amount) for f in result.fills] == [(D("10"), D("1"))]
+        assert result.self_cancelled == [] and result.complete
+    reachable = match(Taker(1, "buy", "market", "IOC", None, None, D("30")),
+                      [ask(1, 2, "10", "1"), ask(2, 1, "20", "1"), ask(3, 2, "20", "1")], MARKET)
+    assert [m.id for m in reachable.self_cancelled] == [2]  # 20 XU left buys 1 at 20
+
+
 def test_fees_come_from_what_each_side_receives() -> None:
     taker = Taker(1, "buy", "limit", "GTC", D("110"), D("2"))
     maker = ask(5, 2, "100", "2")

@@ -130,16 +130,16 @@ def match(taker: Taker, book: Iterable[Resting], market: MarketSettings) -> Matc
     for maker in book:
         if not crosses(taker, maker.price):
             break
-        if maker.user_id == taker.user_id:
-            result.self_cancelled.append(maker)
-            continue
         if remaining is not None:
             wanted = remaining
         else:
             wanted = (remaining_quote / maker.price).quantize(step, rounding=ROUND_DOWN)
-            if wanted <= 0:
+            if wanted <= 0:  # before the self-trade check: an own order it cannot reach stays
                 result.complete = True  # the rest of the quote cannot buy one step here
                 break
+        if maker.user_id == taker.user_id:
+            result.self_cancelled.append(maker)
+            continue
         quantity = min(wanted, maker.remaining)
         total = quantity * maker.price
         if taker.side == "buy":

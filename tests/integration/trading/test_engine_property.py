@@ -88,17 +88,17 @@ class Model:
             if price is not None and (maker.price > price if side == "buy"
                                       else maker.price < price):
                 break
-            if maker.user == user:
-                own.append(maker)
-                continue
             if left is not None:
                 want = left
             else:
                 assert left_quote is not None
                 want = (left_quote / maker.price).quantize(STEP, rounding=ROUND_DOWN)
-                if want == 0:
+                if want == 0:  # also before an own order: one it cannot reach stays
                     complete = True
                     break
+            if maker.user == user:
+                own.append(maker)
+                continue
             qty = min(want, maker.amount - maker.filled)
             fills.append((maker, qty))
             if left is not None:
