@@ -24,8 +24,16 @@ class AsciiIntegerConverter(IntegerConverter):
     regex = r"[0-9]+"
 
 
+class _NotJson(ValueError):
+    """What Python's parser takes and JSON does not; the message is for the client."""
+
+
+_LONE_SURROGATE = ("a string escapes a lone surrogate (\\ud800-\\udfff), which no UTF-8 "
+                   "text can hold")
+
+
 def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
+    raise _NotJson(f"{name} is not a JSON value (send numbers as strings)")
 
 
 class _DuplicateKey(ValueError):
@@ -42,7 +50,8 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         for key, _ in pairs:
             if key in seen:  # named in the answer, unless it is no UTF-8 text ("\ud800")
-                raise _DuplicateKey(key) if _SURROGATE.search(key) is None else ValueError()
+                raise _DuplicateKey(key) if _SURROGATE.search(key) is None else _NotJson(
+                    _LONE_SURROGATE)
             seen.add(key)
     return obj
 
@@ -58,8 +67,11 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _check_encodable(value: Any) -> None:
-    """UnicodeEncodeError (a ValueError) when a string in ``value`` has a lone surrogate."""
-    json.dumps(value, ensure_ascii=False).encode("utf-8")
+    """:class:`_NotJson` when a string in ``value`` has a lone surrogate."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise _NotJson(_LONE_SURROGATE) from None
 
 
 def request_json() -> Any:
@@ -90,7 +102,12 @@ def request_json() -> Any:
             g.stockex_json_problem = ("the request body is not UTF-8 text", {})
         except json.JSONDecodeError as exc:
             g.stockex_json_problem = _syntax_problem(exc)
-        except (ValueError, RecursionError):  # NaN, a lone surrogate, 30,000 brackets
+        except _NotJson as exc:  # NaN, Infinity, a lone surrogate
+            value = None  # a lone surrogate is found after the parse
+            g.stockex_json_problem = (f"the request body is not valid JSON: {exc}", {})
+        except RecursionError:  # 30,000 brackets
+            g.stockex_json_problem = ("the request body is nested too deeply", {})
+        except ValueError:
             value = None
         except HTTPException:  # 413: over the size limit
             raise

@@ -202,7 +202,8 @@ def test_a_repeated_key_is_refused_not_read_as_its_last_value(book) -> None:  # 
     response = book.client.post("/api/v1/orders", data='{"\\ud800": 1, "\\ud800": 2}',
                                 headers=book.headers("carol"), content_type="application/json")
     assert response.get_json()["error"] == {
-        "code": "invalid_json", "message": "the request body must be a JSON object",
+        "code": "invalid_json", "message": "the request body is not valid JSON: a string "
+        "escapes a lone surrogate (\\ud800-\\udfff), which no UTF-8 text can hold",
         "details": {}}
     # register and login read their bodies the same way
     response = book.client.post("/api/v1/auth/register", content_type="application/json",
@@ -409,6 +410,15 @@ def test_a_body_that_is_not_json_says_why(book) -> None:  # type: ignore[no-unty
         ("  \n", "the request body is empty: send a JSON object", {}),
         (b'{"side": "\xff"}', "the request body is not UTF-8 text", {}),
         ("[1, 2]", "the request body must be a JSON object", {}),
+        # what Python's parser takes and JSON does not (json.dumps writes NaN for a float
+        # nan): these were "must be a JSON object" too
+        ('{"market": "asaxu", "price": NaN}', "the request body is not valid JSON: NaN is "
+         "not a JSON value (send numbers as strings)", {}),
+        ('{"amount": -Infinity}', "the request body is not valid JSON: -Infinity is not a "
+         "JSON value (send numbers as strings)", {}),
+        ('{"side": "\\udc00"}', "the request body is not valid JSON: a string escapes a lone "
+         "surrogate (\\ud800-\\udfff), which no UTF-8 text can hold", {}),
+        ("[" * 30_000 + "]" * 30_000, "the request body is nested too deeply", {}),
     ]
     for data, message, details in cases:
         response = book.client.post("/api/v1/orders", data=data, headers=book.headers("carol"),
