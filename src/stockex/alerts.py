@@ -514,9 +514,7 @@ def airflow_task_failed(
         error = context.get("exception")
         if not isinstance(error, BaseException):
             error = AirflowTaskFailed(str(error) if error else "the task failed")
-        notifier = _notifier(settings)
-        notifier.alert_exception(source, error, fields, service=SERVICE_AIRFLOW)
-        notifier.flush(AIRFLOW_FLUSH_SECONDS)
+        _tell_and_wait(settings, source, fields, error)
     except Exception:  # noqa: BLE001 - a callback must not fail the task runner
         log.exception("could not send the Airflow failure alert")
 
@@ -524,12 +522,21 @@ def airflow_task_failed(
 def airflow_task_succeeded(context: Mapping[str, Any], settings: Settings | None = None) -> None:
     """Airflow ``on_success_callback``: resolves that task's open incident, if any."""
     try:
-        source, fields = airflow_fields(context)
-        notifier = _notifier(settings)
-        notifier.resolve(source, service=SERVICE_AIRFLOW, context=fields)
-        notifier.flush(AIRFLOW_FLUSH_SECONDS)
+        _tell_and_wait(settings, *airflow_fields(context))
     except Exception:  # noqa: BLE001
         log.exception("could not send the Airflow recovery message")
+
+
+def _tell_and_wait(settings: Settings | None, source: str, fields: dict[str, Any],
+                   error: BaseException | None = None) -> None:
+    """Alert ``error`` at ``source`` (or, without one, resolve its incident) and wait for the
+    delivery: an Airflow callback's process ends right after it."""
+    notifier = _notifier(settings)
+    if error is None:
+        notifier.resolve(source, service=SERVICE_AIRFLOW, context=fields)
+    else:
+        notifier.alert_exception(source, error, fields, service=SERVICE_AIRFLOW)
+    notifier.flush(AIRFLOW_FLUSH_SECONDS)
 
 
 class AirflowRunTimedOut(RuntimeError):
@@ -560,9 +567,7 @@ def airflow_dag_run_failed(context: Mapping[str, Any], settings: Settings | None
             f"the run was stopped by its dagrun_timeout ({timeout}); Airflow marked its "
             "unfinished tasks skipped"
         )
-        notifier = _notifier(settings)
-        notifier.alert_exception(source, error, fields, service=SERVICE_AIRFLOW)
-        notifier.flush(AIRFLOW_FLUSH_SECONDS)
+        _tell_and_wait(settings, source, fields, error)
     except Exception:  # noqa: BLE001 - a callback must not fail the DAG processor
         log.exception("could not send the Airflow DAG run alert")
 
@@ -570,10 +575,7 @@ def airflow_dag_run_failed(context: Mapping[str, Any], settings: Settings | None
 def airflow_dag_run_succeeded(context: Mapping[str, Any], settings: Settings | None = None) -> None:
     """Airflow's DAG-level ``on_success_callback``: resolves a timed-out run's incident."""
     try:
-        source, fields = _dag_run_source(context)
-        notifier = _notifier(settings)
-        notifier.resolve(source, service=SERVICE_AIRFLOW, context=fields)
-        notifier.flush(AIRFLOW_FLUSH_SECONDS)
+        _tell_and_wait(settings, *_dag_run_source(context))
     except Exception:  # noqa: BLE001
         log.exception("could not send the Airflow DAG run recovery message")
 
