@@ -78,14 +78,7 @@ def test_swagger_ui_try_it_out_executes_candles(served_app: str) -> None:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page()
-            # No internet here: anything not served by the app (web fonts) is refused at once.
-            page.route(
-                "**/*",
-                lambda route: route.continue_()
-                if route.request.url.startswith(served_app) else route.abort(),
-            )
-            page.goto(f"{served_app}/api/docs", wait_until="domcontentloaded")
+            page = _docs_page(browser, served_app)
             operation = page.locator("#operations-market_data-getCandles")
             operation.locator(".opblock-summary").click()
             operation.locator("button.try-out__btn").click()
@@ -107,6 +100,19 @@ def test_swagger_ui_try_it_out_executes_candles(served_app: str) -> None:
             assert body["candles"][-1]["time"] % 3600 == 0
         finally:
             browser.close()
+
+
+def _docs_page(browser, served_app: str):  # type: ignore[no-untyped-def]
+    """A new page on /api/docs. No internet here: anything not served by the app (web fonts)
+    is refused at once."""
+    page = browser.new_page()
+    page.route(
+        "**/*",
+        lambda route: route.continue_()
+        if route.request.url.startswith(served_app) else route.abort(),
+    )
+    page.goto(f"{served_app}/api/docs", wait_until="domcontentloaded")
+    return page
 
 
 def _try_it_out(page, operation_id: str, params: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
@@ -151,13 +157,7 @@ def test_a_user_trades_from_swagger_ui_with_its_examples(served_app: str, databa
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page()
-            page.route(
-                "**/*",
-                lambda route: route.continue_()
-                if route.request.url.startswith(served_app) else route.abort(),
-            )
-            page.goto(f"{served_app}/api/docs", wait_until="domcontentloaded")
+            page = _docs_page(browser, served_app)
 
             status, user = _try_it_out(page, "accounts-register")
             assert status == 201, user
