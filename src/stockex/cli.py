@@ -373,6 +373,41 @@ def candles_rebuild(markets: tuple[str, ...]) -> None:
         database.dispose()
 
 
+@cli.group("crawl-runs")
+def crawl_runs() -> None:
+    """The crawler's run rows (crawl_runs)."""
+
+
+@crawl_runs.command("prune", short_help="Delete finished crawl runs older than N days.")
+@click.option("--older-than-days", type=click.IntRange(min=0), default=90, show_default=True,
+              metavar="N", help="Delete runs that started more than N days ago.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True,
+              metavar="ROWS",
+              help="Rows deleted per transaction.")
+@reports_errors
+def crawl_runs_prune(older_than_days: int, batch_size: int) -> None:
+    """Delete the crawl_runs rows of finished runs that started more than N days ago, in
+    batches of short transactions. A market's newest run is always kept (the next run reads
+    it), and so is a run still running. Prints how many rows went, per market."""
+    import time
+
+    from stockex.crawler import local_iso
+    from stockex.crawler.prune import DAY, prune_runs
+    from stockex.db import Database
+
+    settings = settings_from_env()
+    started_before = int(time.time()) - older_than_days * DAY
+    database = Database(settings.database.url, pool_size=1)
+    try:
+        deleted = prune_runs(database, started_before, batch_size=batch_size)
+    finally:
+        database.dispose()
+    for market, count in deleted.items():
+        click.echo(f"{market}: {count} run row(s) deleted")
+    click.echo(f"deleted {sum(deleted.values())} crawl_runs row(s) started before "
+               f"{local_iso(started_before, settings.tz)}")
+
+
 @cli.group()
 def user() -> None:
     """User accounts."""

@@ -22,6 +22,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+import yaml
 from sqlalchemy import select
 
 from stockex.db import Database
@@ -112,6 +113,20 @@ if dag is not None:
         dag_on_failure_callback=callback_names(dag),
         dag_on_success_callback=callback_names(dag, "on_success_callback"),
     )
+maintenance = bag.dags.get("stockex_maintenance")
+if maintenance is not None:
+    out["maintenance"] = dict(
+        timetable=str(getattr(maintenance.timetable, "summary", maintenance.timetable)),
+        catchup=maintenance.catchup,
+        doc_md=maintenance.doc_md or "",
+        tasks={t.task_id: dict(
+            retries=t.retries,
+            on_failure_callback=callback_names(t),
+            on_retry_callback=callback_names(t, "on_retry_callback"),
+            on_success_callback=callback_names(t, "on_success_callback"),
+        ) for t in maintenance.tasks},
+        dag_on_failure_callback=callback_names(maintenance),
+    )
 print("PROBE " + json.dumps(out))
 """
 
@@ -132,7 +147,7 @@ def test_dagbag_imports_the_dag_with_zero_errors_and_no_io(airflow_home: Path) -
     line = next(x for x in result.stdout.splitlines() if x.startswith("PROBE "))
     probe = json.loads(line[len("PROBE "):])
     assert probe["import_errors"] == {}
-    assert probe["dag_ids"] == ["tiki_candles"]
+    assert probe["dag_ids"] == ["stockex_maintenance", "tiki_candles"]
     assert "* * * * *" in probe["timetable"]
     assert probe["catchup"] is False and probe["max_active_runs"] == 1
     assert probe["dagrun_timeout"] and probe["execution_timeout"] < probe["dagrun_timeout"]
@@ -153,6 +168,16 @@ def test_dagbag_imports_the_dag_with_zero_errors_and_no_io(airflow_home: Path) -
     # A run stopped by dagrun_timeout skips its unfinished tasks: the DAG itself tells
     assert probe["dag_on_failure_callback"] == ["_report_run_failure"]
     assert probe["dag_on_success_callback"] == ["_report_run_success"]
+    # The daily retention DAG: both tasks alert like the crawl's, and say "resolved"
+    maintenance = probe["maintenance"]
+    assert "0 0 * * *" in maintenance["timetable"] and maintenance["catchup"] is False
+    assert "airflow db clean" in maintenance["doc_md"]
+    assert sorted(maintenance["tasks"]) == ["delete_old_task_logs", "prune_crawl_runs"]
+    for settings in maintenance["tasks"].values():
+        assert settings == {"retries": 1, "on_failure_callback": ["_report_failure"],
+                            "on_retry_callback": ["_report_failure"],
+                            "on_success_callback": ["_report_success"]}
+    assert maintenance["dag_on_failure_callback"] == ["_report_run_failure"]
     assert time.monotonic() - started < 120
 
 
@@ -210,6 +235,68 @@ def test_airflow_dags_test_loads_candles_into_the_stockex_database(
     assert summary["status"] == "success" and summary["rows_written"] == len(candles)
     assert summary["window_from_local"].endswith("+07:00")
     assert len(xcoms[0][3]) < 600
+
+
+def test_the_maintenance_dag_and_the_db_clean_service_delete_what_is_past_retention(
+    airflow_home: Path, mysql_database: Database, tmp_path: Path
+) -> None:
+    """`airflow dags test stockex_maintenance`: crawl_runs rows past the retention go (the
+    market's newest stays), and so do task log files past theirs, with the directories they
+    leave empty; fresh logs and the folder itself stay. Then Airflow's own records go."""
+    now, day = int(time.time()), 86400
+    mysql_database.transaction(lambda s: s.add_all(
+        CrawlRun(market_id="asaxu", started_at=t, finished_at=t + 5, status="success",
+                 rows_written=0, gap_minutes=0)
+        for t in (now - 50 * day, now - 40 * day, now - 5 * day)))
+    logs = airflow_home / "logs"
+    old_log = logs / "dag_id=gone" / "run_id=old" / "task_id=t" / "attempt=1.log"
+    fresh_log = logs / "dag_id=kept" / "run_id=new" / "task_id=t" / "attempt=1.log"
+    for path in (old_log, fresh_log):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("a task's log\n")
+    os.utime(old_log, (now - 31 * day, now - 31 * day))
+    env = airflow_env(airflow_home, STOCKEX__DATABASE__URL=mysql_database.url,
+                      STOCKEX_CRAWL_RUNS_RETENTION_DAYS="30",
+                      STOCKEX_AIRFLOW_LOG_RETENTION_DAYS="30")
+    result = subprocess.run(  # noqa: S603
+        [str(BIN / "airflow"), "dags", "test", "stockex_maintenance"], env=env,
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    with mysql_database.read() as session:
+        kept = list(session.scalars(select(CrawlRun.started_at).order_by(CrawlRun.id)))
+    assert kept == [now - 5 * day]
+    assert not old_log.exists() and not (logs / "dag_id=gone").exists()
+    assert fresh_log.exists() and logs.is_dir()
+
+    # The metadata of that run: docker-compose's airflow-db-clean loop, with this Airflow,
+    # accepts its flags and timestamp and deletes what is older than the retention (0 days:
+    # every run so far); a fake `sleep` ends the loop after its first pass.
+    script = yaml.safe_load((ROOT / "docker-compose.yml").read_text())[
+        "services"]["airflow-db-clean"]["command"]
+    assert script[:2] == ["bash", "-c"]
+    (tmp_path / "sleep").write_text('#!/bin/sh\necho "sleep $*"\nkill -TERM "$PPID"\n')
+    (tmp_path / "sleep").chmod(0o755)
+    meta = sqlite3.connect(airflow_home / "airflow.db")
+    try:
+        before = meta.execute("SELECT COUNT(*) FROM task_instance").fetchone()[0]
+    finally:
+        meta.close()
+    env = airflow_env(airflow_home, AIRFLOW_DB_RETENTION_DAYS="0",
+                      PATH=f"{tmp_path}:{BIN}:{os.environ['PATH']}")
+    result = subprocess.run(  # noqa: S603
+        ["bash", "-c", script[2].replace("$$", "$")], env=env,  # noqa: S607
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    output = result.stdout + result.stderr
+    assert "sleep 86400" in result.stdout, output[-4000:]
+    assert "airflow db clean failed" not in result.stderr, output[-4000:]
+    meta = sqlite3.connect(airflow_home / "airflow.db")
+    try:
+        after = meta.execute("SELECT COUNT(*) FROM task_instance").fetchone()[0]
+    finally:
+        meta.close()
+    assert before > 0 and after == 0, (before, after, output[-4000:])
 
 
 def failing_upstream_env(airflow_home: Path, database: Database, start_simulator: Any,

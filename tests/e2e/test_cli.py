@@ -38,7 +38,7 @@ def test_help_lists_commands() -> None:
     assert "upgrade" in run(["db", "--help"]).stdout
 
 
-@pytest.mark.parametrize("group", [[], ["db"], ["candles"], ["user"]])
+@pytest.mark.parametrize("group", [[], ["db"], ["candles"], ["crawl-runs"], ["user"]])
 def test_command_lists_are_not_cut_short(group: list[str]) -> None:
     """click cuts a command's first docstring line to fit the list ("reconcile  Check every
     ledger and balance invariant; exit 0 only when..."): each command has a short help."""

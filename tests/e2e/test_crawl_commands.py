@@ -14,6 +14,7 @@ import select as select_module
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
@@ -117,6 +118,31 @@ def test_crawl_refuses_an_unknown_market_and_a_bad_until(
         assert nothing.stderr.strip() == ("stockex: config: crawler.markets: empty: nothing to "
                                           "crawl (list a market in it, or pass --market M)")
 
+
+
+def test_crawl_runs_prune_deletes_old_runs_and_says_how_many(database: Database) -> None:
+    """Finished runs older than N days go, in batches; each market's newest run stays."""
+    now, day = int(time.time()), 86400
+    old = [("asaxu", now - 100 * day), ("asaxu", now - 95 * day), ("asaxu", now - day),
+           ("btcvnd", now - 100 * day)]  # btcvnd's only run: its newest
+    database.transaction(lambda s: s.add_all(
+        CrawlRun(market_id=m, started_at=t, finished_at=t + 5, status="success",
+                 rows_written=0, gap_minutes=0) for m, t in old))
+    env = crawl_env(database, "http://127.0.0.1:1")  # no upstream needed
+    result = run(["crawl-runs", "prune", "--older-than-days", "90", "--batch-size", "1"], env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[:2] == ["asaxu: 2 run row(s) deleted", "btcvnd: 0 run row(s) deleted"]
+    assert lines[2].startswith("deleted 2 crawl_runs row(s) started before 20")
+    assert lines[2].endswith("+07:00")
+    with database.read() as session:
+        kept = list(session.execute(select(CrawlRun.market_id, CrawlRun.started_at)
+                                    .order_by(CrawlRun.id)))
+    assert [tuple(r) for r in kept] == [("asaxu", now - day), ("btcvnd", now - 100 * day)]
+
+    bad = run(["crawl-runs", "prune", "--older-than-days", "-1"], env)
+    assert bad.returncode == 2
+    assert len(bad.stderr.strip().splitlines()) == 1 and "--older-than-days" in bad.stderr
 
 def test_crawl_draws_a_progress_bar_on_a_terminal(
     database: Database, start_simulator: Any

@@ -35,6 +35,8 @@ from stockex.crawler import (
     crawl_market,
     local_iso,
     market_lock,
+    prune_crawl_runs,
+    prune_runs,
     run_forever,
 )
 from stockex.crawler import run as crawler_run
@@ -801,3 +803,75 @@ def test_rollups_use_the_crawlers_configured_timezone(
     crawl_market(database, settings, "asaxu", client=fast_client(url), clock=now)
     with database.read() as session:
         assert series_timezone(session, "asaxu") == "UTC"
+
+
+# --------------------------------------------------------------------------- retention
+
+DAY = 86400
+
+
+def add_runs(db: Database, market: str, *runs: tuple[int, str]) -> None:
+    """crawl_runs rows of ``market``, in this order: (started_at, status)."""
+    def work(session: Any) -> None:
+        for started_at, status in runs:
+            session.add(CrawlRun(market_id=market, started_at=started_at, status=status,
+                                 finished_at=None if status == "running" else started_at + 5,
+                                 rows_written=1, gap_minutes=0))
+
+    db.transaction(work)
+
+
+def kept_runs(db: Database) -> list[tuple[str, int, str]]:
+    with db.read() as session:
+        return [tuple(r) for r in session.execute(  # type: ignore[misc]
+            select(CrawlRun.market_id, CrawlRun.started_at, CrawlRun.status)
+            .order_by(CrawlRun.id))]
+
+
+def test_prune_deletes_old_finished_runs_in_batches_and_keeps_each_markets_newest(
+    database: Database,
+) -> None:
+    now = int(time.time())
+    old, recent = now - 100 * DAY, now - 10 * DAY
+    add_runs(database, "asaxu",
+             *((old + 60 * i, "success") for i in range(5)),
+             (old + 300, "failed"), (old + 360, "running"),  # a killed run, never closed
+             (old + 420, "stopped"), (recent, "success"), (recent + 60, "failed"))
+    add_runs(database, "btcvnd", (old, "success"), (old + 60, "failed"))  # crawled no more
+
+    deleted = prune_runs(database, now - 90 * DAY, batch_size=2)
+
+    assert deleted == {"asaxu": 7, "btcvnd": 1}
+    assert kept_runs(database) == [
+        ("asaxu", old + 360, "running"),
+        ("asaxu", recent, "success"), ("asaxu", recent + 60, "failed"),
+        ("btcvnd", old + 60, "failed"),  # the newest run of its market, however old
+    ]
+    assert prune_runs(database, now - 90 * DAY) == {"asaxu": 0, "btcvnd": 0}
+
+
+def test_the_run_after_a_prune_still_closes_the_row_a_killed_run_left(
+    database: Database, make_settings: Any, start_simulator: Any
+) -> None:
+    """The crawler reads the market's newest row: pruning everything old keeps it."""
+    now = FakeClock(minute(30))
+    _, url = start_simulator(clock=now)
+    add_runs(database, "asaxu", (minute(-100 * 1440), "success"),
+             (minute(-100 * 1440) + 60, "running"))
+    assert prune_runs(database, int(time.time())) == {"asaxu": 1}
+    settings = crawl_settings(make_settings, database, url)
+    crawl_market(database, settings, "asaxu", client=fast_client(url), clock=now)
+    killed, last = run_rows(database)
+    assert (killed.status, last.status) == ("failed", "success")
+    assert "killed" in (killed.error or "")
+
+
+def test_the_maintenance_task_prunes_with_its_retention(
+    database: Database, make_settings: Any
+) -> None:
+    now = int(time.time())
+    add_runs(database, "asaxu", (now - 40 * DAY, "success"), (now - 20 * DAY, "success"),
+             (now - 60, "success"))
+    summary = prune_crawl_runs(30, make_settings(database.url))
+    assert summary == {"deleted": 1, "per_market": {"asaxu": 1}}
+    assert [r[1] for r in kept_runs(database)] == [now - 20 * DAY, now - 60]

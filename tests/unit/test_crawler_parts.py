@@ -7,7 +7,9 @@ import logging
 import os
 import signal
 import threading
+import time
 from decimal import Decimal
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -21,6 +23,7 @@ from stockex.crawler import (
     CrawlFailed,
     CrawlSummary,
     configured_markets,
+    delete_old_logs,
     last_closed_minute,
     local_iso,
     parse_time,
@@ -217,3 +220,32 @@ def test_crawling_relaxes_the_garbage_collector_and_restores_it() -> None:
     with pytest.raises(RuntimeError), relaxed:
         raise RuntimeError("a failed chunk")
     assert gc.get_threshold() == before
+
+
+def test_old_task_logs_go_with_the_directories_they_empty_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    """As the Airflow image's clean-logs: old ``*.log`` files, then the directories left
+    empty. A directory a starting task just made (no log file yet) stays, so does
+    ``lost+found``, a symbolic link (the dag processor's ``latest``) and a file that is no log."""
+    root = Path(tmp_path)
+    old = time.time() - 31 * 86400
+    files = {name: root / name for name in (
+        "dag_id=a/run_id=1/task_id=t/attempt=1.log", "dag_id=a/run_id=2/task_id=t/attempt=1.log",
+        "dag_processor/2024-01-01/x.py.log", "lost+found/attempt=1.log", "notes/readme.txt")}
+    for path in files.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("log")
+        os.utime(path, (old, old))
+    os.utime(files["dag_id=a/run_id=2/task_id=t/attempt=1.log"], None)  # written just now
+    (root / "dag_id=b" / "run_id=3" / "task_id=t").mkdir(parents=True)  # a task starting
+    (root / "dag_processor" / "latest").symlink_to(root / "dag_processor" / "2024-01-01")
+
+    assert delete_old_logs(root, 30) == 2
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) == [
+        "dag_id=a/run_id=2/task_id=t/attempt=1.log", "lost+found/attempt=1.log",
+        "notes/readme.txt"]
+    assert not (root / "dag_id=a" / "run_id=1").exists()
+    assert not (root / "dag_processor" / "2024-01-01").exists()
+    assert (root / "dag_id=b" / "run_id=3" / "task_id=t").is_dir()
+    assert (root / "dag_processor" / "latest").is_symlink()

@@ -74,6 +74,26 @@ def test_the_dag_retries_set_in_env_reach_every_airflow_process() -> None:
     assert re.search(r"^STOCKEX_DAG_RETRIES=4$", example, re.MULTILINE)
 
 
+def test_the_retention_set_in_env_reaches_every_airflow_process() -> None:
+    """README: .env sets how long crawl_runs rows, task logs and Airflow's records are kept.
+    The maintenance DAG reads the first two where it is parsed and runs, airflow-db-clean the
+    third: compose must pass each through, or setting it in .env does nothing."""
+    airflow = [n for n in SERVICES if n.startswith("airflow-") and n != "airflow-db"]
+    assert "airflow-db-clean" in airflow
+    assert SERVICES["airflow-db-clean"]["depends_on"]["airflow-init"]["condition"] == (
+        "service_completed_successfully"
+    )
+    assert "airflow db clean" in SERVICES["airflow-db-clean"]["command"][2]
+    example = (ROOT / ".env.example").read_text()
+    for key, days in (("STOCKEX_CRAWL_RUNS_RETENTION_DAYS", "90"),
+                      ("STOCKEX_AIRFLOW_LOG_RETENTION_DAYS", "30"),
+                      ("AIRFLOW_DB_RETENTION_DAYS", "30")):
+        for name in airflow:
+            value = str(SERVICES[name]["environment"].get(key))
+            assert f"${{{key}" in value and with_defaults(value) == days, (name, key)
+        assert re.search(rf"^{key}={days}$", example, re.MULTILINE), key
+
+
 def test_jenkinsfile_stages() -> None:
     text = (ROOT / "Jenkinsfile").read_text()
     stages = re.findall(r"stage\('([^']+)'\)", text)

@@ -40,7 +40,7 @@ returns once the stop flag is set — after the chunk in flight is stored.
 
 Modules: ``run`` (one run), ``loop`` (the loop and its signals), ``summary`` (what a run
 reports), ``times`` (minutes and local time), ``lock`` (one run per market at a time),
-``airflow_tasks`` (what the DAG calls).
+``prune`` (retention of ``crawl_runs``), ``airflow_tasks`` (what the DAGs call).
 """
 
 from __future__ import annotations
@@ -48,10 +48,13 @@ from __future__ import annotations
 from stockex.crawler.airflow_tasks import (
     configured_markets,
     crawl_configured_market,
+    delete_old_logs,
+    prune_crawl_runs,
     report_task_failure,
 )
 from stockex.crawler.lock import CrawlInProgress, CrawlLockLost, market_lock
 from stockex.crawler.loop import crawl_markets, run_forever, seconds_until_next_run, stop_on_signals
+from stockex.crawler.prune import prune_runs
 from stockex.crawler.run import crawl_market
 from stockex.crawler.summary import ChunkProgress, CrawlFailed, CrawlSummary
 from stockex.crawler.times import last_closed_minute, local_iso, parse_time
@@ -65,11 +68,14 @@ __all__ = [
     "crawl_configured_market",
     "crawl_market",
     "crawl_markets",
+    "delete_old_logs",
     "last_closed_minute",
     "local_iso",
     "CrawlLockLost",
     "market_lock",
     "parse_time",
+    "prune_crawl_runs",
+    "prune_runs",
     "report_task_failure",
     "run_forever",
     "seconds_until_next_run",

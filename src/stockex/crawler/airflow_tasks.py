@@ -1,17 +1,22 @@
-"""What the ``tiki_candles`` Airflow DAG calls: its tasks' bodies and failure callback.
+"""What the Airflow DAGs call: the bodies of ``tiki_candles``'s and ``stockex_maintenance``'s
+tasks, and their failure callback.
 
-Kept out of the DAG file so that parsing the DAG imports nothing but Airflow.
+Kept out of the DAG files so that parsing a DAG imports nothing but Airflow.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from stockex import alerts
 from stockex.config import ConfigError, Settings, load_settings
 from stockex.crawler.lock import CrawlInProgress
+from stockex.crawler.prune import DAY, prune_runs
 from stockex.crawler.run import crawl_market
 from stockex.crawler.summary import CrawlFailed
 from stockex.db import Database
@@ -50,6 +55,60 @@ def crawl_configured_market(market: str, settings: Settings | None = None) -> di
         raise AirflowSkipException(exc.message) from exc
     finally:
         db.dispose()
+
+
+def prune_crawl_runs(older_than_days: int, settings: Settings | None = None) -> dict[str, Any]:
+    """``stockex crawl-runs prune --older-than-days N`` for the maintenance DAG: a small
+    summary (rows deleted in all, per market)."""
+    settings = settings or load_settings()
+    db = Database(settings.database.url, pool_size=1)
+    try:
+        deleted = prune_runs(db, int(time.time()) - older_than_days * DAY)
+    finally:
+        db.dispose()
+    log.info("crawl_runs: %d row(s) older than %d day(s) deleted (%s)", sum(deleted.values()),
+             older_than_days, ", ".join(f"{m} {n}" for m, n in deleted.items()) or "no runs")
+    return {"deleted": sum(deleted.values()), "per_market": deleted}
+
+
+def delete_old_logs(folder: str | os.PathLike[str], older_than_days: int) -> int:
+    """Delete the ``*.log`` files under ``folder`` last written more than N days ago, then the
+    directories they leave empty (what the official Airflow image's ``clean-logs``, the Helm
+    chart's log groomer, does). Returns the number of files deleted.
+
+    A directory is removed when this walk emptied it, or when it has been empty for an hour:
+    a task that is starting creates its log directory a moment before its log file. Symbolic
+    links (the dag processor's ``latest``) are left alone, ``lost+found`` is not entered.
+    """
+    root = Path(folder)
+    now = time.time()
+    file_cutoff, dir_cutoff = now - older_than_days * DAY, now - 3600
+    deleted = 0
+    emptied: set[Path] = set()  # directories this walk deleted something in
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        here = Path(dirpath)
+        if "lost+found" in here.relative_to(root).parts:
+            continue
+        for name in filenames:
+            path = here / name
+            try:
+                if (name.endswith(".log") and not path.is_symlink()
+                        and path.stat().st_mtime < file_cutoff):
+                    path.unlink()
+                    deleted += 1
+                    emptied.add(here)
+            except FileNotFoundError:  # gone meanwhile
+                pass
+        for name in dirnames:
+            path = here / name
+            try:
+                if (not path.is_symlink() and not any(path.iterdir())
+                        and (path in emptied or path.stat().st_mtime < dir_cutoff)):
+                    path.rmdir()
+                    emptied.add(here)
+            except OSError:  # gone, or written to meanwhile
+                pass
+    return deleted
 
 
 def report_task_failure(context: Mapping[str, Any]) -> str:
