@@ -27,35 +27,19 @@ from typing import Any
 
 from airflow.sdk import dag, task
 
+from stockex.airflow_callbacks import (
+    report_failure,
+    report_run_failure,
+    report_run_success,
+    report_success,
+)
+
 # Read from the environment, not the database, so parsing stays free of I/O.
 CRAWL_RUNS_RETENTION_DAYS = int(os.environ.get("STOCKEX_CRAWL_RUNS_RETENTION_DAYS", "90"))
 LOG_RETENTION_DAYS = int(os.environ.get("STOCKEX_AIRFLOW_LOG_RETENTION_DAYS", "30"))
 
-# Nothing here touches the database or the disk: stockex is imported inside the tasks.
-
-
-def _report_failure(context: Any) -> None:
-    from stockex.crawler import report_task_failure
-
-    report_task_failure(context)
-
-
-def _report_success(context: Any) -> None:
-    from stockex.alerts import airflow_task_succeeded
-
-    airflow_task_succeeded(context)
-
-
-def _report_run_failure(context: Any) -> None:
-    from stockex.alerts import airflow_dag_run_failed
-
-    airflow_dag_run_failed(context)
-
-
-def _report_run_success(context: Any) -> None:
-    from stockex.alerts import airflow_dag_run_succeeded
-
-    airflow_dag_run_succeeded(context)
+# Nothing here touches the database or the disk: the tasks and callbacks import the rest of
+# stockex when they run.
 
 
 @dag(
@@ -65,8 +49,8 @@ def _report_run_success(context: Any) -> None:
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=2),
-    on_failure_callback=_report_run_failure,
-    on_success_callback=_report_run_success,
+    on_failure_callback=report_run_failure,
+    on_success_callback=report_run_success,
     tags=["stockex", "maintenance"],
     doc_md=__doc__,
     default_args={
@@ -74,9 +58,9 @@ def _report_run_success(context: Any) -> None:
         "retries": 1,
         "retry_delay": timedelta(minutes=5),
         "execution_timeout": timedelta(hours=1),
-        "on_failure_callback": _report_failure,
-        "on_retry_callback": _report_failure,
-        "on_success_callback": _report_success,
+        "on_failure_callback": report_failure,
+        "on_retry_callback": report_failure,
+        "on_success_callback": report_success,
     },
 )
 def stockex_maintenance() -> None:

@@ -33,35 +33,19 @@ from typing import Any
 
 from airflow.sdk import dag, task
 
+from stockex.airflow_callbacks import (
+    report_failure,
+    report_run_failure,
+    report_run_success,
+    report_success,
+)
+
 # Retries of a failed crawl (exponential backoff from 15 s up to 5 min). Read from the
 # environment, not the database, so parsing stays free of I/O; tests set 0.
 CRAWL_RETRIES = int(os.environ.get("STOCKEX_DAG_RETRIES", "4"))
 
-# Nothing here touches the database or the network: stockex is imported inside the tasks.
-
-
-def _report_failure(context: Any) -> None:
-    from stockex.crawler import report_task_failure
-
-    report_task_failure(context)
-
-
-def _report_success(context: Any) -> None:
-    from stockex.alerts import airflow_task_succeeded
-
-    airflow_task_succeeded(context)
-
-
-def _report_run_failure(context: Any) -> None:
-    from stockex.alerts import airflow_dag_run_failed
-
-    airflow_dag_run_failed(context)
-
-
-def _report_run_success(context: Any) -> None:
-    from stockex.alerts import airflow_dag_run_succeeded
-
-    airflow_dag_run_succeeded(context)
+# Nothing here touches the database or the network: the tasks and callbacks import the rest
+# of stockex when they run.
 
 
 @dag(
@@ -73,8 +57,8 @@ def _report_run_success(context: Any) -> None:
     dagrun_timeout=timedelta(minutes=45),
     # A run ended by dagrun_timeout has its unfinished tasks marked skipped (no task callback
     # runs): the DAG's own callbacks post it, and "resolved" after the next good run.
-    on_failure_callback=_report_run_failure,
-    on_success_callback=_report_run_success,
+    on_failure_callback=report_run_failure,
+    on_success_callback=report_run_success,
     tags=["stockex", "tiki", "candles", "crawler"],
     doc_md=__doc__,
     default_args={"owner": "stockex"},
@@ -82,8 +66,8 @@ def _report_run_success(context: Any) -> None:
 def tiki_candles() -> None:
     # on_success_callback: a failure of this task (bad settings) is an incident like a
     # crawl's, so its next success posts "resolved" too.
-    @task(retries=1, retry_delay=timedelta(seconds=10), on_failure_callback=_report_failure,
-          on_retry_callback=_report_failure, on_success_callback=_report_success)
+    @task(retries=1, retry_delay=timedelta(seconds=10), on_failure_callback=report_failure,
+          on_retry_callback=report_failure, on_success_callback=report_success)
     def configured_markets() -> list[str]:
         """The markets to crawl: `crawler.markets` of the stockex settings."""
         from stockex.crawler import configured_markets as markets
@@ -98,9 +82,9 @@ def tiki_candles() -> None:
         execution_timeout=timedelta(minutes=30),
         # A try that will be retried ends in on_retry_callback, only the last one in
         # on_failure_callback: both report, so Slack hears of the first failed try.
-        on_failure_callback=_report_failure,
-        on_retry_callback=_report_failure,
-        on_success_callback=_report_success,
+        on_failure_callback=report_failure,
+        on_retry_callback=report_failure,
+        on_success_callback=report_success,
         # The market names each mapped task in the UI from its start: read from the task's
         # arguments, not from the context during the run, which a try ended by
         # execution_timeout or a kill never got to render (it showed "0").

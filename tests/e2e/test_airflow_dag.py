@@ -157,27 +157,27 @@ def test_dagbag_imports_the_dag_with_zero_errors_and_no_io(airflow_home: Path) -
     assert probe["mapped"] == "DecoratedMappedOperator"  # .expand over the markets
     assert probe["upstream"] == ["configured_markets"]
     assert probe["retries"] >= 1 and probe["retry_exponential_backoff"] > 1
-    assert probe["on_failure_callback"] == ["_report_failure"]
-    assert probe["markets_on_failure_callback"] == ["_report_failure"]  # bad settings too
+    assert probe["on_failure_callback"] == ["report_failure"]
+    assert probe["markets_on_failure_callback"] == ["report_failure"]  # bad settings too
     # A try that Airflow retries ends in on_retry_callback, not on_failure_callback
-    assert probe["on_retry_callback"] == ["_report_failure"]
-    assert probe["markets_on_retry_callback"] == ["_report_failure"]
+    assert probe["on_retry_callback"] == ["report_failure"]
+    assert probe["markets_on_retry_callback"] == ["report_failure"]
     # Both tasks alert, so both say "resolved" when they work again
-    assert probe["on_success_callback"] == ["_report_success"]
-    assert probe["markets_on_success_callback"] == ["_report_success"]
+    assert probe["on_success_callback"] == ["report_success"]
+    assert probe["markets_on_success_callback"] == ["report_success"]
     # A run stopped by dagrun_timeout skips its unfinished tasks: the DAG itself tells
-    assert probe["dag_on_failure_callback"] == ["_report_run_failure"]
-    assert probe["dag_on_success_callback"] == ["_report_run_success"]
+    assert probe["dag_on_failure_callback"] == ["report_run_failure"]
+    assert probe["dag_on_success_callback"] == ["report_run_success"]
     # The daily retention DAG: both tasks alert like the crawl's, and say "resolved"
     maintenance = probe["maintenance"]
     assert "0 0 * * *" in maintenance["timetable"] and maintenance["catchup"] is False
     assert "airflow db clean" in maintenance["doc_md"]
     assert sorted(maintenance["tasks"]) == ["delete_old_task_logs", "prune_crawl_runs"]
     for settings in maintenance["tasks"].values():
-        assert settings == {"retries": 1, "on_failure_callback": ["_report_failure"],
-                            "on_retry_callback": ["_report_failure"],
-                            "on_success_callback": ["_report_success"]}
-    assert maintenance["dag_on_failure_callback"] == ["_report_run_failure"]
+        assert settings == {"retries": 1, "on_failure_callback": ["report_failure"],
+                            "on_retry_callback": ["report_failure"],
+                            "on_success_callback": ["report_success"]}
+    assert maintenance["dag_on_failure_callback"] == ["report_run_failure"]
     assert time.monotonic() - started < 120
 
 
