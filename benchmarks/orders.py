@@ -156,6 +156,15 @@ interleaved; the host was slow that hour, its baseline 840-1,210 transactions/s)
 * One process calling the WSGI app directly spends 1.42 ms of CPU per order; under load
   granian's processes spend 1.6-2.2 and gunicorn's 2.2-2.9 ms: the rest is the servers and
   two CPUs shared by some twenty busy processes and threads.
+
+**Later the same day, 11:30-13:10 UTC** (defaults), a slower host: gunicorn 382.3, 385.3 and
+334.3 orders/s pooled, granian 406.4, 422.7 and 416.2, baselines 1,099, 1,084 and 1,108
+transactions/s (ratios 0.30-0.36 and 0.37-0.39); the API's CPU per order 2.9-3.6 ms under
+gunicorn and 2.4-2.7 under granian, the clients' (unchanged code) up to 30 % above the
+morning's. The test databases compare text case-insensitively since then, as a production
+MySQL does (``stockex.testing.TEST_COLLATION``); granian-only runs with the old binary
+collation and the new one, interleaved: 339.3 and 374.0 against 361.1 and 417.3 orders/s,
+MariaDB 1.51 and 1.42 against 1.48 and 1.30 ms per order: no cost.
 """
 
 from __future__ import annotations
