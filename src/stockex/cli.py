@@ -389,19 +389,11 @@ def crawl_runs_prune(older_than_days: int, batch_size: int) -> None:
     """Delete the crawl_runs rows of finished runs that started more than N days ago, in
     batches of short transactions. A market's newest run is always kept (the next run reads
     it), and so is a run still running. Prints how many rows went, per market."""
-    import time
-
     from stockex.crawler import local_iso
-    from stockex.crawler.prune import DAY, prune_runs
-    from stockex.db import Database
+    from stockex.crawler.prune import prune_older_than
 
     settings = settings_from_env()
-    started_before = int(time.time()) - older_than_days * DAY
-    database = Database(settings.database.url, pool_size=1)
-    try:
-        deleted = prune_runs(database, started_before, batch_size=batch_size)
-    finally:
-        database.dispose()
+    deleted, started_before = prune_older_than(settings, older_than_days, batch_size=batch_size)
     for market, count in deleted.items():
         click.echo(f"{market}: {count} run row(s) deleted")
     click.echo(f"deleted {sum(deleted.values())} crawl_runs row(s) started before "

@@ -16,7 +16,7 @@ from typing import Any
 from stockex import alerts
 from stockex.config import ConfigError, Settings, load_settings
 from stockex.crawler.lock import CrawlInProgress
-from stockex.crawler.prune import DAY, prune_runs
+from stockex.crawler.prune import DAY, prune_older_than
 from stockex.crawler.run import crawl_market
 from stockex.crawler.summary import CrawlFailed
 from stockex.db import Database
@@ -60,12 +60,7 @@ def crawl_configured_market(market: str, settings: Settings | None = None) -> di
 def prune_crawl_runs(older_than_days: int, settings: Settings | None = None) -> dict[str, Any]:
     """``stockex crawl-runs prune --older-than-days N`` for the maintenance DAG: a small
     summary (rows deleted in all, per market)."""
-    settings = settings or load_settings()
-    db = Database(settings.database.url, pool_size=1)
-    try:
-        deleted = prune_runs(db, int(time.time()) - older_than_days * DAY)
-    finally:
-        db.dispose()
+    deleted, _ = prune_older_than(settings or load_settings(), older_than_days)
     log.info("crawl_runs: %d row(s) older than %d day(s) deleted (%s)", sum(deleted.values()),
              older_than_days, ", ".join(f"{m} {n}" for m, n in deleted.items()) or "no runs")
     return {"deleted": sum(deleted.values()), "per_market": deleted}

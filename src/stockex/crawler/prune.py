@@ -15,15 +15,32 @@ reads the rows it deletes and at most one batch more, however large the table.
 
 from __future__ import annotations
 
+import time
+
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from stockex.config import Settings
 from stockex.crawler.summary import RUNNING
 from stockex.db import Database
 from stockex.models import CrawlRun
 
 DAY = 86400
 DEFAULT_BATCH_SIZE = 1000
+
+
+def prune_older_than(
+    settings: Settings, older_than_days: int, *, batch_size: int = DEFAULT_BATCH_SIZE
+) -> tuple[dict[str, int], int]:
+    """:func:`prune_runs` on the configured database, for the runs that started more than
+    ``older_than_days`` days ago (``stockex crawl-runs prune``, the maintenance DAG): the
+    number deleted per market, and the cutoff in epoch seconds."""
+    started_before = int(time.time()) - older_than_days * DAY
+    db = Database(settings.database.url, pool_size=1)
+    try:
+        return prune_runs(db, started_before, batch_size=batch_size), started_before
+    finally:
+        db.dispose()
 
 
 def prune_runs(
