@@ -213,10 +213,14 @@ def lock_balances(
     return LockedBalances(found)
 
 
+#: The id of the system account that receives fees (none before the first trade).
+FEE_USER_QUERY = select(USERS.c.id).where(USERS.c.username == FEE_USERNAME,
+                                          USERS.c.role == "system")
+
+
 def fee_user_id(session: Session) -> int:
     """The id of the system account that receives fees, created on first use."""
-    query = select(USERS.c.id).where(USERS.c.username == FEE_USERNAME, USERS.c.role == "system")
-    found = session.scalar(query)
+    found = session.scalar(FEE_USER_QUERY)
     if found is not None:
         return int(found)
     ignore = "OR IGNORE" if session.get_bind().dialect.name == "sqlite" else "IGNORE"
@@ -225,7 +229,7 @@ def fee_user_id(session: Session) -> int:
         {"username": FEE_USERNAME, "email": None, "password_hash": UNUSABLE_PASSWORD,
          "role": "system", "created_at": int(time.time())},
     )
-    found = session.scalar(query)
+    found = session.scalar(FEE_USER_QUERY)
     if found is None:
         raise BalanceInvariantError(f"the username {FEE_USERNAME!r} belongs to a non-system user")
     return int(found)

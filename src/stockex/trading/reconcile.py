@@ -38,9 +38,9 @@ from sqlalchemy.orm import Session, aliased
 
 from stockex.config import Settings
 from stockex.db import Database
-from stockex.models import Account, LedgerEntry, Market, Order, Trade, User
+from stockex.models import Account, LedgerEntry, Market, Order, Trade
 from stockex.numbers import exact, to_str
-from stockex.trading.accounts import FEE_USERNAME
+from stockex.trading.accounts import FEE_USER_QUERY
 
 ZERO = Decimal(0)
 MAX_PROBLEMS = 20  # per check, so that a broken database does not print a novel
@@ -297,8 +297,7 @@ def _trades_consistent(session: Session, accounts: list[Any], settings: Settings
                                       else trade.price < limit):
                 check.add(f"{name}: price {to_str(trade.price)} is beyond the limit "
                           f"{to_str(limit)} of taker order {trade.taker_order_id}")
-    fee_user = session.scalar(
-        select(User.id).where(User.username == FEE_USERNAME, User.role == "system"))
+    fee_user = session.scalar(FEE_USER_QUERY)
     credited = _sums(session, [LedgerEntry.asset], [LedgerEntry.delta_available],
                      LedgerEntry.user_id == fee_user, LedgerEntry.reason == "trade", mysql=mysql)
     for asset in sorted(set(fees) | {key[0] for key in credited}):
