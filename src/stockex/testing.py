@@ -31,7 +31,7 @@ REDIS_URL_ENV = "STOCKEX_TEST_REDIS_URL"
 # Test databases compare text as a production server does by default (MySQL 8's
 # utf8mb4_0900_ai_ci, MariaDB's utf8mb4_general_ci): without letter case and, on MariaDB, without
 # trailing blanks. A binary collation here would hide every comparison that a deployment makes
-# case-insensitively (user names, client order ids).
+# case-insensitively (user names; client order ids have a binary collation of their own).
 TEST_COLLATION = "utf8mb4_general_ci"
 _SBIN = ("/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin")
 

@@ -18,8 +18,8 @@ depth/trades caches are invalidated (``stockex.cache.invalidate_book``).
 **Idempotency**: a placement with a ``client_order_id`` the user already used returns the
 original order (``created=False``, HTTP 200) when the request means the same thing, and
 409 ``duplicate_client_order_id`` otherwise — also when two such requests race (the unique
-key on (user_id, client_order_id) decides). On MySQL that key ignores letter case, so an id
-differing from a used one only in case is 409 too (never that other order).
+key on (user_id, client_order_id) decides). Ids compare with letter case, as on Binance
+("ABC" and "abc" are two orders; on MySQL the column has a binary collation, migration 0006).
 """
 
 from __future__ import annotations
