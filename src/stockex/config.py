@@ -92,6 +92,9 @@ class ApiSettings:
     order_rate_limit: str = "20 per second"
     # Origins allowed to call the API from a browser ("https://app.example.com" or "*").
     cors_origins: tuple[str, ...] = ()
+    # Reverse proxies (nginx, a load balancer) in front of the API whose X-Forwarded-For and
+    # X-Forwarded-Proto are trusted; 0 = none, the socket's peer is the client.
+    proxy_hops: int = 0
 
 
 @dataclass(frozen=True)
@@ -450,6 +453,12 @@ def _validate(s: Settings) -> None:
         raise ConfigError("api.host", "must not be empty (0.0.0.0 listens on every interface)")
     if not 0 < s.api.port < 65536:
         raise ConfigError("api.port", f"expected a TCP port 1..65535, got {s.api.port}")
+    if not 0 <= s.api.proxy_hops <= MAX_PROXY_HOPS:
+        raise ConfigError(
+            "api.proxy_hops",
+            f"expected the number of proxies in front of the API, 0..{MAX_PROXY_HOPS},"
+            f" got {s.api.proxy_hops}",
+        )
     for key in ("login_rate_limit", "order_rate_limit"):
         _validate_rate_limit(f"api.{key}", getattr(s.api, key))
     for origin in s.api.cors_origins:
@@ -466,6 +475,7 @@ def _validate(s: Settings) -> None:
     _validate_markets(s)
 
 
+MAX_PROXY_HOPS = 10  # more is a typo: no deployment chains that many proxies
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?")
 
 

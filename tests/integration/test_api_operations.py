@@ -94,6 +94,32 @@ def test_one_access_log_line_per_request(app, client, caplog) -> None:  # type: 
     assert re.match(pattern.format(path="/as-user", status=200, rid="a3", user="7"), lines[2])
 
 
+def test_the_access_log_shows_the_client_behind_a_proxy(database, make_settings, caplog) -> None:  # type: ignore[no-untyped-def]
+    """With api.proxy_hops the ip= field is the forwarded client, not the proxy; without, a
+    client's X-Forwarded-For does not change it."""
+    behind_proxy = make_settings(database.url, api={"proxy_hops": 1})
+    direct = make_settings(database.url)
+    forwarded = {"X-Forwarded-For": "1.2.3.4, 203.0.113.5"}
+    with caplog.at_level(logging.INFO, logger="stockex.access"):
+        for settings in (behind_proxy, direct):
+            create_app(settings, db=database).test_client().get(
+                "/health", headers=forwarded, environ_base={"REMOTE_ADDR": "10.0.0.254"})
+    lines = [r.getMessage() for r in caplog.records if r.name == "stockex.access"]
+    assert len(lines) == 2
+    assert lines[0].endswith(" ip=203.0.113.5") and lines[1].endswith(" ip=10.0.0.254"), lines
+
+
+def test_hsts_when_the_proxy_says_https(database, make_settings) -> None:  # type: ignore[no-untyped-def]
+    """TLS ends at the proxy: X-Forwarded-Proto tells the app, and only from a trusted one."""
+    https = {"X-Forwarded-Proto": "https"}
+    behind_proxy = create_app(make_settings(database.url, api={"proxy_hops": 1}), db=database)
+    response = behind_proxy.test_client().get("/health", headers=https)
+    assert response.headers["Strict-Transport-Security"] == "max-age=31536000"
+    direct = create_app(make_settings(database.url), db=database)
+    assert "Strict-Transport-Security" not in direct.test_client().get(
+        "/health", headers=https).headers
+
+
 def test_a_path_cannot_forge_log_lines(app, client, caplog) -> None:  # type: ignore[no-untyped-def]
     @app.get("/boom/<word>")
     def boom(word: str):  # type: ignore[no-untyped-def]

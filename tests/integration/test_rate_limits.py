@@ -58,9 +58,10 @@ def limited_app(settings, database) -> tuple[Flask, dict[str, int]]:  # type: ig
     return app, reached
 
 
-def login(client, username: str, ip: str = "10.0.0.1"):  # type: ignore[no-untyped-def]
+def login(client, username: str, ip: str = "10.0.0.1", forwarded_for: str | None = None):  # type: ignore[no-untyped-def]
+    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for is not None else {}
     return client.post("/test/login", json={"username": username, "password": "x"},
-                       environ_base={"REMOTE_ADDR": ip})
+                       headers=headers, environ_base={"REMOTE_ADDR": ip})
 
 
 def order(client, user: int | None, ip: str = "10.0.0.1"):  # type: ignore[no-untyped-def]
@@ -91,6 +92,52 @@ def test_login_is_limited_per_ip_and_username(database, make_settings) -> None: 
     assert reached["login"] == 3  # turned-away requests never reach the view
     assert login(client, "alice").status_code == 200  # another account from the same IP
     assert login(client, "bob", ip="10.0.0.2").status_code == 200  # the same account elsewhere
+
+
+def test_a_forwarded_for_header_is_ignored_unless_proxies_are_configured(  # type: ignore[no-untyped-def]
+    database, make_settings
+) -> None:
+    """api.proxy_hops 0 (the default): the socket's peer is the client. Were X-Forwarded-For
+    read, one client could try passwords without end by sending a new address each time."""
+    settings = make_settings(database.url, api={"login_rate_limit": "2 per minute"})
+    assert settings.api.proxy_hops == 0
+    client = limited_app(settings, database)[0].test_client()
+    statuses = [login(client, "bob", forwarded_for=f"198.51.100.{n}").status_code
+                for n in range(3)]
+    assert statuses == [200, 200, 429]
+
+
+def test_behind_a_proxy_each_forwarded_client_has_its_own_login_budget(  # type: ignore[no-untyped-def]
+    database, make_settings
+) -> None:
+    """api.proxy_hops 1: every request comes from the proxy (10.0.0.254), which appends the
+    client's address to X-Forwarded-For. One client's failed logins must not lock everyone
+    out, and addresses a client writes in front of its own are not taken (ProxyFix reads the
+    first value from the right)."""
+    settings = make_settings(database.url, api={"login_rate_limit": "2 per minute",
+                                                "proxy_hops": 1})
+    client = limited_app(settings, database)[0].test_client()
+    proxy = "10.0.0.254"
+    assert [login(client, "bob", proxy, "203.0.113.5").status_code
+            for _ in range(3)] == [200, 200, 429]
+    assert login(client, "bob", proxy, "203.0.113.6").status_code == 200  # another client
+    # the limited client cannot escape by prepending made-up addresses
+    for fake in ("1.2.3.4, 203.0.113.5", "5.6.7.8,9.9.9.9, 203.0.113.5"):
+        assert login(client, "bob", proxy, fake).status_code == 429, fake
+    # a request without the header (the proxy's own) counts for the proxy's address
+    assert login(client, "bob", proxy).status_code == 200
+
+
+def test_with_two_proxies_the_second_value_from_the_right_is_the_client(  # type: ignore[no-untyped-def]
+    database, make_settings
+) -> None:
+    settings = make_settings(database.url, api={"login_rate_limit": "1 per minute",
+                                                "proxy_hops": 2})
+    client = limited_app(settings, database)[0].test_client()
+    # load balancer -> nginx (10.0.0.7) -> stockex: the balancer saw 203.0.113.5
+    assert login(client, "bob", "10.0.0.254", "203.0.113.5, 10.0.0.7").status_code == 200
+    assert login(client, "bob", "10.0.0.254", "1.1.1.1, 203.0.113.5, 10.0.0.8").status_code == 429
+    assert login(client, "bob", "10.0.0.254", "203.0.113.6, 10.0.0.7").status_code == 200
 
 
 def test_orders_are_limited_per_user(database, make_settings) -> None:  # type: ignore[no-untyped-def]

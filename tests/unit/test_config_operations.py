@@ -12,6 +12,7 @@ def test_defaults() -> None:
     assert api.login_rate_limit == "10 per minute"
     assert api.order_rate_limit == "20 per second"
     assert api.cors_origins == ()
+    assert api.proxy_hops == 0  # no forwarding header is trusted
 
 
 @pytest.mark.parametrize(
@@ -56,6 +57,24 @@ def test_cors_origins_from_the_environment() -> None:
     env = {"STOCKEX__API__CORS_ORIGINS": "[https://a.example, https://b.example]"}
     assert load_settings(environ=env).api.cors_origins == ("https://a.example", "https://b.example")
     assert load_settings(environ={"STOCKEX__API__CORS_ORIGINS": ""}).api.cors_origins == ()
+
+
+def test_proxy_hops() -> None:
+    assert settings_from_mapping({"api": {"proxy_hops": 2}}).api.proxy_hops == 2
+    assert load_settings(environ={"STOCKEX__API__PROXY_HOPS": "1"}).api.proxy_hops == 1
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    (-1, "expected the number of proxies in front of the API, 0..10, got -1"),
+    (11, "expected the number of proxies in front of the API, 0..10, got 11"),
+    ("1", "expected an integer, got '1'"),
+    (True, "expected an integer, got True"),
+    (1.5, "expected an integer, got 1.5"),
+])
+def test_bad_proxy_hops_name_the_key(value: object, problem: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        settings_from_mapping({"api": {"proxy_hops": value}})
+    assert str(error.value) == f"config: api.proxy_hops: {problem}"
 
 
 def test_a_slack_channel_from_the_environment_is_not_a_yaml_comment() -> None:

@@ -29,9 +29,22 @@ def test_the_stockex_environment_is_a_valid_configuration() -> None:
     assert settings.redis.url == "redis://redis:6379/0"
     assert settings.api.login_rate_limit == "10 per minute"
     assert settings.api.cors_origins == ()
+    assert settings.api.proxy_hops == 0  # port 5010 is published: nothing forwards by default
     assert settings.slack.channel == "#stockex-alerts"
     # no secret in .env: the API refuses to start instead of signing with a known key
     assert settings.secret_key == DEFAULT_SECRET_KEY
+
+
+def test_proxy_hops_set_in_env_reaches_the_api() -> None:
+    """README, Deployment: behind nginx, STOCKEX_PROXY_HOPS in .env makes the API trust it."""
+    value = str(COMPOSE["x-stockex-env"]["STOCKEX__API__PROXY_HOPS"])
+    assert "${STOCKEX_PROXY_HOPS:-0}" in value
+    environ = {k: with_defaults(str(v)) for k, v in COMPOSE["x-stockex-env"].items()}
+    environ["STOCKEX__API__PROXY_HOPS"] = value.replace("${STOCKEX_PROXY_HOPS:-0}", "1")
+    assert load_settings(environ=environ).api.proxy_hops == 1
+    assert SERVICES["api"]["environment"]["STOCKEX__API__PROXY_HOPS"] == value
+    example = (ROOT / ".env.example").read_text()
+    assert re.search(r"^STOCKEX_PROXY_HOPS=0$", example, re.MULTILINE)
 
 
 def test_every_service_is_there_with_health_checks_and_start_order() -> None:

@@ -8,6 +8,11 @@ Operations around every request: a request id and an access-log line
 rate limits (:mod:`stockex.api.ratelimits`), and Slack alerts for 500s, an unreachable
 database or Redis (:mod:`stockex.api.incidents`). ``create_app`` refuses the placeholder
 ``secret_key`` unless ``development=True`` (``stockex serve``) or ``testing=True``.
+
+Behind reverse proxies (``api.proxy_hops`` > 0) the app trusts their ``X-Forwarded-For`` and
+``X-Forwarded-Proto`` (:func:`trust_proxies`), so that the access log and the login limit see
+each client's address, not the proxy's; every server (gunicorn, granian, ``stockex serve``,
+the test client) runs the app through it, since it wraps ``app.wsgi_app``.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 
 from flasgger import Swagger
 from flask import Flask, current_app, redirect
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from stockex.alerts import notifier_for
 from stockex.api.errors import register_error_handlers
@@ -74,6 +80,7 @@ def create_app(
         TESTING=testing,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    trust_proxies(app, settings.api.proxy_hops)
     app.url_map.converters["int"] = AsciiIntegerConverter  # before any route is added
     database = db or Database(settings.database.url)
     notifier = notifier_for(settings)
@@ -106,6 +113,22 @@ def create_app(
                      lambda: redirect(DOCS_ROUTE, code=308), strict_slashes=True)
     _sync_markets_best_effort(database, settings)
     return app
+
+
+def trust_proxies(app: Flask, hops: int) -> None:
+    """Read the client's address and scheme from the ``hops`` proxies in front of the app.
+
+    Werkzeug's ProxyFix takes the ``hops``-th ``X-Forwarded-For`` value from the right, the one
+    the outermost trusted proxy appended: addresses a client puts in front of it are ignored,
+    and with fewer values than ``hops`` the header is ignored altogether. ``X-Forwarded-Proto``
+    tells ``https`` at the proxy from plain HTTP behind it (the HSTS header, any URL built
+    with the request's scheme).
+    ``X-Forwarded-Host`` is not trusted: nginx does not send it unless told to, so a client's
+    would be taken, and proxies pass the ``Host`` on (nginx ``proxy_set_header Host $host``).
+    With 0 nothing is wrapped and every forwarding header is the client's to make up.
+    """
+    if hops:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
 
 
 def _install_database_scope(app: Flask) -> None:

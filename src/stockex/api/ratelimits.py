@@ -45,6 +45,9 @@ MAX_USERNAME_IN_KEY = 64
 
 
 def client_ip() -> str:
+    """The client's address: the socket's peer, or behind ``api.proxy_hops`` proxies the one
+    they forwarded (``create_app`` wraps the app in ProxyFix). With no proxy configured a
+    client-sent ``X-Forwarded-For`` changes nothing, so it cannot pick its own budget."""
     return request.remote_addr or "unknown"
 
 

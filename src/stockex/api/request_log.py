@@ -11,7 +11,9 @@ else a new random one. The id is
 
       GET /api/v1/markets 200 3.1ms request_id=4f0c... user_id=7 ip=10.0.0.5
 
-``user_id`` is ``flask.g.user_id`` when the authentication layer has set it, else ``-``.
+``user_id`` is ``flask.g.user_id`` when the authentication layer has set it, else ``-``;
+``ip`` the client's address, which behind reverse proxies is the one they forwarded
+(``api.proxy_hops``, see :func:`stockex.api.trust_proxies`), else the socket's peer.
 The path is the client's, percent-decoded: :func:`loggable_path` writes its control
 characters as escapes (``%0A`` shows as ``\\x0a``), so that a request cannot end the line and
 forge another one (as nginx escapes them in its access log).
