@@ -109,6 +109,34 @@ def test_the_access_log_shows_the_client_behind_a_proxy(database, make_settings,
     assert lines[0].endswith(" ip=203.0.113.5") and lines[1].endswith(" ip=10.0.0.254"), lines
 
 
+def test_a_forwarded_value_that_is_no_address_is_not_taken(database, make_settings, caplog) -> None:  # type: ignore[no-untyped-def]
+    """api.proxy_hops set higher than the proxies in front (or the API reachable around
+    them): the value taken is the client's own text. Unless it is an IP address it must not
+    become the log's ip= (here it would forge a user_id field), nor a scheme other than
+    http/https the request's."""
+    app = create_app(make_settings(database.url, api={"proxy_hops": 2}), db=database)
+    seen: list[str] = []
+
+    @app.get("/scheme")
+    def scheme():  # type: ignore[no-untyped-def]
+        from flask import request
+
+        seen.append(request.scheme)
+        return {}
+
+    client = app.test_client()
+    with caplog.at_level(logging.INFO, logger="stockex.access"):
+        client.get("/scheme", environ_base={"REMOTE_ADDR": "10.0.0.254"}, headers={
+            "X-Forwarded-For": "1.1.1.1 user_id=1, 10.0.0.9",
+            "X-Forwarded-Proto": "javascript, https"})
+        client.get("/scheme", environ_base={"REMOTE_ADDR": "10.0.0.254"}, headers={
+            "X-Forwarded-For": "2001:db8::7, 10.0.0.9", "X-Forwarded-Proto": "https, http"})
+    lines = [r.getMessage() for r in caplog.records if r.name == "stockex.access"]
+    assert lines[0].endswith(" ip=10.0.0.254") and "user_id=1" not in lines[0], lines
+    assert lines[1].endswith(" ip=2001:db8::7"), lines
+    assert seen == ["http", "https"]
+
+
 def test_hsts_when_the_proxy_says_https(database, make_settings) -> None:  # type: ignore[no-untyped-def]
     """TLS ends at the proxy: X-Forwarded-Proto tells the app, and only from a trusted one."""
     https = {"X-Forwarded-Proto": "https"}

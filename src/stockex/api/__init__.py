@@ -17,12 +17,18 @@ the test client) runs the app through it, since it wraps ``app.wsgi_app``.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from flasgger import Swagger
 from flask import Flask, current_app, redirect
 from werkzeug.middleware.proxy_fix import ProxyFix
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 from stockex.alerts import notifier_for
 from stockex.api.errors import register_error_handlers
@@ -126,9 +132,32 @@ def trust_proxies(app: Flask, hops: int) -> None:
     ``X-Forwarded-Host`` is not trusted: nginx does not send it unless told to, so a client's
     would be taken, and proxies pass the ``Host`` on (nginx ``proxy_set_header Host $host``).
     With 0 nothing is wrapped and every forwarding header is the client's to make up.
+
+    What the proxies forwarded is used only when it is an IP address and ``http``/``https``
+    (:func:`_forwarded_values_checked`): with ``hops`` set higher than the proxies really in
+    front (or the API reachable around them) the value is the client's own text, which must
+    not become its rate-limit key or fields of the access-log line (``1.1.1.1 user_id=1``).
     """
     if hops:
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
+        checked = _forwarded_values_checked(app.wsgi_app)
+        app.wsgi_app = ProxyFix(checked, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
+
+
+def _forwarded_values_checked(wsgi_app: WSGIApplication) -> WSGIApplication:
+    """Between ProxyFix and the app: a forwarded address or scheme that is not one falls
+    back to the connection's own (ProxyFix keeps those in ``werkzeug.proxy_fix.orig``)."""
+
+    def checked(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        original = environ.get("werkzeug.proxy_fix.orig", {})
+        try:
+            ipaddress.ip_address(environ.get("REMOTE_ADDR", ""))
+        except ValueError:
+            environ["REMOTE_ADDR"] = original.get("REMOTE_ADDR")
+        if environ.get("wsgi.url_scheme") not in ("http", "https"):
+            environ["wsgi.url_scheme"] = original.get("wsgi.url_scheme", "http")
+        return wsgi_app(environ, start_response)
+
+    return checked
 
 
 def _install_database_scope(app: Flask) -> None:
