@@ -14,10 +14,13 @@
 * **Revocation** (logout): the ``jti`` is refused until the token would have expired anyway.
   With Redis configured the revocation lives in Redis (one round trip per request), backed by
   the ``revoked_tokens`` table so that a Redis restart or outage never lets a revoked token
-  back in: when Redis lost its data (the ``revoked-loaded`` marker is gone) it is re-filled
-  from the table, and while Redis is unreachable the table is asked directly (a logout
-  itself then answers 503, see :meth:`Revocations.revoke`). Without Redis the table alone
-  is used.
+  back in: when Redis lost its data (the ``revoked-tokens-loaded`` marker is gone) it is
+  re-filled from the table, and while Redis is unreachable the table is asked directly (a
+  logout itself then answers 503, see :meth:`Revocations.revoke`). Without Redis the table
+  alone is used. In Redis the revocations are one sorted set (token id -> expiry) and the
+  marker, neither with a TTL: a Redis that is full and evicts keys with a TTL
+  (``maxmemory-policy volatile-lru``, as in docker-compose.yml) drops cached answers, never a
+  revocation; expired ids leave the set at each logout.
 
 ``requires_auth`` is the Flask decorator for ``Authorization: Bearer <token>`` routes.
 """
@@ -59,8 +62,12 @@ MAX_PASSWORD = 1024  # scrypt cost does not grow with length, but a body must st
 CLOCK_SKEW_SECONDS = 60
 
 _REVOKED_EXPIRY = select(RevokedToken.expires_at).where(RevokedToken.jti == bindparam("jti"))
-_REVOKED_KEY = KEY_PREFIX + "revoked:"
-_REVOKED_LOADED_KEY = KEY_PREFIX + "revoked-loaded"
+#: A sorted set, token id -> expiry (epoch seconds); no TTL, so never evicted by volatile-*.
+_REVOKED_SET = KEY_PREFIX + "revoked-tokens"
+#: Set once the table's revocations were copied into the set (gone: Redis lost its data).
+#: A new name since the revocations moved from one key each (``revoked:<jti>``, with a TTL)
+#: into the set: on an upgraded deployment the first check re-fills the set from the table.
+_REVOKED_LOADED_KEY = KEY_PREFIX + "revoked-tokens-loaded"
 # A hash to compare against when the user does not exist, so that a login for an unknown
 # name costs as much as a wrong password (no user enumeration by timing).
 _DUMMY_HASH = generate_password_hash("not-a-real-password-at-all")
@@ -278,8 +285,10 @@ class Revocations:
             if self.cache.redis_paused:  # it timed out moments ago: do not wait again
                 raise unavailable
             try:
-                ttl = max(1, principal.expires_at - current)
-                self.redis.set(_REVOKED_KEY + principal.jti, b"1", ex=ttl)
+                pipe = self.redis.pipeline(transaction=True)
+                pipe.zadd(_REVOKED_SET, {principal.jti: principal.expires_at})
+                pipe.zremrangebyscore(_REVOKED_SET, "-inf", f"({current}")  # expired
+                pipe.execute()
             except redis.RedisError as exc:
                 self.cache.redis_failed(exc)
                 raise unavailable from None
@@ -294,9 +303,12 @@ class Revocations:
     def is_revoked(self, jti: str) -> bool:
         if self.redis is not None and not self.cache.redis_paused:
             try:
-                loaded, revoked = self.redis.mget([_REVOKED_LOADED_KEY, _REVOKED_KEY + jti])
-                if loaded is not None:
-                    return revoked is not None
+                pipe = self.redis.pipeline(transaction=False)  # one round trip
+                pipe.exists(_REVOKED_LOADED_KEY)
+                pipe.zscore(_REVOKED_SET, jti)
+                loaded, expires_at = pipe.execute()
+                if loaded:
+                    return expires_at is not None and expires_at >= int(time.time())
                 return jti in self._reload_redis()
             except redis.RedisError as exc:
                 self.cache.redis_failed(exc)  # and ask the table instead
@@ -317,9 +329,9 @@ class Revocations:
                     RevokedToken.expires_at >= now
                 )
             ).all()
-        pipe = self.redis.pipeline(transaction=False)  # type: ignore[union-attr]
-        for jti, expires_at in rows:
-            pipe.set(_REVOKED_KEY + jti, b"1", ex=max(1, expires_at - now))
+        pipe = self.redis.pipeline(transaction=True)  # type: ignore[union-attr]
+        if rows:
+            pipe.zadd(_REVOKED_SET, dict(rows))
         pipe.set(_REVOKED_LOADED_KEY, b"1")
         pipe.execute()
         return {jti for jti, _ in rows}

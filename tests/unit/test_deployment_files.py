@@ -203,3 +203,12 @@ def test_the_airflow_ui_can_be_logged_into_and_alerts_link_to_it() -> None:
     base_url = airflow["environment"]["AIRFLOW__API__BASE_URL"]
     assert with_defaults(base_url) == "http://localhost:8080" and "AIRFLOW_BASE_URL" in base_url
     assert re.search(r"^AIRFLOW_BASE_URL=", (ROOT / ".env.example").read_text(), re.MULTILINE)
+
+
+def test_redis_is_capped_and_evicts_only_keys_with_a_ttl() -> None:
+    """Cached answers are keyed by their query, so an uncapped Redis grows without bound;
+    full, it must evict cached answers (TTL) and never a logout (no TTL, stockex.auth)."""
+    command = SERVICES["redis"]["command"]
+    assert command[command.index("--maxmemory") + 1] == "${REDIS_MAXMEMORY:-512mb}"
+    assert command[command.index("--maxmemory-policy") + 1].startswith("volatile-")
+    assert "REDIS_MAXMEMORY=" in (ROOT / ".env.example").read_text()

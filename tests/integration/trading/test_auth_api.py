@@ -300,12 +300,63 @@ def test_revocation_in_redis_survives_redis_losing_its_data(redis_app, redis_url
     other = login(client, "gina").get_json()["access_token"]
     assert client.post("/api/v1/auth/logout", headers=bearer(token)).status_code == 204
     store = redis.Redis.from_url(redis_url)
-    assert any(k.startswith(b"stockex:revoked:") for k in store.keys())
+    assert store.zcard("stockex:revoked-tokens") == 1
     assert client.get("/api/v1/me", headers=bearer(token)).status_code == 401
     store.flushdb()  # a Redis restart without persistence
     assert client.get("/api/v1/me", headers=bearer(token)).status_code == 401
     assert client.get("/api/v1/me", headers=bearer(other)).status_code == 200
-    assert store.exists("stockex:revoked-loaded")
+    assert store.exists("stockex:revoked-tokens-loaded")
+    assert store.zcard("stockex:revoked-tokens") == 1  # re-filled from the table
+
+
+def test_revocations_kept_by_an_older_version_still_count_after_the_upgrade(  # type: ignore[no-untyped-def]
+    redis_app, redis_url
+) -> None:
+    """Before the sorted set, each revocation was a key of its own under the marker
+    ``revoked-loaded``: after an upgrade the set is filled from the table first."""
+    import redis
+
+    client = redis_app.test_client()
+    register(client, "greta")
+    token = login(client, "greta").get_json()["access_token"]
+    assert client.post("/api/v1/auth/logout", headers=bearer(token)).status_code == 204
+    store = redis.Redis.from_url(redis_url)
+    store.delete("stockex:revoked-tokens", "stockex:revoked-tokens-loaded")  # as it was then
+    store.set("stockex:revoked-loaded", b"1")
+    store.set("stockex:revoked:some-jti", b"1", ex=3600)
+    assert client.get("/api/v1/me", headers=bearer(token)).status_code == 401
+
+
+@pytest.mark.parametrize("policy", ["volatile-ttl", "volatile-lru"])
+def test_a_full_redis_evicts_cached_answers_never_a_revocation(  # type: ignore[no-untyped-def]
+    redis_app, redis_url, policy
+) -> None:
+    """docker-compose.yml caps Redis's memory and lets it evict keys with a TTL (cached
+    answers, rate-limit counters). A revocation must not be among them: a revoked token would
+    work again. volatile-ttl evicts the nearest expiry first, and a revocation expiring with
+    its token (one hour) before a settled candles page (a day) went first."""
+    import redis
+
+    store = redis.Redis.from_url(redis_url)
+    saved = store.config_get("maxmemory*")
+    client = redis_app.test_client()
+    register(client, "gwen")
+    token = login(client, "gwen").get_json()["access_token"]
+    assert client.post("/api/v1/auth/logout", headers=bearer(token)).status_code == 204
+    assert client.get("/api/v1/me", headers=bearer(token)).status_code == 401
+    evicted_before = store.info("stats")["evicted_keys"]
+    try:
+        store.config_set("maxmemory-policy", policy)
+        store.config_set("maxmemory", str(store.info("memory")["used_memory"] + 2_000_000))
+        for i in range(100):  # 10 MB of cached answers into a 2 MB margin
+            store.set(f"stockex:cache-fill:{i}", b"x" * 100_000, ex=86_400)
+        assert store.info("stats")["evicted_keys"] - evicted_before > 50
+        assert client.get("/api/v1/me", headers=bearer(token)).status_code == 401
+        fresh = login(client, "gwen").get_json()["access_token"]
+        assert client.get("/api/v1/me", headers=bearer(fresh)).status_code == 200
+    finally:
+        store.config_set("maxmemory", saved["maxmemory"])
+        store.config_set("maxmemory-policy", saved["maxmemory-policy"])
 
 
 def test_revocation_while_redis_is_down(database, make_settings) -> None:  # type: ignore[no-untyped-def]
