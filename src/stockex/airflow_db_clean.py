@@ -28,10 +28,11 @@ from stockex import alerts
 from stockex.logs import configure_logging
 
 SOURCE = "airflow-db-clean"
-#: Lines of the command's output kept for the alert (the message shows up to 1000 chars).
+#: The end of the command's output in the alert: at most these lines and characters (an
+#: alert's message is cut after 1000 characters, at its end: where the error is).
 TAIL_LINES = 15
+TAIL_CHARS = 800
 EXIT_CANNOT_START = 127  # as a shell says for a command it cannot find
-
 
 #: The error type the alert names for a non-zero exit status (its fingerprint's second half).
 FAILED = "AirflowDbCleanFailed"
@@ -63,6 +64,8 @@ def run_and_report(command: Sequence[str]) -> int:
         _report(None, "", context)
     else:
         output = "\n".join(tail) or "(no output)"
+        if len(output) > TAIL_CHARS:
+            output = "…" + output[-TAIL_CHARS:]
         _report(FAILED, f"{command[0]} exited with status {status}; the end of its output:\n"
                         f"{output}", context)
     return status

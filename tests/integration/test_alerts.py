@@ -484,3 +484,16 @@ def test_an_airflow_db_clean_that_cannot_start_alerts_too(fake_slack, tmp_path) 
     [alert] = fake_slack.wait_for(1)
     assert "*FileNotFoundError* in airflow-db-clean" in alert.text
     assert "• command: no-such-airflow-binary db clean" in alert.text
+
+
+def test_a_failed_airflow_db_clean_alert_keeps_the_end_of_a_long_output(  # type: ignore[no-untyped-def]
+    fake_slack, tmp_path
+) -> None:
+    """A traceback's long lines: the alert shows where it ends (the error), not its start."""
+    env = {"STOCKEX__SLACK__TOKEN": fake_slack.token,
+           "STOCKEX__SLACK__BASE_URL": fake_slack.api_base_url}
+    noisy = ["sh", "-c", "for i in 1 2 3 4 5 6 7 8; do printf 'frame %0200d\\n' $i; done; "
+             "echo \"psycopg2.OperationalError: the $(echo last) line\"; exit 1"]
+    assert run_db_clean(noisy, env, tmp_path).returncode == 1
+    [alert] = fake_slack.wait_for(1)
+    assert "psycopg2.OperationalError: the last line" in alert.text
