@@ -6,6 +6,9 @@ Entry points call these; each returns at once, never raises, and never waits on 
 ``alert_exception(source, exc, context=None, *, settings=None, service="stockex")``
     Something failed. ``source`` says where ("api GET /api/v1/orders", "database",
     "crawler asaxu"); the *fingerprint* is ``f"{source}#{error type}"``.
+``alert(source, error_type, message, context=None, *, settings=None, service="stockex")``
+    The same for a failure that is no exception of this process (another program's exit
+    status): no traceback.
 ``resolve(source_or_fingerprint, *, settings=None, service="stockex")``
     It works again: open incidents of that source (or that one fingerprint) get one
     "resolved" message each batch; nothing is sent when nothing was open.
@@ -404,6 +407,22 @@ def alert_exception(
     """Report a failure at ``source`` (see module doc). Never raises."""
     try:
         _notifier(settings).alert_exception(source, exc, context, service=service)
+    except Exception:  # noqa: BLE001
+        log.exception("could not queue an alert")
+
+
+def alert(
+    source: str,
+    error_type: str,
+    message: str,
+    context: Mapping[str, Any] | None = None,
+    *,
+    settings: Settings | None = None,
+    service: str = SERVICE,
+) -> None:
+    """Report a failure at ``source`` that has no exception object here. Never raises."""
+    try:
+        _notifier(settings).alert(source, error_type, message, service=service, context=context)
     except Exception:  # noqa: BLE001
         log.exception("could not queue an alert")
 

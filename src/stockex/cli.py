@@ -14,10 +14,11 @@ from functools import wraps
 from typing import Any, NoReturn
 
 import click
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from stockex.config import ConfigError, Settings, load_settings
-from stockex.db import RUN_UPGRADE, CommitOutcomeUnknown, is_missing_table
+from stockex.db import RUN_UPGRADE, CommitOutcomeUnknown, is_missing_table, sqlite_unavailable
 from stockex.errors import DomainError
 from stockex.logs import configure_logging, register_secrets
 from stockex.redaction import secrets_from_settings
@@ -62,9 +63,19 @@ def reports_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except SQLAlchemyError as exc:
             detail = getattr(exc, "orig", None) or exc
             hint = f" ({RUN_UPGRADE}, or check database.url)" if is_missing_table(exc) else ""
-            _fail(f"database error: {str(detail).splitlines()[0]}{hint}")
+            problem = _sqlite_unavailable(exc) or str(detail).splitlines()[0]
+            _fail(f"database error: {problem}{hint}")
 
     return wrapper
+
+
+def _sqlite_unavailable(exc: SQLAlchemyError) -> str | None:
+    """What is wrong with database.url's SQLite file when ``exc`` says it cannot be used
+    (:func:`stockex.db.sqlite_unavailable`), else None."""
+    if sqlite_unavailable(exc, None) is None:
+        return None
+    url = make_url(load_settings().database.url)  # loaded once already by the command
+    return sqlite_unavailable(exc, url.database)
 
 
 class _UsageError(click.UsageError):

@@ -278,6 +278,41 @@ def is_missing_table(exc: BaseException) -> bool:
     return driver_error_is(exc, (1146,), lambda message: message.startswith("no such table"))
 
 
+#: SQLite waits this long for another connection's write lock before "database is locked".
+SQLITE_BUSY_TIMEOUT_SECONDS = 30
+
+# Primary result codes (https://sqlite.org/rescode.html) that say the database file, its
+# directory or its disk is unusable: the operator's to fix, like a MySQL server that is down.
+# SQLITE_ERROR (no such table, a syntax error) is not among them: a bug or a missing migration.
+_SQLITE_UNAVAILABLE = {
+    14: "cannot open the SQLite database file {path}: its directory must exist and be "
+        "writable by this process, and the path must not be a directory",  # SQLITE_CANTOPEN
+    8: "the SQLite database file {path} is read-only for this process, which must be able "
+       "to write the file, its -wal and -shm files and their directory",  # SQLITE_READONLY
+    5: "the SQLite database file {path} is locked: another connection (this process or "
+       f"another) held its write lock for more than {SQLITE_BUSY_TIMEOUT_SECONDS} s",  # SQLITE_BUSY
+    10: "disk I/O error on the SQLite database file {path}: check its disk and file "
+        "system",  # SQLITE_IOERR
+    13: "the disk holding the SQLite database file {path} is full",  # SQLITE_FULL
+    26: "{path} is not a SQLite database file: check database.url",  # SQLITE_NOTADB
+    11: "the SQLite database file {path} is corrupt (database disk image is malformed): "
+        "restore it from a backup",  # SQLITE_CORRUPT
+}
+
+
+def sqlite_unavailable(exc: BaseException, path: str | None) -> str | None:
+    """What is wrong, for the operator, when ``exc`` is SQLite failing on the database file
+    ``path`` (as database.url names it) itself: it cannot be opened, is read-only, locked
+    past the busy timeout, on a failing or full disk, not a database, or corrupt. None for
+    any other error, SQLite's "no such table" and syntax errors included."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    code = getattr(orig, "sqlite_errorcode", None)  # sqlite3's errors only, Python >= 3.11
+    if not isinstance(code, int):
+        return None
+    reason = _SQLITE_UNAVAILABLE.get(code & 0xFF)  # extended codes carry the primary one
+    return None if reason is None else reason.format(path=path or ":memory:")
+
+
 def is_retryable(exc: BaseException) -> bool:
     """True for errors after which the database rolled back and running again is safe. On
     SQLite: BEGIN IMMEDIATE waited busy_timeout and still could not get the write lock."""
@@ -314,7 +349,8 @@ def make_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:
         engine = create_engine(
             parsed,
             echo=echo,
-            connect_args={"check_same_thread": False, "timeout": 30},
+            connect_args={"check_same_thread": False,
+                          "timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
         )
         _configure_sqlite(engine)
         return engine
@@ -358,7 +394,7 @@ def _configure_sqlite(engine: Engine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
         if engine.url.database not in (None, "", ":memory:"):
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
@@ -528,6 +564,12 @@ class Database:
             found = (compiled.string, tuple(compiled.positiontup or ()))
             self._compiled_cache[statement] = found
         return found
+
+    def unavailable(self, exc: BaseException) -> str | None:
+        """:func:`sqlite_unavailable` for this database's file (None on MySQL)."""
+        if self.dialect != "sqlite":
+            return None
+        return sqlite_unavailable(exc, self.engine.url.database)
 
     def ping(self) -> None:
         """Raise if the database cannot answer ``SELECT 1`` right now."""

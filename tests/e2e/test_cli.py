@@ -312,3 +312,23 @@ def test_help_is_unchanged_by_one_line_usage_errors() -> None:
     assert "--password-stdin" in result.stdout
     bare = run([])  # no command: the help, as click shows it
     assert bare.returncode == 2 and "Commands:" in bare.stdout + bare.stderr
+
+
+@pytest.mark.parametrize("args", [["reconcile"], ["deposit", "bob", "XU", "5"], ["db", "upgrade"],
+                                  ["crawl", "--once"]])
+def test_an_unopenable_sqlite_file_is_one_line_saying_so(args: list[str], tmp_path: Path) -> None:
+    """database.url's directory is a regular file (or missing, or not writable): one line
+    naming the file and what to check, exit 1; no traceback (crawl: from its lock file)."""
+    (tmp_path / "plain-file").write_text("x")
+    path = tmp_path / "plain-file" / "stockex.db"
+    result = run(args, env={"STOCKEX__DATABASE__URL": f"sqlite:///{path}"}, cwd=tmp_path)
+    assert result.returncode == 1
+    line = one_error_line(result)
+    if args[0] == "crawl":
+        assert line == (f"stockex: crawl_lock_unavailable: cannot create the crawl lock file "
+                        f"{path}.crawl-asaxu.lock beside the SQLite database file: Not a "
+                        "directory (the directory must exist and be writable by this process)")
+    else:
+        assert line == (f"stockex: database error: cannot open the SQLite database file {path}: "
+                        "its directory must exist and be writable by this process, and the "
+                        "path must not be a directory")

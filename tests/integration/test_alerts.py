@@ -416,3 +416,84 @@ def test_an_incident_opened_while_redis_was_down_is_not_alerted_twice(fake_slack
         assert len(texts) == 2 and "resolved redis" in texts[1] and "2 occurrence(s)" in texts[1]
     finally:
         server.close()
+
+
+def run_db_clean(command: list[str], env: dict[str, str], cwd):  # type: ignore[no-untyped-def]
+    """``python -m stockex.airflow_db_clean COMMAND`` as docker-compose's airflow-db-clean
+    loop runs it: a process of its own, its settings from the environment (``cwd`` has no
+    config.yaml)."""
+    import os
+    import subprocess
+    import sys
+
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKEX")}
+    return subprocess.run(  # noqa: S603
+        [sys.executable, "-m", "stockex.airflow_db_clean", *command],
+        env={**full_env, **env}, cwd=cwd, capture_output=True, text=True, timeout=60,
+        check=False,
+    )
+
+
+def test_a_failed_airflow_db_clean_alerts_slack_and_the_next_success_resolves_it(  # type: ignore[no-untyped-def]
+    fake_slack, redis_url, tmp_path
+) -> None:
+    """The compose service's daily `airflow db clean` used to fail into its log only. Each
+    run is a process of its own: Redis carries the open incident from the failed day to the
+    next day's success. The configuration is partly invalid (as when the DAG's settings are
+    broken), and its slack and redis sections still say where to tell."""
+    env = {
+        "STOCKEX__SLACK__TOKEN": fake_slack.token,
+        "STOCKEX__SLACK__BASE_URL": fake_slack.api_base_url,
+        "STOCKEX__SLACK__CHANNEL": "'#ops'",
+        "STOCKEX__REDIS__URL": redis_url,
+        "STOCKEX__CRAWLER__CHUNK_MINUTES": "lots",
+    }
+    failing = ["sh", "-c", "echo 'Performing cleanup'; "
+               "echo 'sqlalchemy.exc.OperationalError: could not connect to airflow-db' >&2; "
+               "exit 3"]
+    failed = run_db_clean(failing, env, tmp_path)
+    assert failed.returncode == 3, failed.stderr
+    assert "Performing cleanup" in failed.stdout  # its output still reaches the service's log
+    assert "could not connect to airflow-db" in failed.stdout
+    [alert] = fake_slack.wait_for(1)
+    assert alert.channel == "#ops"
+    assert "*stockex-airflow*" in alert.text and "*AirflowDbCleanFailed* in airflow-db-clean" \
+        in alert.text
+    assert "sh exited with status 3" in alert.text
+    assert "could not connect to airflow-db" in alert.text
+    assert "alerting with its slack, redis, timezone settings alone" in failed.stderr
+
+    # the next day, still failing: held back by the cooldown
+    assert run_db_clean(failing, env, tmp_path).returncode == 3
+    succeeded = run_db_clean(["sh", "-c", "echo 'cleaned 12 rows'"], env, tmp_path)
+    assert succeeded.returncode == 0 and "cleaned 12 rows" in succeeded.stdout
+    messages = fake_slack.wait_for(2)
+    assert len(messages) == 2, fake_slack.texts
+    assert "resolved airflow-db-clean" in messages[1].text
+    assert "2 occurrence(s)" in messages[1].text
+    assert run_db_clean(["true"], env, tmp_path).returncode == 0  # nothing open: nothing sent
+    assert len(fake_slack.messages) == 2
+
+
+def test_an_airflow_db_clean_that_cannot_start_alerts_too(fake_slack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    env = {"STOCKEX__SLACK__TOKEN": fake_slack.token,
+           "STOCKEX__SLACK__BASE_URL": fake_slack.api_base_url}
+    result = run_db_clean(["no-such-airflow-binary", "db", "clean"], env, tmp_path)
+    assert result.returncode == 127
+    assert "cannot run 'no-such-airflow-binary'" in result.stderr
+    [alert] = fake_slack.wait_for(1)
+    assert "*FileNotFoundError* in airflow-db-clean" in alert.text
+    assert "• command: no-such-airflow-binary db clean" in alert.text
+
+
+def test_a_failed_airflow_db_clean_alert_keeps_the_end_of_a_long_output(  # type: ignore[no-untyped-def]
+    fake_slack, tmp_path
+) -> None:
+    """A traceback's long lines: the alert shows where it ends (the error), not its start."""
+    env = {"STOCKEX__SLACK__TOKEN": fake_slack.token,
+           "STOCKEX__SLACK__BASE_URL": fake_slack.api_base_url}
+    noisy = ["sh", "-c", "for i in 1 2 3 4 5 6 7 8; do printf 'frame %0200d\\n' $i; done; "
+             "echo \"psycopg2.OperationalError: the $(echo last) line\"; exit 1"]
+    assert run_db_clean(noisy, env, tmp_path).returncode == 1
+    [alert] = fake_slack.wait_for(1)
+    assert "psycopg2.OperationalError: the last line" in alert.text

@@ -194,3 +194,155 @@ def test_every_request_body_example_is_valid_and_accepted(app, client, settings)
         assert response.status_code == 200, response.get_json()
     order = client.post("/api/v1/orders", json=examples["/api/v1/orders"], headers=user)
     assert order.status_code == 201, order.get_json()
+
+
+def unusable_sqlite_url(kind: str, tmp_path) -> str:  # type: ignore[no-untyped-def]
+    """A SQLite database.url an operator can break outside the code, in ways root (who runs
+    the tests, and whom file modes do not stop) cannot get around either."""
+    if kind == "parent is a file":
+        (tmp_path / "plain-file").write_text("x")
+        return f"sqlite:///{tmp_path / 'plain-file' / 'stockex.db'}"
+    if kind == "directory missing":
+        return f"sqlite:///{tmp_path / 'gone' / 'stockex.db'}"
+    if kind == "path is a directory":
+        (tmp_path / "a-directory").mkdir()
+        return f"sqlite:///{tmp_path / 'a-directory'}"
+    assert kind == "not a database"
+    (tmp_path / "notes.db").write_bytes(b"these are not the pages you are looking for\n" * 200)
+    return f"sqlite:///{tmp_path / 'notes.db'}"
+
+
+@pytest.mark.parametrize("kind", ["parent is a file", "directory missing", "path is a directory",
+                                  "not a database"])
+def test_an_unusable_sqlite_file_is_503_database_unavailable_saying_what_is_wrong(  # type: ignore[no-untyped-def]
+    kind, tmp_path, make_settings
+) -> None:
+    """As with MySQL down: 503 database_unavailable (not a 500 and an API-error alert), and
+    the message names the file and what is wrong with it, as /ready does."""
+    url = unusable_sqlite_url(kind, tmp_path)
+    path = url.removeprefix("sqlite:///")
+    app = create_app(make_settings(url))
+    down: list[BaseException] = []
+    unhandled: list[BaseException] = []
+    app.extensions["stockex.on_database_unavailable"] = down.append
+    app.extensions["stockex.on_unhandled_error"] = unhandled.append
+    client = app.test_client()
+    expected = (f"{path} is not a SQLite database file: check database.url"
+                if kind == "not a database" else
+                f"cannot open the SQLite database file {path}: its directory must exist and be "
+                "writable by this process, and the path must not be a directory")
+    ready = assert_error(client.get("/ready"), 503, "not_ready")
+    assert ready["details"]["checks"] == {"database": f"unavailable: {expected}"}
+    for method, route, body in (
+        ("get", "/api/v1/markets/asaxu/depth", None),
+        ("get", "/api/v1/markets/asaxu/candles", None),
+        ("post", "/api/v1/auth/register", {"username": "alice", "password": "password-123"}),
+        ("post", "/api/v1/auth/login", {"username": "alice", "password": "password-123"}),
+    ):
+        error = assert_error(getattr(client, method)(route, json=body), 503,
+                             "database_unavailable")
+        assert error["message"] == expected
+    assert len(down) == 4 and unhandled == []
+
+
+def test_a_read_only_sqlite_file_is_503_on_writes_and_serves_reads(  # type: ignore[no-untyped-def]
+    tmp_path, make_settings
+) -> None:
+    """``attempt to write a readonly database`` (the file, its -wal/-shm or directory not
+    writable; here opened with mode=ro, which root cannot get around)."""
+    from stockex.db import Database
+    from stockex.migrate import upgrade
+
+    path = tmp_path / "stockex.db"
+    writable = Database(f"sqlite:///{path}")
+    upgrade(writable)
+    writable.dispose()
+    url = f"sqlite:///file:{path}?mode=ro&uri=true"
+    app = create_app(make_settings(url))
+    unhandled: list[BaseException] = []
+    app.extensions["stockex.on_unhandled_error"] = unhandled.append
+    client = app.test_client()
+    assert client.get("/api/v1/markets/asaxu/depth").status_code == 200
+    response = client.post("/api/v1/auth/register",
+                           json={"username": "alice", "password": "password-123"})
+    error = assert_error(response, 503, "database_unavailable")
+    assert error["message"] == (
+        f"the SQLite database file file:{path} is read-only for this process, which must be "
+        "able to write the file, its -wal and -shm files and their directory")
+    assert unhandled == []
+
+
+def test_a_sqlite_file_locked_past_the_busy_timeout_is_503(tmp_path, make_settings) -> None:  # type: ignore[no-untyped-def]
+    """Another process holds the write lock longer than the busy timeout: ``database is
+    locked`` after the transaction's retries is a 503 saying so, not a 500."""
+    import sqlite3
+
+    from sqlalchemy import event
+
+    from stockex.db import Database
+    from stockex.migrate import upgrade
+
+    path = tmp_path / "stockex.db"
+    db = Database(f"sqlite:///{path}")
+    upgrade(db)
+    # The real 30 s would make a slow test: the same error, sooner (runs after db's own).
+    event.listen(db.engine, "connect",
+                 lambda dbapi, _record: dbapi.execute("PRAGMA busy_timeout=20"))
+    db.engine.dispose()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process's long write
+    try:
+        client = create_app(make_settings(db.url), db=db).test_client()
+        response = client.post("/api/v1/auth/register",
+                               json={"username": "alice", "password": "password-123"})
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    error = assert_error(response, 503, "database_unavailable")
+    assert error["message"].startswith(f"the SQLite database file {path} is locked: ")
+
+
+def test_a_full_disk_under_sqlite_is_503(tmp_path, make_settings) -> None:  # type: ignore[no-untyped-def]
+    """``database or disk is full`` (SQLITE_FULL; here the database's own page limit, which
+    raises the same error a full disk does)."""
+    from sqlalchemy import event, text
+
+    from stockex.api import services
+    from stockex.db import Database
+    from stockex.migrate import upgrade
+
+    path = tmp_path / "stockex.db"
+    db = Database(f"sqlite:///{path}")
+    upgrade(db)
+    event.listen(db.engine, "connect",
+                 lambda dbapi, _record: dbapi.execute("PRAGMA max_page_count=1"))  # = its size
+    db.engine.dispose()
+    app = create_app(make_settings(db.url), db=db)
+
+    @app.post("/needs-room")
+    def needs_room():  # type: ignore[no-untyped-def]
+        services().db.transaction(lambda s: s.execute(
+            text("CREATE TABLE filler AS SELECT randomblob(100000) AS b")))
+        return "unreachable"
+
+    error = assert_error(app.test_client().post("/needs-room"), 503, "database_unavailable")
+    assert error["message"] == f"the disk holding the SQLite database file {path} is full"
+
+
+def test_an_unusable_sqlite_file_alerts_as_a_database_outage(  # type: ignore[no-untyped-def]
+    tmp_path, make_settings, fake_slack
+) -> None:
+    """The same incident as MySQL down (source ``database``, resolved by /ready), saying what
+    is wrong with the file; not an API error."""
+    from stockex import alerts
+
+    url = unusable_sqlite_url("directory missing", tmp_path)
+    settings = make_settings(url, slack={"token": fake_slack.token,
+                                         "base_url": fake_slack.api_base_url})
+    client = create_app(settings).test_client()
+    assert client.get("/api/v1/markets/asaxu/trades").status_code == 503
+    assert alerts.notifier_for(settings).flush(10)
+    [message] = fake_slack.messages
+    assert "in database" in message.text and "in api" not in message.text
+    assert f"• problem: cannot open the SQLite database file {tmp_path}/gone/stockex.db" in \
+        message.text

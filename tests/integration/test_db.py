@@ -360,3 +360,41 @@ def test_first_value_reports_an_unreachable_server_as_sqlalchemy_does() -> None:
         assert caught.value.orig.args[0] == 2003  # can't connect
     finally:
         db.dispose()
+
+
+def sqlite_error(message: str, code: int) -> Exception:
+    """sqlite3's error as SQLite raised it (the module sets sqlite_errorcode on its own)."""
+    import sqlite3
+
+    exc = sqlite3.OperationalError(message)
+    exc.sqlite_errorcode = code  # type: ignore[attr-defined]
+    return exc
+
+
+def test_sqlite_unavailable_says_what_is_wrong_with_the_file_and_nothing_else(
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    """A failing disk (I/O error, extended code SQLITE_IOERR_READ) or a corrupt file are the
+    operator's; SQLite's errors for a bug or a missing migration are not."""
+    from stockex.db import sqlite_unavailable
+
+    db = Database(f"sqlite:///{tmp_path / 'x.db'}")
+    path = str(tmp_path / "x.db")
+    assert db.unavailable(sqlite_error("disk I/O error", 266)) == (
+        f"disk I/O error on the SQLite database file {path}: check its disk and file system")
+    assert db.unavailable(sqlite_error("database disk image is malformed", 11)) == (
+        f"the SQLite database file {path} is corrupt (database disk image is malformed): "
+        "restore it from a backup")
+    for sql in ("SELEC 1", "SELECT * FROM no_such_table"):
+        with pytest.raises(OperationalError) as raised:
+            with db.read() as s:
+                s.execute(text(sql))
+        assert db.unavailable(raised.value) is None
+        assert sqlite_unavailable(raised.value, path) is None
+    with pytest.raises(IntegrityError) as conflict, db.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (x INTEGER UNIQUE)")
+        conn.exec_driver_sql("INSERT INTO t VALUES (1), (1)")
+    assert db.unavailable(conflict.value) is None
+    assert Database("mysql+pymysql://u:p@127.0.0.1:1/x").unavailable(
+        sqlite_error("disk I/O error", 10)) is None
+    db.dispose()

@@ -97,6 +97,8 @@ def test_the_retention_set_in_env_reaches_every_airflow_process() -> None:
         "service_completed_successfully"
     )
     assert "airflow db clean" in SERVICES["airflow-db-clean"]["command"][2]
+    # through the entry point that alerts Slack on a failure (README: Retention, Runbook)
+    assert "python -m stockex.airflow_db_clean" in SERVICES["airflow-db-clean"]["command"][2]
     example = (ROOT / ".env.example").read_text()
     for key, days in (("STOCKEX_CRAWL_RUNS_RETENTION_DAYS", "90"),
                       ("STOCKEX_AIRFLOW_LOG_RETENTION_DAYS", "30"),

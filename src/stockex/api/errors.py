@@ -3,7 +3,8 @@
 Domain code raises :class:`ApiError` (or a subclass of :class:`stockex.errors.DomainError`);
 one set of handlers renders every failure as
 ``{"error": {"code": ..., "message": ..., "details": {...}}}``. Werkzeug's HTTP errors
-(404, 405, 413, ...) get the same shape, a lost database answers 503, and anything unexpected
+(404, 405, 413, ...) get the same shape, a lost database (or a SQLite database file that
+cannot be used: see :func:`stockex.db.sqlite_unavailable`) answers 503, and anything unexpected
 answers a 500 that hides the traceback (which goes to the log instead).
 """
 
@@ -53,7 +54,16 @@ _HTTP_CODES = {
 def _database_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, DisconnectionError | PoolTimeoutError):
         return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated or _is_connect_error(exc)
+    return (isinstance(exc, DBAPIError) and exc.connection_invalidated
+            or _is_connect_error(exc) or _sqlite_unavailable(exc) is not None)
+
+
+def _sqlite_unavailable(exc: BaseException) -> str | None:
+    """What is wrong with the SQLite database file (see :func:`stockex.db.sqlite_unavailable`),
+    or None."""
+    from stockex.api import services
+
+    return services().db.unavailable(exc)
 
 
 def _is_connect_error(exc: BaseException) -> bool:
@@ -101,7 +111,7 @@ def register_error_handlers(app: Flask) -> None:
     def _unexpected(exc: Exception) -> Response:
         if _database_unavailable(exc):
             log.warning("database unavailable during %s %s: %s", request.method,
-                        loggable_path(), exc)
+                        loggable_path(), _sqlite_unavailable(exc) or exc)
             on_down = app.extensions.get("stockex.on_database_unavailable")
             if on_down is not None:
                 on_down(exc)
@@ -112,7 +122,8 @@ def register_error_handlers(app: Flask) -> None:
                             "client_order_id is placed at most once)")
                 return error_response(503, "database_unavailable", exc.outcome + hint,
                                       {"outcome": "unknown"})
-            return error_response(503, "database_unavailable", "the database is not reachable")
+            return error_response(503, "database_unavailable",
+                                  _sqlite_unavailable(exc) or "the database is not reachable")
         if is_missing_table(exc) and _schema_behind():  # the operator's to fix: say how
             log.error("%s %s: %s (%s)", request.method, loggable_path(), RUN_UPGRADE,
                       str(getattr(exc, "orig", exc)).splitlines()[0])

@@ -2,8 +2,9 @@
 
 * An unhandled exception in a view (the 500 handler): source ``api <METHOD> <route rule>``,
   e.g. ``api POST /api/v1/orders``; resolved by a human.
-* The database unreachable (a 503 from any route, or ``/ready``): source ``database``;
-  resolved when ``/ready`` finds it answering again.
+* The database unreachable, or its SQLite file unusable (a 503 from any route, or
+  ``/ready``): source ``database``; resolved when ``/ready`` finds it answering again. For
+  SQLite the alert says what is wrong with the file (``problem``).
 * Redis unreachable (the cache falling back to no cache, or ``/ready``): source ``redis``;
   resolved when the cache or ``/ready`` reaches it again.
 
@@ -53,10 +54,19 @@ def install_incident_alerts(app: Flask, notifier: AlertNotifier) -> None:
         notifier.alert_exception(api_source(), exc, request_context(), service=SERVICE_API)
 
     def on_database_unavailable(exc: BaseException) -> None:
-        notifier.alert_exception(DATABASE, exc, request_context(), service=SERVICE_API)
+        context = {**request_context(), **_database_problem(exc)}
+        notifier.alert_exception(DATABASE, exc, context, service=SERVICE_API)
 
     app.extensions["stockex.on_unhandled_error"] = on_unhandled_error
     app.extensions["stockex.on_database_unavailable"] = on_database_unavailable
+
+
+def _database_problem(exc: BaseException) -> dict[str, str]:
+    """``{"problem": ...}`` when ``exc`` says what is wrong with the SQLite file, else {}."""
+    from stockex.api import services
+
+    problem = services().db.unavailable(exc)
+    return {"problem": problem} if problem else {}
 
 
 def cache_hooks(
@@ -82,4 +92,6 @@ def report_dependency(name: str, error: BaseException | None) -> None:
         notifier.resolve(name, service=SERVICE_API, context={"checked_by": "/ready"})
     else:
         context = {**request_context(), "checked_by": "/ready"}
+        if name == DATABASE:
+            context.update(_database_problem(error))
         notifier.alert_exception(name, error, context, service=SERVICE_API)

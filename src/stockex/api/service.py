@@ -37,7 +37,7 @@ def ready() -> Response:
             checks[DATABASE] = "ok"
             report_dependency(DATABASE, None)
     except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
-        checks[DATABASE] = f"unavailable: {type(exc).__name__}"
+        checks[DATABASE] = f"unavailable: {svc.db.unavailable(exc) or type(exc).__name__}"
         report_dependency(DATABASE, exc)
     if svc.cache.redis is not None:
         try:

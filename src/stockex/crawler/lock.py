@@ -12,7 +12,8 @@ takes its market's lock first, and a run that finds it taken does not start
 * SQLite: ``flock`` on ``<database file>.crawl-<market>.lock`` beside the database (never on
   the database file itself: closing another descriptor of it would drop SQLite's own
   locks); the kernel releases it when the process ends. An in-memory database lives in one
-  process and is not locked.
+  process and is not locked. A lock file that cannot be created (the database's directory
+  missing or not writable) is :class:`CrawlLockUnavailable`, before the database is touched.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from stockex.db import Database, as_sqlalchemy_error
-from stockex.errors import Conflict
+from stockex.errors import Conflict, DomainError
 
 # Server-wide on MySQL, so the database's name is part of it (SHA1: at most 64 characters).
 _NAME = "SHA1(CONCAT('stockex-crawl/', DATABASE(), '/', %s))"
@@ -63,6 +64,22 @@ class CrawlLockLost(Conflict):
         )
 
 
+class CrawlLockUnavailable(DomainError):
+    """SQLite: the market's lock file cannot be created beside the database file (its
+    directory is missing, not a directory, or not writable); the run did not start."""
+
+    status = 503
+    code = "crawl_lock_unavailable"
+
+    def __init__(self, path: str, exc: OSError) -> None:
+        super().__init__(
+            f"cannot create the crawl lock file {path} beside the SQLite database file: "
+            f"{exc.strerror or exc} (the directory must exist and be writable by this "
+            "process)",
+            details={"path": path},
+        )
+
+
 def _held() -> None:
     """A lock that cannot be lost while the process lives (a file lock, or none)."""
 
@@ -82,7 +99,11 @@ def market_lock(db: Database, market: str) -> Iterator[Callable[[], None]]:
     if database in (None, "", ":memory:"):
         yield _held
         return
-    descriptor = os.open(f"{database}.crawl-{market}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    path = f"{database}.crawl-{market}.lock"
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:  # where the database file itself cannot be opened either
+        raise CrawlLockUnavailable(path, exc) from exc
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -20,6 +20,7 @@ from stockex.crawler.run import crawl_market
 from stockex.crawler.summary import SUCCESS, ChunkProgress, CrawlFailed, CrawlSummary
 from stockex.crawler.times import MINUTE, local_iso
 from stockex.db import RUN_UPGRADE, Database, is_missing_table
+from stockex.errors import DomainError
 from stockex.tiki import TikiClient
 
 log = logging.getLogger("stockex.crawler")
@@ -137,10 +138,13 @@ def run_forever(
 def _could_not_run(market: str, exc: Exception, settings: Settings) -> None:
     """Log and alert an error that kept a run from starting (it has no run row). A database
     error is one line, with what to do when the schema is missing, as ``stockex crawl
-    --once`` prints it: the loop meets it again every interval. Anything else also logs its
+    --once`` prints it: the loop meets it again every interval; so is a domain error (the
+    lock file of a SQLite database that cannot be created). Anything else also logs its
     traceback."""
     hint = RUN_UPGRADE if is_missing_table(exc) else None
-    if isinstance(exc, SQLAlchemyError):
+    if isinstance(exc, DomainError):
+        log.error("%s: crawl could not run: %s; trying again next interval", market, exc.message)
+    elif isinstance(exc, SQLAlchemyError):
         detail = str(getattr(exc, "orig", None) or exc).strip()
         log.error("%s: crawl could not run: database error: %s%s; trying again next interval",
                   market, detail.splitlines()[0] if detail else type(exc).__name__,

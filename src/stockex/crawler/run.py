@@ -118,7 +118,9 @@ def crawl_market(
     Raises :class:`~stockex.errors.UnknownMarket` for a market not in the settings, NotFound
     (``market_not_synced``) when ``stockex db upgrade`` has not put it in the database (no run
     row then), :class:`~stockex.crawler.lock.CrawlInProgress` when another run of the market
-    holds its lock (no run row either), and :class:`CrawlFailed` when the run fails.
+    holds its lock (no run row either), :class:`~stockex.crawler.lock.CrawlLockUnavailable`
+    when a SQLite database's lock file cannot be created (nor a run row), and
+    :class:`CrawlFailed` when the run fails.
     """
     if settings.market(market) is None:
         raise UnknownMarket(market)
