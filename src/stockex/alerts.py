@@ -370,24 +370,33 @@ ALERT_SECTIONS = ("slack", "redis", "timezone")
 def _settings(settings: Settings | None) -> Settings:
     """``settings``, or the process's configuration (read once). When that is invalid —
     often the very failure being reported, e.g. by the DAG's ``configured_markets`` task —
-    its :data:`ALERT_SECTIONS` are read alone, and only if they are bad too the defaults
-    (no Slack, only the log)."""
+    its :data:`ALERT_SECTIONS` are read alone; when the file cannot be read at all (a
+    ``STOCKEX_CONFIG`` naming a missing file) those of the environment alone; and only if
+    they are bad too the defaults (no Slack, only the log)."""
     global _default_settings
     if settings is not None:
         return settings
     if _default_settings is None:
-        from stockex.config import Settings, load_settings
+        from stockex.config import CONFIG_PATH_ENV, Settings, load_settings
 
         try:
             _default_settings = load_settings()
         except Exception as exc:  # noqa: BLE001 - a bad config must not hide the alert
-            try:
-                _default_settings = load_settings(sections=ALERT_SECTIONS)
-                log.warning("alerts: the configuration is invalid (%s); alerting with its "
-                            "%s settings alone", exc, ", ".join(ALERT_SECTIONS))
-            except Exception as also:  # noqa: BLE001
-                log.warning("alerts: using defaults, the configuration is invalid: %s (%s)",
-                            exc, also)
+            without_file = {k: v for k, v in os.environ.items() if k != CONFIG_PATH_ENV}
+            fallbacks = (("its", {}), ("the environment's", {"environ": without_file}))
+            problems = [exc]
+            for whose, source in fallbacks:
+                try:
+                    _default_settings = load_settings(sections=ALERT_SECTIONS, **source)
+                except Exception as also:  # noqa: BLE001
+                    problems.append(also)
+                    continue
+                log.warning("alerts: the configuration is invalid (%s); alerting with %s "
+                            "%s settings alone", exc, whose, ", ".join(ALERT_SECTIONS))
+                break
+            else:
+                log.warning("alerts: using defaults, the configuration is invalid: %s",
+                            "; ".join(map(str, problems)))
                 _default_settings = Settings()
     return _default_settings
 

@@ -345,6 +345,26 @@ def test_an_invalid_configuration_is_still_reported_to_its_slack(  # type: ignor
     assert "alerting with its slack, redis, timezone settings alone" in caplog.text
 
 
+def test_a_missing_configuration_file_is_still_reported_to_the_environments_slack(  # type: ignore[no-untyped-def]
+    fake_slack, monkeypatch, tmp_path, caplog
+) -> None:
+    """STOCKEX_CONFIG names a file that is not there (a volume not mounted): reading the
+    slack section alone read the same missing file, and the alert went to the log only,
+    though the environment said where Slack is."""
+    monkeypatch.setenv("STOCKEX_CONFIG", str(tmp_path / "missing.yaml"))
+    monkeypatch.setenv("STOCKEX__SLACK__BASE_URL", fake_slack.api_base_url)
+    monkeypatch.setenv("STOCKEX__SLACK__TOKEN", fake_slack.token)
+    monkeypatch.setenv("STOCKEX__SLACK__CHANNEL", "'#ops'")
+    monkeypatch.setattr(alerts, "_default_settings", None)
+    with pytest.raises(ConfigError) as problem:
+        load_settings()
+    with caplog.at_level(logging.WARNING, logger="stockex.alerts"):
+        alerts.airflow_task_failed(airflow_context(problem.value))
+    [message] = fake_slack.messages
+    assert message.channel == "#ops" and "missing.yaml" in message.text
+    assert "alerting with the environment's slack, redis, timezone settings alone" in caplog.text
+
+
 def test_callbacks_never_raise(fake_slack) -> None:  # type: ignore[no-untyped-def]
     alerts.airflow_task_failed({}, settings_for(fake_slack))  # nothing usable in the context
     alerts.airflow_task_failed(None, settings_for(fake_slack))  # type: ignore[arg-type]
