@@ -313,9 +313,22 @@ def sqlite_unavailable(exc: BaseException, path: str | None) -> str | None:
     return None if reason is None else reason.format(path=path or ":memory:")
 
 
+#: SQLite's plain SQLITE_BUSY: its busy handler already waited the whole busy timeout.
+_SQLITE_BUSY = 5
+
+
 def is_retryable(exc: BaseException) -> bool:
-    """True for errors after which the database rolled back and running again is safe. On
-    SQLite: BEGIN IMMEDIATE waited busy_timeout and still could not get the write lock."""
+    """True for errors after which the database rolled back and running again is safe.
+
+    On SQLite, "database is locked" except the plain SQLITE_BUSY that comes after
+    BEGIN IMMEDIATE waited the whole busy timeout (:data:`SQLITE_BUSY_TIMEOUT_SECONDS`) for
+    another connection's write lock: trying again would wait as long once more, and
+    :data:`DEFAULT_ATTEMPTS` of them four minutes, long after the client and gunicorn's
+    worker timeout gave up; the caller gets the 503 at once instead.
+    """
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "sqlite_errorcode", None) == _SQLITE_BUSY:
+        return False
     return driver_error_is(exc, RETRYABLE_MYSQL_ERRORS,
                            lambda message: "database is locked" in message)
 
