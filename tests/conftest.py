@@ -62,7 +62,7 @@ TEST_SECRET = "test-secret-key-that-is-long-enough-for-hs256"
 BASE_CONFIG: dict[str, Any] = {
     "secret_key": TEST_SECRET,
     # Rate limits off unless a test sets its own: many tests place orders in quick bursts.
-    "api": {"login_rate_limit": "", "order_rate_limit": ""},
+    "api": {"login_rate_limit": "", "password_rate_limit": "", "order_rate_limit": ""},
     "markets": [
         {"id": "asaxu", "base": "ASA", "quote": "XU", "price_precision": 0,
          "amount_precision": 3, "min_amount": "0.001", "maker_fee": "0.001",

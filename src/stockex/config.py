@@ -89,6 +89,9 @@ class ApiSettings:
     jwt_ttl_seconds: int = 3600
     # flask-limiter rate strings ("10 per minute", "5/second;100/hour"); empty = no limit.
     login_rate_limit: str = "10 per minute"
+    # Register and login together per client IP: each computes a scrypt hash (~120 ms CPU);
+    # see stockex.api.ratelimits for the arithmetic.
+    password_rate_limit: str = "30 per minute"  # noqa: S105 - a rate, not a password
     order_rate_limit: str = "20 per second"
     # Origins allowed to call the API from a browser ("https://app.example.com" or "*").
     cors_origins: tuple[str, ...] = ()
@@ -459,7 +462,7 @@ def _validate(s: Settings) -> None:
             f"expected the number of proxies in front of the API, 0..{MAX_PROXY_HOPS},"
             f" got {s.api.proxy_hops}",
         )
-    for key in ("login_rate_limit", "order_rate_limit"):
+    for key in ("login_rate_limit", "password_rate_limit", "order_rate_limit"):
         _validate_rate_limit(f"api.{key}", getattr(s.api, key))
     for origin in s.api.cors_origins:
         if origin != "*" and not _ORIGIN.fullmatch(origin):

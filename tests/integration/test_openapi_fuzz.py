@@ -61,7 +61,8 @@ def fuzzed_app(database, make_settings):  # type: ignore[no-untyped-def]
     # Limits far above what the fuzzer sends, so that it reaches the code behind them.
     settings = make_settings(
         database.url,
-        api={"login_rate_limit": "100000 per minute", "order_rate_limit": "100000 per second"},
+        api={"login_rate_limit": "100000 per minute", "password_rate_limit": "100000 per minute",
+             "order_rate_limit": "100000 per second"},
     )
     return create_app(settings, db=database)
 

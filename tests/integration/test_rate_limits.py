@@ -1,7 +1,9 @@
-"""Rate limits: login per IP + username, orders per user, 429 + Retry-After, shared via Redis.
+"""Rate limits: login per IP + username, the password routes per IP, orders per user, 429 +
+Retry-After, shared via Redis.
 
-The login and order routes are built on other branches; here the decorators guard small
-test-only routes, the same way the real ones will use them. No database access: SQLite only.
+Most tests guard small test-only routes with the decorators, the same way the real ones use
+them; the password routes' tests use the real register and login (their cost is the hash).
+SQLite only.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ from typing import Any
 import pytest
 import redis
 from flask import Flask, g, request
+from sqlalchemy import select
 
+from stockex import auth
 from stockex.api import create_app
 from stockex.api.params import json_body
 from stockex.api.ratelimits import limit_login, limit_orders
+from stockex.models import User
 from stockex.testing import start_redis
 
 
@@ -223,6 +228,141 @@ def test_redis_going_down_never_fails_a_request_and_limits_go_on_in_process(  # 
         started = time.monotonic()
         statuses = [login(client, "gina").status_code for _ in range(5)]
         assert time.monotonic() - started < 5
+        assert 500 not in statuses
+        assert statuses[-1] == 429  # counted in memory meanwhile
+        server.start()
+    finally:
+        server.close()
+
+
+# ------------------------------------------------------------------ password routes, per IP
+
+
+@pytest.fixture
+def hashes(monkeypatch) -> list[str]:  # type: ignore[no-untyped-def]
+    """Every password hash the API computes ("hash" on register, "check" on login)."""
+    computed: list[str] = []
+    hash_password, check_password_hash = auth.hash_password, auth.check_password_hash
+
+    def counted_hash(password: str) -> str:
+        computed.append("hash")
+        return hash_password(password)
+
+    def counted_check(pwhash: str, password: str) -> bool:
+        computed.append("check")
+        return check_password_hash(pwhash, password)
+
+    monkeypatch.setattr(auth, "hash_password", counted_hash)
+    monkeypatch.setattr(auth, "check_password_hash", counted_check)
+    return computed
+
+
+def password_app(database, make_settings, **api: Any):  # type: ignore[no-untyped-def]
+    settings = make_settings(database.url, api={"login_rate_limit": "", **api})
+    return create_app(settings, db=database).test_client()
+
+
+def register(client, username: str, ip: str = "10.0.0.1"):  # type: ignore[no-untyped-def]
+    return client.post("/api/v1/auth/register",
+                       json={"username": username, "password": "password-123"},
+                       environ_base={"REMOTE_ADDR": ip})
+
+
+def real_login(client, username: str, ip: str = "10.0.0.1"):  # type: ignore[no-untyped-def]
+    return client.post("/api/v1/auth/login",
+                       json={"username": username, "password": "password-123"},
+                       environ_base={"REMOTE_ADDR": ip})
+
+
+def usernames(database) -> list[str]:  # type: ignore[no-untyped-def]
+    with database.read() as session:
+        return sorted(session.scalars(select(User.username)))
+
+
+def test_register_is_limited_per_client_ip(database, make_settings, hashes) -> None:  # type: ignore[no-untyped-def]
+    """Without a limit one client had the API compute a scrypt hash (~0.1 s of CPU) for every
+    registration it sent, as fast as it could send them."""
+    client = password_app(database, make_settings, password_rate_limit="3 per minute")
+    assert [register(client, f"user{n}").status_code for n in range(3)] == [201, 201, 201]
+    assert_rate_limited(register(client, "user3"), "3 per 1 minute", 60)
+    assert_rate_limited(register(client, "user4"), "3 per 1 minute", 60)
+    assert hashes == ["hash"] * 3  # a turned-away registration computes no hash ...
+    assert usernames(database) == ["user0", "user1", "user2"]  # ... and writes nothing
+    assert register(client, "user3", ip="10.0.0.2").status_code == 201  # another client
+    assert usernames(database) == ["user0", "user1", "user2", "user3"]
+
+
+def test_behind_a_proxy_the_password_limit_counts_per_forwarded_client(  # type: ignore[no-untyped-def]
+    database, make_settings
+) -> None:
+    client = password_app(database, make_settings, password_rate_limit="1 per minute",
+                          proxy_hops=1)
+
+    def via_proxy(username: str, forwarded_for: str):  # type: ignore[no-untyped-def]
+        return client.post("/api/v1/auth/register",
+                           json={"username": username, "password": "password-123"},
+                           headers={"X-Forwarded-For": forwarded_for},
+                           environ_base={"REMOTE_ADDR": "10.0.0.254"})
+
+    assert via_proxy("ann", "203.0.113.5").status_code == 201
+    assert via_proxy("ben", "203.0.113.5").status_code == 429
+    assert via_proxy("ben", "1.2.3.4, 203.0.113.5").status_code == 429  # made-up address
+    assert via_proxy("ben", "203.0.113.6").status_code == 201  # another client
+
+
+def test_logins_with_a_new_username_each_time_are_limited_per_client_ip(  # type: ignore[no-untyped-def]
+    database, make_settings, hashes
+) -> None:
+    """The per IP + username limit gives every name a budget of its own, and a login for an
+    unknown name hashes too (against a dummy, so that timing does not tell which names exist):
+    a client trying a new name each time was not limited at all."""
+    client = password_app(database, make_settings, login_rate_limit="10 per minute",
+                          password_rate_limit="3 per minute")
+    assert [real_login(client, f"nobody{n}").status_code for n in range(3)] == [401, 401, 401]
+    assert_rate_limited(real_login(client, "nobody3"), "3 per 1 minute", 60)
+    assert hashes == ["check"] * 3
+    assert real_login(client, "nobody3", ip="10.0.0.2").status_code == 401  # another client
+
+
+def test_register_and_login_share_the_client_ips_budget(database, make_settings) -> None:  # type: ignore[no-untyped-def]
+    """Both cost the same hash: separate budgets would let a client burn twice as much CPU."""
+    client = password_app(database, make_settings, password_rate_limit="3 per minute")
+    assert register(client, "alice").status_code == 201
+    assert real_login(client, "alice").status_code == 200
+    assert register(client, "bob").status_code == 201
+    assert_rate_limited(real_login(client, "alice"), "3 per 1 minute", 60)
+    assert_rate_limited(register(client, "carol"), "3 per 1 minute", 60)
+    assert usernames(database) == ["alice", "bob"]
+    assert real_login(client, "alice", ip="10.0.0.2").status_code == 200
+
+
+def test_the_per_username_login_limit_still_holds_and_comes_first(  # type: ignore[no-untyped-def]
+    database, make_settings, hashes
+) -> None:
+    """A login turned away by its per-username limit (a script retrying one account) does not
+    use up the budget of its address, which colleagues behind the same NAT share."""
+    client = password_app(database, make_settings, login_rate_limit="2 per minute",
+                          password_rate_limit="4 per minute")
+    assert [real_login(client, "bob").status_code for _ in range(2)] == [401, 401]
+    for _ in range(3):
+        assert_rate_limited(real_login(client, "bob"), "2 per 1 minute", 60)
+    assert [real_login(client, name).status_code for name in ("alice", "carol")] == [401, 401]
+    assert_rate_limited(real_login(client, "dave"), "4 per 1 minute", 60)
+    assert len(hashes) == 4
+
+
+def test_the_password_limit_goes_on_in_process_while_redis_is_down(  # type: ignore[no-untyped-def]
+    database, make_settings
+) -> None:
+    server = start_redis(private=True)  # stopped by the test
+    try:
+        settings = make_settings(database.url, redis={"url": server.url},
+                                 api={"login_rate_limit": "",
+                                      "password_rate_limit": "3 per minute"})
+        client = create_app(settings, db=database).test_client()
+        assert register(client, "gina").status_code == 201
+        server.stop()
+        statuses = [register(client, f"gina{n}").status_code for n in range(4)]
         assert 500 not in statuses
         assert statuses[-1] == 429  # counted in memory meanwhile
         server.start()

@@ -10,6 +10,7 @@ from stockex.config import ConfigError, Settings, load_settings, settings_from_m
 def test_defaults() -> None:
     api = Settings().api
     assert api.login_rate_limit == "10 per minute"
+    assert api.password_rate_limit == "30 per minute"  # register + login, per client IP
     assert api.order_rate_limit == "20 per second"
     assert api.cors_origins == ()
     assert api.proxy_hops == 0  # no forwarding header is trusted
@@ -24,12 +25,20 @@ def test_rate_limits_accept_flask_limiter_strings(value: str) -> None:
 
 @pytest.mark.parametrize(("key", "value"), [
     ("login_rate_limit", "ten per minute"),
+    ("password_rate_limit", "30 per moon"),
     ("order_rate_limit", "20 per fortnight"),
 ])
 def test_bad_rate_limits_name_the_key(key: str, value: str) -> None:
     with pytest.raises(ConfigError) as error:
         settings_from_mapping({"api": {key: value}})
     assert str(error.value).startswith(f"config: api.{key}: not a rate limit")
+
+
+def test_password_rate_limit_from_the_environment() -> None:
+    env = {"STOCKEX__API__PASSWORD_RATE_LIMIT": "5 per minute; 100 per hour"}
+    assert load_settings(environ=env).api.password_rate_limit == "5 per minute; 100 per hour"
+    off = load_settings(environ={"STOCKEX__API__PASSWORD_RATE_LIMIT": ""})
+    assert off.api.password_rate_limit == ""
 
 
 def test_rate_limit_must_be_a_string() -> None:

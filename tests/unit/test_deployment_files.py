@@ -28,6 +28,7 @@ def test_the_stockex_environment_is_a_valid_configuration() -> None:
     assert settings.database.url.startswith("mysql+pymysql://")
     assert settings.redis.url == "redis://redis:6379/0"
     assert settings.api.login_rate_limit == "10 per minute"
+    assert settings.api.password_rate_limit == "30 per minute"
     assert settings.api.cors_origins == ()
     assert settings.api.proxy_hops == 0  # port 5010 is published: nothing forwards by default
     assert settings.slack.channel == "#stockex-alerts"

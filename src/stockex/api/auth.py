@@ -10,12 +10,13 @@ from flask import Blueprint, Response, jsonify
 from stockex import auth
 from stockex.api import services
 from stockex.api.params import json_body
-from stockex.api.ratelimits import limit_login
+from stockex.api.ratelimits import limit_login, limit_password
 
 bp = Blueprint("auth", __name__)
 
 
 @bp.post("/auth/register")
+@limit_password
 def register() -> tuple[Response, int]:
     """201 the new user; 400 invalid_username/invalid_password/invalid_email; 409 username_taken."""
     body = json_body(frozenset({"username", "password", "email"}))
@@ -27,7 +28,8 @@ def register() -> tuple[Response, int]:
 
 
 @bp.post("/auth/login")
-@limit_login
+@limit_login  # first: what it turns away does not count against the client's address
+@limit_password
 def login() -> Response:
     """A bearer token for valid credentials; 401 invalid_credentials otherwise."""
     body = json_body(frozenset({"username", "password"}))

@@ -559,7 +559,7 @@ def _trading_paths() -> dict[str, Any]:
                            "invalid_password, invalid_email. 409 username_taken.",
             "requestBody": json_body_of("RegisterRequest"),
             "responses": {"201": json_response("Created", ref("User")),
-                          **errors(400, 409, 413, 415, 503)},
+                          **errors(400, 409, 413, 415, 429, 503)},
         }},
         "/api/v1/auth/login": {"post": {
             "tags": ["accounts"], "summary": "Log in: a bearer token",

@@ -1,11 +1,17 @@
-"""Rate limits (flask-limiter): login per client IP + username, order placement per user.
+"""Rate limits (flask-limiter): the password routes per client IP, login also per client IP +
+username, order placement per user.
 
 Apply the decorators to the views (one line each)::
 
-    from stockex.api.ratelimits import limit_login, limit_orders
+    from stockex.api.ratelimits import limit_login, limit_orders, limit_password
+
+    @bp.post("/auth/register")
+    @limit_password              # key: client IP, shared with login
+    def register(): ...
 
     @bp.post("/auth/login")
-    @limit_login                 # key: client IP + the "username" of the JSON body
+    @limit_login                 # key: client IP + the "username" of the JSON body ...
+    @limit_password              # ... then client IP alone (see below for the order)
     def login(): ...
 
     @bp.post("/orders")
@@ -13,13 +19,27 @@ Apply the decorators to the views (one line each)::
     @limit_orders                # ... so this one goes below it (runs after it)
     def place_order(): ...
 
-The limits come from ``api.login_rate_limit`` / ``api.order_rate_limit`` (flask-limiter rate
-strings such as ``"10 per minute"``; empty = unlimited). They are counted with a moving window
-in Redis when ``redis.url`` is set, so every process and machine shares them, and in the process
-otherwise. While Redis is unreachable they are counted in the process (flask-limiter's in-memory
-fallback) and a request is never failed because of the limiter. Over the limit the answer is
-429 ``rate_limited`` in the usual error shape, with ``Retry-After`` (seconds, at least 1) and
-``details: {"limit", "retry_after"}``; a request turned away this way does not reach the view.
+The limits come from ``api.login_rate_limit`` / ``api.password_rate_limit`` /
+``api.order_rate_limit`` (flask-limiter rate strings such as ``"10 per minute"``; empty =
+unlimited). They are counted with a moving window in Redis when ``redis.url`` is set, so every
+process and machine shares them, and in the process otherwise. While Redis is unreachable they
+are counted in the process (flask-limiter's in-memory fallback) and a request is never failed
+because of the limiter. Over the limit the answer is 429 ``rate_limited`` in the usual error
+shape, with ``Retry-After`` (seconds, at least 1) and ``details: {"limit", "retry_after"}``; a
+request turned away this way does not reach the view.
+
+**Password routes** (``api.password_rate_limit``, default 30 per minute per client IP, register
+and login counted together): each of them computes one scrypt hash (login against a dummy hash
+for an unknown user), about 120 ms of CPU and 32 MiB of memory (N=32768, r=8) on a 2-core
+EPYC VM; a client alone made the API compute 8 a second per connection, a whole core each,
+and the per-username login limit never stopped it, as each new name has a budget of its own.
+Both routes share one budget because they cost the same hash: separate ones would let a
+client burn twice as much by alternating. 30 hashes/min x 120 ms = 3.6 s of CPU a minute, 6 %
+of one core per client address, while an office of a few hundred people behind one NAT
+address, logging in about once an hour (``api.jwt_ttl_seconds``), averages a few a minute and
+leaves room for a morning rush of 30 every minute. On login the per-username limit is checked
+first: a request it turns away (a stuck script retrying one account) does not use up the
+address's budget that its neighbours behind the same NAT share.
 """
 
 from __future__ import annotations
@@ -76,6 +96,10 @@ def _login_gate() -> None:
     """Carries the login limit; flask-limiter checks it when called."""
 
 
+def _password_gate() -> None:
+    """Carries the password routes' limit (register and login, per client IP)."""
+
+
 def _order_gate() -> None:
     """Carries the order placement limit."""
 
@@ -99,6 +123,7 @@ def install_rate_limits(app: Flask, settings: Settings) -> Limiter:
     gates: dict[str, Callable[[], None]] = {}
     for name, limit, key_func, gate in (
         ("login", settings.api.login_rate_limit, login_key, _login_gate),
+        ("password", settings.api.password_rate_limit, client_ip, _password_gate),
         ("order", settings.api.order_rate_limit, user_key, _order_gate),
     ):
         if limit:
@@ -163,5 +188,8 @@ def _limited(name: str) -> Callable[[F], F]:
 
 #: Limit a view by client IP + JSON ``username`` (``api.login_rate_limit``).
 limit_login = _limited("login")
+#: Limit a view by client IP, one budget for every view it decorates
+#: (``api.password_rate_limit``): the routes that compute a password hash.
+limit_password = _limited("password")
 #: Limit a view per authenticated user, ``g.user_id`` (``api.order_rate_limit``).
 limit_orders = _limited("order")
