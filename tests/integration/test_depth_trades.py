@@ -6,7 +6,9 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import func, insert, select, text
 
+from stockex.book_queries import read_trades
 from stockex.models import Order, Trade, User
 
 NOW = 1_719_858_240
@@ -157,3 +159,48 @@ def test_depth_is_one_state_of_the_book_even_when_a_trade_commits_while_it_is_re
         ([["100", "1"]], []),  # before the trade
         ([], [["101", "0.5"]]),  # after it
     )
+
+
+def add_trades(session, created_at: list[int], market: str = "asaxu") -> list[int]:  # type: ignore[no-untyped-def]
+    """Trades at these times (ids ascending in this order); their ids."""
+    user = session.query(User).first() or User(
+        username="maker", password_hash="x", role="user", created_at=NOW)
+    session.add(user)
+    session.flush()
+    resting = order(user.id, "sell", "100", "1000000", market=market)
+    session.add(resting)
+    session.flush()
+    first = session.execute(select(func.max(Trade.id))).scalar() or 0
+    session.execute(insert(Trade), [
+        {"market_id": market, "price": Decimal(100), "amount": Decimal(1),
+         "total": Decimal(100), "maker_order_id": resting.id, "taker_order_id": resting.id,
+         "maker_user_id": user.id, "taker_user_id": user.id, "taker_side": "buy",
+         "maker_fee": Decimal(0), "taker_fee": Decimal(0), "created_at": t}
+        for t in created_at
+    ])
+    return list(session.execute(
+        select(Trade.id).where(Trade.id > first).order_by(Trade.id)).scalars())
+
+
+def test_a_time_window_reads_about_limit_trades_on_mysql(mysql_database) -> None:  # type: ignore[no-untyped-def]
+    """MariaDB chose to read ix_trades_market_id_created_at from the market's newest trade
+    down (an equality lookup on market_id), not the range up to time_to: a page in the middle
+    of a 3,000-trade history read the 1,500 trades after it to answer 50."""
+    times = [NOW + i for i in range(3000)]
+    mysql_database.transaction(lambda session: add_trades(session, times))
+    with mysql_database.engine.connect() as conn:
+        conn.execute(text("ANALYZE TABLE trades"))  # the statistics a grown table has
+
+    def rows_read(session) -> int:  # type: ignore[no-untyped-def]
+        status = session.execute(text("SHOW SESSION STATUS LIKE 'Handler_read_%'"))
+        return sum(int(v) for k, v in status if k in ("Handler_read_next", "Handler_read_prev"))
+
+    for time_from, time_to in ((None, NOW + 1500), (NOW + 1000, None), (NOW + 100, NOW + 2000),
+                               (None, None)):
+        with mysql_database.read() as session:
+            before = rows_read(session)
+            found = read_trades(session, "asaxu", 50, time_from, time_to)
+            read = rows_read(session) - before
+        assert len(found) == 50
+        assert found[0].created_at == (NOW + 2999 if time_to is None else time_to)
+        assert read <= 60, (time_from, time_to, read)
