@@ -4,7 +4,9 @@
   filled_amount), asks ascending and bids descending, at most ``limit`` levels a side. It
   reads the book in the order of ``ix_orders_book`` (market, side, status, price, id).
 * :func:`read_trades`: the market's trades, newest first, optionally within
-  ``[time_from, time_to]`` (inclusive, on ``created_at``).
+  ``[time_from, time_to]`` (inclusive, on ``created_at``) and after the trade ``before_id``.
+  It reads them in the order of ``ix_trades_market_id_created_at`` (market, created_at and,
+  in InnoDB, the primary key id).
 
 Arithmetic is exact: MySQL sums DECIMALs in SQL, on SQLite (amounts stored as text) the sums
 are done in Python with Decimal.
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from decimal import Decimal, localcontext
 from typing import Any
 
-from sqlalchemy import func, literal, select, union_all
+from sqlalchemy import func, literal, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from stockex.models import Order, Trade
@@ -97,6 +99,9 @@ def _side(session: Session, market_id: str, side: str, limit: int) -> list[Level
     return levels
 
 
+BY_TIME = "ix_trades_market_id_created_at"  # models.Trade's (market_id, created_at)
+
+
 @dataclass(frozen=True)
 class PublicTrade:
     id: int
@@ -113,17 +118,49 @@ def read_trades(
     limit: int,
     time_from: int | None = None,
     time_to: int | None = None,
+    before_id: int | None = None,
 ) -> list[PublicTrade]:
+    """At most ``limit`` trades, newest first: by ``created_at``, then by id, both descending.
+
+    ``before_id`` pages: only the trades listed after trade ``before_id`` (the last one of the
+    previous page), so that paging gives every trade once however many share a second. While
+    the API machines' clocks agree these are the trades with lower ids. A trade placed
+    through a machine whose clock is behind can have a higher id than one placed just before
+    it and an earlier ``created_at``: it is listed, and paged, by its ``created_at``. For an
+    id that is not a trade of this market, the page starts at the market's trade with the
+    highest id below it (still: its trades with lower ids, while clocks agree).
+
+    Ordering by id instead would make ``time_from``/``time_to`` filters over a scan of the
+    market's trades in id order: a window with fewer than ``limit`` trades, or a ``time_to``
+    far back, would read the whole history (no index has both created_at and id order).
+    """
     where = [Trade.market_id == market_id]
     if time_from is not None:
         where.append(Trade.created_at >= time_from)
     if time_to is not None:
         where.append(Trade.created_at <= time_to)
+    if before_id is not None:
+        anchor_time = session.execute(
+            select(Trade.created_at)
+            .where(Trade.market_id == market_id, Trade.id <= before_id)
+            .order_by(Trade.id.desc())
+            .limit(1)
+        ).scalar()
+        if anchor_time is None:
+            return []
+        # (created_at, id) < (anchor_time, before_id); created_at <= anchor_time alone is the
+        # range of BY_TIME that MariaDB reads, the rest filters the anchor's own second
+        where += [Trade.created_at <= anchor_time,
+                  or_(Trade.created_at < anchor_time, Trade.id < before_id)]
     stmt = (
         select(Trade.id, Trade.price, Trade.amount, Trade.total, Trade.taker_side,
                Trade.created_at)
         .where(*where)
         .order_by(Trade.created_at.desc(), Trade.id.desc())
         .limit(limit)
+        # MariaDB otherwise reads this index from the market's newest trade down to time_to
+        # (an equality lookup on market_id where a range on created_at is available): a
+        # time_to in the middle of the history read every trade after it, not ``limit``.
+        .with_hint(Trade, f"FORCE INDEX ({BY_TIME})", "mysql")
     )
     return [PublicTrade(*row) for row in session.execute(stmt)]

@@ -361,13 +361,15 @@ def trades_key(
     limit: int,
     time_from: int | None,
     time_to: int | None,
+    before_id: int | None,
 ) -> str | None:
     generation = _shared_book_generation(cache, market_id)
     if generation is None:
         return None
     start = "-" if time_from is None else str(time_from)
     end = "now" if time_to is None else str(time_to)
-    return f"trades:{market_id}:{timezone}:g{generation}:{start}:{end}:{limit}"
+    before = "-" if before_id is None else str(before_id)
+    return f"trades:{market_id}:{timezone}:g{generation}:{start}:{end}:{limit}:{before}"
 
 
 def cached(cache: Cache, key: str | None, ttl: float, compute: Callable[[], bytes]) -> bytes:

@@ -6,7 +6,9 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import func, insert, select, text
 
+from stockex.book_queries import read_trades
 from stockex.models import Order, Trade, User
 
 NOW = 1_719_858_240
@@ -157,3 +159,153 @@ def test_depth_is_one_state_of_the_book_even_when_a_trade_commits_while_it_is_re
         ([["100", "1"]], []),  # before the trade
         ([], [["101", "0.5"]]),  # after it
     )
+
+
+def add_trades(session, created_at: list[int], market: str = "asaxu") -> list[int]:  # type: ignore[no-untyped-def]
+    """Trades at these times (ids ascending in this order); their ids."""
+    user = session.query(User).first() or User(
+        username="maker", password_hash="x", role="user", created_at=NOW)
+    session.add(user)
+    session.flush()
+    resting = order(user.id, "sell", "100", "1000000", market=market)
+    session.add(resting)
+    session.flush()
+    first = session.execute(select(func.max(Trade.id))).scalar() or 0
+    session.execute(insert(Trade), [
+        {"market_id": market, "price": Decimal(100), "amount": Decimal(1),
+         "total": Decimal(100), "maker_order_id": resting.id, "taker_order_id": resting.id,
+         "maker_user_id": user.id, "taker_user_id": user.id, "taker_side": "buy",
+         "maker_fee": Decimal(0), "taker_fee": Decimal(0), "created_at": t}
+        for t in created_at
+    ])
+    return list(session.execute(
+        select(Trade.id).where(Trade.id > first).order_by(Trade.id)).scalars())
+
+
+def test_a_time_window_reads_about_limit_trades_on_mysql(mysql_database) -> None:  # type: ignore[no-untyped-def]
+    """MariaDB chose to read ix_trades_market_id_created_at from the market's newest trade
+    down (an equality lookup on market_id), not the range up to time_to: a page in the middle
+    of a 3,000-trade history read the 1,500 trades after it to answer 50."""
+    times = [NOW + i for i in range(3000)]
+    mysql_database.transaction(lambda session: add_trades(session, times))
+    with mysql_database.engine.connect() as conn:
+        conn.execute(text("ANALYZE TABLE trades"))  # the statistics a grown table has
+
+    def rows_read(session) -> int:  # type: ignore[no-untyped-def]
+        status = session.execute(text("SHOW SESSION STATUS LIKE 'Handler_read_%'"))
+        return sum(int(v) for k, v in status if k in ("Handler_read_next", "Handler_read_prev"))
+
+    for time_from, time_to in ((None, NOW + 1500), (NOW + 1000, None), (NOW + 100, NOW + 2000),
+                               (None, None)):
+        with mysql_database.read() as session:
+            before = rows_read(session)
+            found = read_trades(session, "asaxu", 50, time_from, time_to)
+            read = rows_read(session) - before
+        assert len(found) == 50
+        assert found[0].created_at == (NOW + 2999 if time_to is None else time_to)
+        assert read <= 60, (time_from, time_to, read)
+
+
+TRADES = "/api/v1/markets/asaxu/trades"
+
+
+def page_through(client, limit: int, **params) -> list[list[dict]]:  # type: ignore[no-untyped-def]
+    """Every page of a download that passes the last id of each page as before_id."""
+    pages: list[list[dict]] = []
+    query = {"limit": limit, **params}
+    while True:
+        response = client.get(TRADES, query_string=query)
+        assert response.status_code == 200, response.get_json()
+        pages.append(response.get_json())
+        if len(pages[-1]) < limit:
+            return pages
+        query["before_id"] = pages[-1][-1]["id"]
+        assert len(pages) < 100, "paging does not end"
+
+
+def test_paging_by_before_id_gives_each_trade_of_a_busy_second_once(client, database) -> None:  # type: ignore[no-untyped-def]
+    """More than ``limit`` trades in one second: time_to could not page through them (the
+    next page with time_to = that second repeats it), and before_id did not exist."""
+    ids = database.transaction(lambda session: add_trades(session, [NOW] * 250))
+    pages = page_through(client, 100)
+    assert [len(page) for page in pages] == [100, 100, 50]
+    assert [t["id"] for page in pages for t in page] == sorted(ids, reverse=True)
+
+
+def test_paging_keeps_the_order_when_a_machine_clock_is_behind(client, database) -> None:  # type: ignore[no-untyped-def]
+    """Trades placed through a machine one second behind the others: higher ids, earlier
+    created_at. Paging still lists every trade once, in the order of the unpaged list."""
+    times = [NOW + 1] * 30 + [NOW] * 20 + [NOW + 1] * 30 + [NOW] * 20 + [NOW + 2] * 10
+    database.transaction(lambda session: add_trades(session, times))
+    everything = client.get(TRADES, query_string={"limit": 1000}).get_json()
+    assert [t["created_at"] for t in everything] == sorted(times, reverse=True)
+    for limit in (7, 25, 30, 50):
+        paged = [t for page in page_through(client, limit) for t in page]
+        assert paged == everything, limit
+
+
+def test_before_id_combines_with_the_time_range(client, database) -> None:  # type: ignore[no-untyped-def]
+    ids = database.transaction(
+        lambda session: add_trades(session, [NOW] * 30 + [NOW + 1] * 30 + [NOW + 2] * 30))
+    second = sorted(ids[30:60], reverse=True)
+    pages = page_through(client, 12, time_from=NOW + 1, time_to=NOW + 1)
+    assert [t["id"] for page in pages for t in page] == second
+    up_to = client.get(TRADES, query_string={"time_to": NOW + 1, "before_id": ids[45],
+                                             "limit": 20}).get_json()
+    assert [t["id"] for t in up_to] == sorted(ids[25:45], reverse=True)
+    # the newest-first order of before_id alone: the trades listed after that one
+    alone = client.get(TRADES, query_string={"before_id": ids[5]}).get_json()
+    assert [t["id"] for t in alone] == sorted(ids[:5], reverse=True)
+    # an id that is no trade of this market: the trades below it
+    other = database.transaction(lambda session: add_trades(session, [NOW], market="btcvnd"))
+    assert client.get(TRADES, query_string={"before_id": other[0]}).get_json()[0]["id"] == ids[-1]
+    beyond = client.get(TRADES, query_string={"before_id": 2**63 - 1, "limit": 3}).get_json()
+    assert [t["id"] for t in beyond] == sorted(ids, reverse=True)[:3]
+    assert client.get(TRADES, query_string={"before_id": ids[0]}).get_json() == []
+    assert len(client.get(TRADES, query_string={"before_id": ""}).get_json()) == 50
+
+
+def test_a_bad_before_id_is_refused_as_by_account_trades(app, client, database) -> None:  # type: ignore[no-untyped-def]
+    from stockex import auth
+    from stockex.api import services
+
+    with app.app_context():
+        settings = services().settings
+    user = auth.create_user(database, settings, "reader", "password-123")
+    token = {"Authorization": f"Bearer {auth.issue_token(settings, user.id, user.role)}"}
+    for bad in ("0", "-1", "x", "1.5", str(2**63), str(10**30)):
+        public = client.get(TRADES, query_string={"before_id": bad})
+        own = client.get("/api/v1/account/trades", query_string={"before_id": bad},
+                         headers=token)
+        assert public.status_code == own.status_code == 400, bad
+        assert public.get_json() == own.get_json(), bad
+        assert public.get_json()["error"]["code"] == "invalid_before_id"
+
+
+def test_a_before_id_page_reads_about_limit_trades_on_mysql(mysql_database) -> None:  # type: ignore[no-untyped-def]
+    """Deep in a 3,000-trade history (ten a second), with and without a time range: the
+    page reads its trades and the rest of the first one's second, not the history above."""
+    quiet = mysql_database.transaction(lambda s: add_trades(s, [NOW] * 5, market="btcvnd"))
+    times = [NOW + i // 10 for i in range(3000)]
+    ids = mysql_database.transaction(lambda session: add_trades(session, times))
+    with mysql_database.engine.connect() as conn:
+        conn.execute(text("ANALYZE TABLE trades"))
+
+    def rows_read(session) -> int:  # type: ignore[no-untyped-def]
+        status = session.execute(text("SHOW SESSION STATUS LIKE 'Handler_read_%'"))
+        return sum(int(v) for k, v in status if k in ("Handler_read_next", "Handler_read_prev"))
+
+    middle = ids[1505]
+    for time_from, time_to in ((None, None), (None, NOW + 150), (NOW + 100, None),
+                               (NOW + 100, NOW + 200)):
+        with mysql_database.read() as session:
+            before = rows_read(session)
+            found = read_trades(session, "asaxu", 50, time_from, time_to, before_id=middle)
+            read = rows_read(session) - before
+        assert [t.id for t in found] == list(range(middle - 1, middle - 51, -1))
+        assert read <= 50 + 10 + 5, (time_from, time_to, read)
+    with mysql_database.read() as session:  # whose trades are far below the busy one's
+        before = rows_read(session)
+        found = read_trades(session, "btcvnd", 50, before_id=2**63 - 1)
+        read = rows_read(session) - before
+    assert [t.id for t in found] == quiet[::-1] and read <= 10, read

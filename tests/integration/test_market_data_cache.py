@@ -335,3 +335,41 @@ def test_processes_configured_with_another_timezone_never_share_an_answer(  # ty
             assert depth["timestamp_local"].endswith(offset)
     close_cache(hcm)
     close_cache(utc)
+
+
+def test_pages_of_trades_are_cached_apart(cached_app, database, redis_client) -> None:  # type: ignore[no-untyped-def]
+    """Two pages of the trades (before_id) are two cached answers: with before_id missing
+    from the key, the second page was served the first one's answer."""
+    from sqlalchemy import insert
+
+    from stockex.models import Trade
+
+    def work(session) -> None:  # type: ignore[no-untyped-def]
+        user = User(username="u", password_hash="x", role="user", created_at=0)
+        session.add(user)
+        session.flush()
+        resting = Order(user_id=user.id, market_id="asaxu", side="sell", type="limit",
+                        time_in_force="GTC", price=Decimal(100), amount=Decimal(10),
+                        filled_amount=0, filled_quote=0, fee=0, fee_asset="XU", locked=0,
+                        status="open", created_at=0, updated_at=0)
+        session.add(resting)
+        session.flush()
+        session.execute(insert(Trade), [
+            {"market_id": "asaxu", "price": Decimal(100), "amount": Decimal(1),
+             "total": Decimal(100), "maker_order_id": resting.id,
+             "taker_order_id": resting.id, "maker_user_id": user.id,
+             "taker_user_id": user.id, "taker_side": "buy", "maker_fee": 0, "taker_fee": 0,
+             "created_at": DAY0} for _ in range(5)
+        ])
+
+    database.transaction(work)
+    client = cached_app.test_client()
+    trades = "/api/v1/markets/asaxu/trades"
+    for _ in range(2):  # the second time from Redis
+        first = client.get(trades, query_string={"limit": 2}).get_json()
+        second = client.get(trades, query_string={"limit": 2, "before_id": first[-1]["id"]})
+        third = client.get(trades, query_string={"limit": 2, "before_id": first[0]["id"]})
+        ids = [t["id"] for t in first + second.get_json()]
+        assert len(set(ids)) == 4 and ids == sorted(ids, reverse=True)
+        assert [t["id"] for t in third.get_json()] == ids[1:3]
+    assert len(list(redis_client.scan_iter("stockex:trades:asaxu:*"))) == 3

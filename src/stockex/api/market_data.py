@@ -18,7 +18,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from stockex import cache as keys
 from stockex.api import services
-from stockex.api.params import int_param
+from stockex.api.params import before_id_param, int_param
 from stockex.book_queries import read_depth, read_trades
 from stockex.buckets import BucketClock, clock_for, validate_period
 from stockex.candle_queries import (
@@ -135,16 +135,17 @@ def depth(market: str) -> Response:
 
 @bp.get("/markets/<market>/trades")
 def trades(market: str) -> Response:
-    """The market's internal trades, newest first."""
+    """The market's internal trades, newest first; ``before_id`` pages (see read_trades)."""
     svc = services()
     spec = _market(market)
     clock = clock_for(svc.settings.timezone)
     limit = int_param("limit", BOOK_DEFAULT_LIMIT, 1, BOOK_MAX_LIMIT)
     time_from, time_to = _time_range(clock)
+    before_id = before_id_param()
 
     def compute() -> bytes:
         with svc.db.read() as session:
-            found = read_trades(session, spec.id, limit, time_from, time_to)
+            found = read_trades(session, spec.id, limit, time_from, time_to, before_id)
         return _dumps([
             {"id": t.id, "price": to_str(t.price), "amount": to_str(t.amount),
              "total": to_str(t.total), "taker_side": t.taker_side, "created_at": t.created_at,
@@ -153,7 +154,7 @@ def trades(market: str) -> Response:
         ])
 
     key = keys.trades_key(svc.cache, spec.id, svc.settings.timezone, limit, time_from,
-                           time_to)
+                           time_to, before_id)
     return Response(keys.cached(svc.cache, key, keys.BOOK_TTL, compute),
                     mimetype="application/json")
 

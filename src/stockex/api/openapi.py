@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from stockex import __version__
+from stockex.api.params import MAX_ID
 from stockex.config import Settings
 
 JSON = "application/json"
@@ -315,14 +316,24 @@ def _market_data_paths() -> dict[str, Any]:
             "get": {
                 "tags": [market_data],
                 "summary": "Recent internal trades, newest first",
-                "description": "Optionally within [`time_from`, `time_to`] on `created_at` "
-                               "(400 `invalid_time_range` when reversed).",
+                "description": "Newest first: by `created_at`, then by `id`. Optionally within "
+                               "[`time_from`, `time_to`] on `created_at` (400 "
+                               "`invalid_time_range` when reversed) and after `before_id`.",
                 "operationId": "getTrades",
                 "parameters": [
                     MARKET_PARAM,
                     _limit_param(50, 1000),
                     _time_param("time_from", "Start"),
                     _time_param("time_to", "End"),
+                    _query(
+                        "before_id",
+                        "Paging: the `id` of the last trade of the previous page; only the "
+                        "trades listed after it (the older ones: while the API machines' "
+                        "clocks agree, those with lower ids), so every trade comes once "
+                        "however many share a second. Combines with `time_from`/`time_to`. "
+                        "400 `invalid_before_id` outside 1..9223372036854775807.",
+                        {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+                    ),
                 ],
                 "responses": {
                     "200": json_response("Trades",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 
 from stockex.api import services
-from stockex.api.params import int_param, json_body
+from stockex.api.params import before_id_param, int_param, json_body
 from stockex.api.ratelimits import limit_orders
 from stockex.api.trading_json import fill_json, order_json
 from stockex.auth import current_principal, requires_auth
@@ -43,7 +43,7 @@ def list_orders() -> Response:
                            code="invalid_status", details={"status": status})
     found = orders.list_orders(
         svc.db, current_principal().user_id, market=_market_param(), status=status,
-        limit=int_param("limit", 100, 1, 500), before_id=_before_id(),
+        limit=int_param("limit", 100, 1, 500), before_id=before_id_param(),
     )
     return jsonify([order_json(o, svc.settings.tz) for o in found])
 
@@ -73,7 +73,7 @@ def account_trades() -> Response:
     svc = services()
     found = orders.list_fills(
         svc.db, current_principal().user_id, market=_market_param(),
-        limit=int_param("limit", 100, 1, 500), before_id=_before_id(),
+        limit=int_param("limit", 100, 1, 500), before_id=before_id_param(),
     )
     return jsonify([fill_json(f, svc.settings.tz) for f in found])
 
@@ -83,9 +83,3 @@ def _market_param() -> str | None:
     if market is not None and services().settings.market(market) is None:
         raise UnknownMarket(market)
     return market
-
-
-def _before_id() -> int | None:
-    if not request.args.get("before_id"):
-        return None
-    return int_param("before_id", 0, 1, orders.MAX_ORDER_ID)

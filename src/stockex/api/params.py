@@ -163,6 +163,17 @@ def json_body(fields: frozenset[str] | None = None) -> dict[str, Any]:
     return data
 
 
+MAX_ID = 2**63 - 1  # BIGINT, the type of every id
+
+
+def before_id_param() -> int | None:
+    """``before_id`` (paging by id), None when absent or empty; 400 ``invalid_before_id``
+    outside 1..BIGINT."""
+    if not request.args.get("before_id"):
+        return None
+    return int_param("before_id", 0, 1, MAX_ID)
+
+
 def int_param(name: str, default: int, low: int, high: int) -> int:
     """An integer query parameter within [low, high]; 400 ``invalid_<name>`` otherwise."""
     raw = request.args.get(name)
