@@ -330,18 +330,10 @@ def test_an_invalid_configuration_is_still_reported_to_its_slack(  # type: ignor
     config = tmp_path / "config.yaml"
     config.write_text(f"slack:\n  base_url: {fake_slack.api_base_url}\n"
                       "crawler:\n  chunk_minutes: lots\n")
-    monkeypatch.setenv("STOCKEX_CONFIG", str(config))
-    monkeypatch.setenv("STOCKEX__SLACK__TOKEN", fake_slack.token)
-    monkeypatch.setenv("STOCKEX__SLACK__CHANNEL", "'#ops'")
-    monkeypatch.setenv("STOCKEX__CRAWLER__MARKETS", "[nope]")
-    monkeypatch.setattr(alerts, "_default_settings", None)
-    with pytest.raises(ConfigError) as problem:
-        load_settings()
-    with caplog.at_level(logging.WARNING, logger="stockex.alerts"):
-        alerts.airflow_task_failed(airflow_context(problem.value))
-    [message] = fake_slack.messages
-    assert message.channel == "#ops" and "ConfigError* in airflow tiki_candles" in message.text
-    assert "crawler.chunk_minutes: expected an integer" in message.text
+    text = _alert_for_a_bad_configuration(fake_slack, monkeypatch, caplog, {
+        "STOCKEX_CONFIG": str(config), "STOCKEX__CRAWLER__MARKETS": "[nope]"})
+    assert "ConfigError* in airflow tiki_candles" in text
+    assert "crawler.chunk_minutes: expected an integer" in text
     assert "alerting with its slack, redis, timezone settings alone" in caplog.text
 
 
@@ -351,18 +343,27 @@ def test_a_missing_configuration_file_is_still_reported_to_the_environments_slac
     """STOCKEX_CONFIG names a file that is not there (a volume not mounted): reading the
     slack section alone read the same missing file, and the alert went to the log only,
     though the environment said where Slack is."""
-    monkeypatch.setenv("STOCKEX_CONFIG", str(tmp_path / "missing.yaml"))
-    monkeypatch.setenv("STOCKEX__SLACK__BASE_URL", fake_slack.api_base_url)
-    monkeypatch.setenv("STOCKEX__SLACK__TOKEN", fake_slack.token)
-    monkeypatch.setenv("STOCKEX__SLACK__CHANNEL", "'#ops'")
+    text = _alert_for_a_bad_configuration(fake_slack, monkeypatch, caplog, {
+        "STOCKEX_CONFIG": str(tmp_path / "missing.yaml"),
+        "STOCKEX__SLACK__BASE_URL": fake_slack.api_base_url})
+    assert "missing.yaml" in text
+    assert "alerting with the environment's slack, redis, timezone settings alone" in caplog.text
+
+
+def _alert_for_a_bad_configuration(fake_slack, monkeypatch, caplog, env) -> str:  # type: ignore[no-untyped-def]
+    """The text of the one alert that a DAG task's failure on an invalid configuration (with
+    ``env`` set, and the fake Slack's token and channel #ops in the environment) posts."""
+    for name, value in {**env, "STOCKEX__SLACK__TOKEN": fake_slack.token,
+                        "STOCKEX__SLACK__CHANNEL": "'#ops'"}.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setattr(alerts, "_default_settings", None)
     with pytest.raises(ConfigError) as problem:
         load_settings()
     with caplog.at_level(logging.WARNING, logger="stockex.alerts"):
         alerts.airflow_task_failed(airflow_context(problem.value))
     [message] = fake_slack.messages
-    assert message.channel == "#ops" and "missing.yaml" in message.text
-    assert "alerting with the environment's slack, redis, timezone settings alone" in caplog.text
+    assert message.channel == "#ops"
+    return str(message.text)
 
 
 def test_callbacks_never_raise(fake_slack) -> None:  # type: ignore[no-untyped-def]
