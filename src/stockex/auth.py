@@ -14,13 +14,15 @@
 * **Revocation** (logout): the ``jti`` is refused until the token would have expired anyway.
   With Redis configured the revocation lives in Redis (one round trip per request), backed by
   the ``revoked_tokens`` table so that a Redis restart or outage never lets a revoked token
-  back in: when Redis lost its data (the ``revoked-tokens-loaded`` marker is gone) it is
-  re-filled from the table, and while Redis is unreachable the table is asked directly (a
-  logout itself then answers 503, see :meth:`Revocations.revoke`). Without Redis the table
-  alone is used. In Redis the revocations are one sorted set (token id -> expiry) and the
-  marker, neither with a TTL: a Redis that is full and evicts keys with a TTL
-  (``maxmemory-policy volatile-lru``, as in docker-compose.yml) drops cached answers, never a
-  revocation; expired ids leave the set at each logout.
+  back in: when Redis lost its data it is re-filled from the table, and while Redis is
+  unreachable the table is asked directly (a logout itself then answers 503, see
+  :meth:`Revocations.revoke`). Without Redis the table alone is used. In Redis the
+  revocations are one sorted set (token id -> expiry) without a TTL, holding a marker member
+  once it was filled from the table: the set goes whole or not at all, so whatever takes it
+  (a restart without persistence, a flush, a full Redis evicting keys under any
+  ``maxmemory-policy``) takes the marker too and the next check re-fills it; a full Redis
+  with a ``volatile-*`` policy (docker-compose.yml) never evicts it. Expired ids leave the
+  set at each logout.
 
 ``requires_auth`` is the Flask decorator for ``Authorization: Bearer <token>`` routes.
 """
@@ -63,11 +65,12 @@ CLOCK_SKEW_SECONDS = 60
 
 _REVOKED_EXPIRY = select(RevokedToken.expires_at).where(RevokedToken.jti == bindparam("jti"))
 #: A sorted set, token id -> expiry (epoch seconds); no TTL, so never evicted by volatile-*.
+#: A new key since the revocations moved from one key each (``revoked:<jti>``, with a TTL)
+#: into the set: on an upgraded deployment the first check fills it from the table.
 _REVOKED_SET = KEY_PREFIX + "revoked-tokens"
-#: Set once the table's revocations were copied into the set (gone: Redis lost its data).
-#: A new name since the revocations moved from one key each (``revoked:<jti>``, with a TTL)
-#: into the set: on an upgraded deployment the first check re-fills the set from the table.
-_REVOKED_LOADED_KEY = KEY_PREFIX + "revoked-tokens-loaded"
+#: A member of the set (never a token id: those are hex) present once the table's
+#: revocations were copied in; its infinite score outlives every clean-up of expired ids.
+_LOADED_MEMBER = "table-loaded"
 # A hash to compare against when the user does not exist, so that a login for an unknown
 # name costs as much as a wrong password (no user enumeration by timing).
 _DUMMY_HASH = generate_password_hash("not-a-real-password-at-all")
@@ -304,10 +307,10 @@ class Revocations:
         if self.redis is not None and not self.cache.redis_paused:
             try:
                 pipe = self.redis.pipeline(transaction=False)  # one round trip
-                pipe.exists(_REVOKED_LOADED_KEY)
+                pipe.zscore(_REVOKED_SET, _LOADED_MEMBER)
                 pipe.zscore(_REVOKED_SET, jti)
                 loaded, expires_at = pipe.execute()
-                if loaded:
+                if loaded is not None:
                     return expires_at is not None and expires_at >= int(time.time())
                 return jti in self._reload_redis()
             except redis.RedisError as exc:
@@ -329,11 +332,8 @@ class Revocations:
                     RevokedToken.expires_at >= now
                 )
             ).all()
-        pipe = self.redis.pipeline(transaction=True)  # type: ignore[union-attr]
-        if rows:
-            pipe.zadd(_REVOKED_SET, dict(rows))
-        pipe.set(_REVOKED_LOADED_KEY, b"1")
-        pipe.execute()
+        loaded: dict[str, float] = {_LOADED_MEMBER: float("inf")}
+        self.redis.zadd(_REVOKED_SET, {**dict(rows), **loaded})  # type: ignore[union-attr]
         return {jti for jti, _ in rows}
 
 
