@@ -4,7 +4,8 @@ Wire format: ``GET {base_url}/rally/markets/{market}/klines?period=1&time_from=S
 answers a JSON array ``[[ts, open, high, low, close, volume], ...]`` of JSON numbers, ``ts``
 being the epoch second (UTC) at which the minute starts. Both bounds are inclusive. The
 exchange runs Peatio, which may cap an answer, so fewer rows than the window holds is normal
-and callers page on by the last ``ts`` they received.
+and callers page on by the last ``ts`` they received (and, as a cap may keep the newest rows,
+ask for the minutes before the first ``ts`` when it is not the first asked for).
 
 Failure contract of :meth:`TikiClient.fetch_klines`:
 
