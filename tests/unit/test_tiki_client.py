@@ -441,6 +441,27 @@ def test_a_body_that_is_not_an_array_is_a_data_error(scripted, sleeps, body, pro
     assert len(upstream.requests) == 1 and sleeps.delays == []  # bad data is not retried
 
 
+@pytest.mark.parametrize(
+    ("body", "shown"),
+    [
+        # a CDN's bot check answered 200, a maintenance notice, a web app at a wrong base_url
+        ('<!DOCTYPE html><html lang="en-US"><head><meta charset="UTF-8"><meta name="viewport" '
+         'content="width=device-width,initial-scale=1"><title>Just a moment...</title>',
+         "an HTML page titled 'Just a moment...'"),
+        ("<html><head><title>\n  Tiki Exchange | B\u1ea3o tr\u00ec\n</title></head></html>",
+         "an HTML page titled 'Tiki Exchange | B\u1ea3o tr\u00ec'"),
+        ("Service Unavailable", "b'Service Unavailable'"),
+    ],
+)
+def test_a_body_that_is_not_json_says_what_came_instead(scripted, body, shown) -> None:
+    upstream, client = scripted
+    upstream.answer(body, Content_Type="text/html; charset=utf-8")
+    with pytest.raises(UpstreamDataError) as caught:
+        client.fetch_klines("asaxu", T0, T9)
+    assert "not valid JSON" in caught.value.problem
+    assert caught.value.problem.endswith(f": {shown}")
+
+
 # --- retries --------------------------------------------------------------------------------
 
 

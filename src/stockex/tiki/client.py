@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import time
 import zlib
 from collections.abc import Callable
@@ -263,6 +264,20 @@ _MINUTE = 60
 _NUMBER_TYPES = frozenset({int, Decimal})
 
 
+_HTML_TITLE = re.compile(rb"<title[^>]*>\s*(.*?)\s*</title>", re.IGNORECASE | re.DOTALL)
+
+
+def _what_came(body: bytes) -> str:
+    """An answer that is not JSON, for its error: an HTML page by its title (a CDN's bot
+    check or error page, a maintenance notice, a web app at a wrong ``tiki.base_url``, all
+    of which may come with 200), anything else by its start."""
+    title = _HTML_TITLE.search(body[:_DETAIL_BYTES * 8])
+    if title is not None:
+        text = " ".join(title.group(1).decode("utf-8", errors="replace").split())
+        return f"an HTML page titled {text[:80]!r}"
+    return f"{body[:80]!r}"
+
+
 def parse_klines(market: str, body: bytes, time_from: int, time_to: int) -> list[Kline]:
     """Parse and validate a whole answer; sorted by ts, a repeated ts keeps its last row.
 
@@ -273,7 +288,8 @@ def parse_klines(market: str, body: bytes, time_from: int, time_to: int) -> list
         # parse_constant turns NaN/Infinity into non-finite Decimals that the row check names.
         data = json.loads(body, parse_float=Decimal, parse_int=int, parse_constant=Decimal)
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, huge ints
-        raise UpstreamDataError(market, None, f"body is not valid JSON: {exc}") from exc
+        raise UpstreamDataError(
+            market, None, f"body is not valid JSON ({exc}): {_what_came(body)}") from exc
     if not isinstance(data, list):
         raise UpstreamDataError(market, None, f"body is not a JSON array: {body[:80]!r}")
     valid = None if _maybe_too_wide(body) else _valid_rows(data, time_from, time_to)
