@@ -557,6 +557,22 @@ def test_exhausted_retries_raise_unavailable_naming_market_window_and_status(
     assert sim.request_count == 3 and len(sleeps.delays) == 2
 
 
+def test_a_retried_html_page_is_named_by_its_title(scripted, sleeps) -> None:
+    """A CDN in front of the exchange answers its bot check with 503 (something to act on,
+    not to wait out) and its own outages with 52x: "HTTP 503" alone does not tell which."""
+    upstream, client = scripted
+    challenge = ('<!DOCTYPE html><html lang="en-US"><head><title>Just a moment...</title>'
+                 + "<script>" + "x" * 5000 + "</script></head></html>")
+    upstream.answer("<html><head><title>api.tiki.vn | 522: Connection timed out</title>", 522)
+    upstream.answer('{"errors": ["too_many_requests"]}', 429, Retry_After="1")
+    upstream.answer(challenge, 503, Content_Type="text/html")
+    with pytest.raises(UpstreamUnavailable) as caught:
+        client.fetch_klines("asaxu", T0, T9)
+    assert caught.value.last_failure == "HTTP 503 (an HTML page titled 'Just a moment...')"
+    assert str(caught.value).endswith("last: HTTP 503 (an HTML page titled 'Just a moment...')")
+    assert len(upstream.requests) == 3 and sleeps.delays[1] == 1.0
+
+
 def test_connection_refused_is_retried_then_unavailable(sleeps) -> None:
     with socket.socket() as probe:  # a port that was free a moment ago: nothing listens
         probe.bind(("127.0.0.1", 0))

@@ -267,15 +267,23 @@ _NUMBER_TYPES = frozenset({int, Decimal})
 _HTML_TITLE = re.compile(rb"<title[^>]*>\s*(.*?)\s*</title>", re.IGNORECASE | re.DOTALL)
 
 
+_TITLE_BYTES = 8 * _DETAIL_BYTES  # an HTML page's title is in its head, past its styles
+
+
+def _html_page(body: bytes) -> str | None:
+    """``an HTML page titled '...'`` when ``body`` starts like one: a CDN's bot check or
+    error page, a maintenance notice, a web app at a wrong ``tiki.base_url``."""
+    title = _HTML_TITLE.search(body[:_TITLE_BYTES])
+    if title is None:
+        return None
+    text = " ".join(title.group(1).decode("utf-8", errors="replace").split())
+    return f"an HTML page titled {text[:80]!r}"
+
+
 def _what_came(body: bytes) -> str:
-    """An answer that is not JSON, for its error: an HTML page by its title (a CDN's bot
-    check or error page, a maintenance notice, a web app at a wrong ``tiki.base_url``, all
-    of which may come with 200), anything else by its start."""
-    title = _HTML_TITLE.search(body[:_DETAIL_BYTES * 8])
-    if title is not None:
-        text = " ".join(title.group(1).decode("utf-8", errors="replace").split())
-        return f"an HTML page titled {text[:80]!r}"
-    return f"{body[:80]!r}"
+    """An answer that is not JSON (maybe with 200), for its error: an HTML page by its
+    title, anything else by its start."""
+    return _html_page(body) or f"{body[:80]!r}"
 
 
 def parse_klines(market: str, body: bytes, time_from: int, time_to: int) -> list[Kline]:
@@ -399,6 +407,20 @@ def _error_detail(
     return text[:200]
 
 
+def _failure_page(
+    response: requests.Response, deadline: float, clock: Callable[[], float]
+) -> str:
+    """`` (an HTML page titled '...')`` for a retried answer (5xx, 429) that is one, else
+    "": a CDN's bot check answers 503 and its own outages 52x, which the status alone does
+    not tell apart. Read for the message only, as :func:`_error_detail` reads."""
+    try:
+        head = _read_up_to(response, _TITLE_BYTES, deadline, clock)
+    except (_DeadlinePassed, _Undecodable, requests.RequestException):
+        return ""
+    page = _html_page(head)
+    return f" ({page})" if page else ""
+
+
 class TikiClient:
     """Fetches one-minute k-lines from Tiki-Exchange (or a stand-in at ``base_url``).
 
@@ -504,7 +526,8 @@ class TikiClient:
                     if status != 429 and status < 500:
                         detail = _error_detail(response, deadline, self._clock)
                         raise UpstreamRejected(status, response.url, detail)
-                    last_failure = f"HTTP {status}"
+                    last_failure = f"HTTP {status}" + _failure_page(response, deadline,
+                                                                     self._clock)
                     if status == 429:
                         retry_after = _retry_after_seconds(response)
             except _DeadlinePassed:
