@@ -23,9 +23,11 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 from sqlalchemy import func, select
+from werkzeug.serving import make_server
 
 from stockex import alerts
 from stockex.crawler import (
@@ -45,7 +47,13 @@ from stockex.errors import NotFound, UnknownMarket
 from stockex.markets import sync_markets
 from stockex.models import Candle, CrawlRun, Market
 from stockex.tiki import TikiClient
-from stockex.tiki.simulator import DEFAULT_ORIGIN, kline_at, provisional_kline_at
+from stockex.tiki.simulator import (
+    DEFAULT_ORIGIN,
+    Simulator,
+    SimulatorConfig,
+    kline_at,
+    provisional_kline_at,
+)
 
 ORIGIN = DEFAULT_ORIGIN  # 2024-01-01T00:00:00+07:00
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -429,6 +437,57 @@ def test_answers_capped_at_300_rows_still_give_the_exact_data(
     assert summary.requests == 10  # 4 + 4 + 2 pages for the chunks of 1000, 1000 and 600
     assert summary.gap_minutes == 0
     assert sim.request_count == summary.requests
+
+
+class NewestRowsUpstream:
+    """A Peatio-style upstream that caps an answer by keeping the NEWEST ``max_rows`` rows of
+    the window (Peatio's own cap with ``time_to``, Binance's futures k-lines with both bounds),
+    prices written as Ruby floats (``25012.0``); the data is the simulator's."""
+
+    def __init__(self, simulator: Any, max_rows: int) -> None:
+        self.simulator = simulator
+        self.max_rows = max_rows
+        self.windows: list[tuple[int, int]] = []
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        query = parse_qs(environ["QUERY_STRING"])
+        time_from, time_to = int(query["time_from"][0]), int(query["time_to"][0])
+        self.windows.append((time_from, time_to))
+        rows = self.simulator.rows("asaxu", time_from, time_to)[-self.max_rows:]
+        body = json.dumps([[t, float(o), float(h), float(lo), float(c), v / 1000]
+                           for t, o, h, lo, c, v in rows]).encode()
+        start_response("200 OK", [("Content-Type", "application/json"),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
+
+
+def test_answers_capped_to_their_newest_rows_still_give_the_exact_data(
+    database: Database, make_settings: Any
+) -> None:
+    """An answer that starts after the minute asked for is a gap or a cut-off head: the
+    minutes before it are asked for, not skipped for good (the next run starts after them)."""
+    now = FakeClock(minute(700) + 10)
+    gaps = ((minute(100), minute(149)),)
+    upstream = NewestRowsUpstream(Simulator(SimulatorConfig(clock=now, gaps=gaps)), 300)
+    server = make_server("127.0.0.1", 0, upstream, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.port}"
+        settings = crawl_settings(make_settings, database, url, chunk_minutes=1000)
+        summary = crawl_market(database, settings, "asaxu", clock=now)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert summary.status == "success"
+    assert same_values(stored(database), expected(minute(0), minute(699), skip=gaps))
+    assert summary.gaps == gaps and summary.gap_minutes == 50
+    # [0, 699] answers 400..699; [0, 399] answers 50..99 and 150..399; [0, 49] the rest
+    assert upstream.windows == [(minute(0), minute(699)), (minute(0), minute(399)),
+                                (minute(0), minute(49))]
+    assert summary.requests == 3
 
 
 @pytest.mark.parametrize(

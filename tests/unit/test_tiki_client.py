@@ -441,6 +441,27 @@ def test_a_body_that_is_not_an_array_is_a_data_error(scripted, sleeps, body, pro
     assert len(upstream.requests) == 1 and sleeps.delays == []  # bad data is not retried
 
 
+@pytest.mark.parametrize(
+    ("body", "shown"),
+    [
+        # a CDN's bot check answered 200, a maintenance notice, a web app at a wrong base_url
+        ('<!DOCTYPE html><html lang="en-US"><head><meta charset="UTF-8"><meta name="viewport" '
+         'content="width=device-width,initial-scale=1"><title>Just a moment...</title>',
+         "an HTML page titled 'Just a moment...'"),
+        ("<html><head><title>\n  Tiki Exchange | B\u1ea3o tr\u00ec\n</title></head></html>",
+         "an HTML page titled 'Tiki Exchange | B\u1ea3o tr\u00ec'"),
+        ("Service Unavailable", "b'Service Unavailable'"),
+    ],
+)
+def test_a_body_that_is_not_json_says_what_came_instead(scripted, body, shown) -> None:
+    upstream, client = scripted
+    upstream.answer(body, Content_Type="text/html; charset=utf-8")
+    with pytest.raises(UpstreamDataError) as caught:
+        client.fetch_klines("asaxu", T0, T9)
+    assert "not valid JSON" in caught.value.problem
+    assert caught.value.problem.endswith(f": {shown}")
+
+
 # --- retries --------------------------------------------------------------------------------
 
 
@@ -534,6 +555,22 @@ def test_exhausted_retries_raise_unavailable_naming_market_window_and_status(
     assert "asaxu" in message and "2023-12-31T17:00:00Z" in message and "HTTP 503" in message
     assert isinstance(caught.value, UpstreamError)
     assert sim.request_count == 3 and len(sleeps.delays) == 2
+
+
+def test_a_retried_html_page_is_named_by_its_title(scripted, sleeps) -> None:
+    """A CDN in front of the exchange answers its bot check with 503 (something to act on,
+    not to wait out) and its own outages with 52x: "HTTP 503" alone does not tell which."""
+    upstream, client = scripted
+    challenge = ('<!DOCTYPE html><html lang="en-US"><head><title>Just a moment...</title>'
+                 + "<script>" + "x" * 5000 + "</script></head></html>")
+    upstream.answer("<html><head><title>api.tiki.vn | 522: Connection timed out</title>", 522)
+    upstream.answer('{"errors": ["too_many_requests"]}', 429, Retry_After="1")
+    upstream.answer(challenge, 503, Content_Type="text/html")
+    with pytest.raises(UpstreamUnavailable) as caught:
+        client.fetch_klines("asaxu", T0, T9)
+    assert caught.value.last_failure == "HTTP 503 (an HTML page titled 'Just a moment...')"
+    assert str(caught.value).endswith("last: HTTP 503 (an HTML page titled 'Just a moment...')")
+    assert len(upstream.requests) == 3 and sleeps.delays[1] == 1.0
 
 
 def test_connection_refused_is_retried_then_unavailable(sleeps) -> None:

@@ -8,14 +8,16 @@
   and ends with its final values) up to the last closed minute, or ``until`` if earlier. The
   still-open minute is never requested, so it is never stored.
 * **Chunks.** The window is walked in chunks of ``crawler.chunk_minutes``. The upstream may
-  cut an answer short (Peatio caps k-line answers), so a chunk is paged on from the minute
-  after the last one received until the chunk is covered; an empty answer ends the chunk —
-  a gap, not the end of the crawl. Each chunk is upserted (``candles.plan_minutes`` and
-  ``write_plan``, as ``store_minutes`` does) in ONE transaction together with the run row's
-  progress, so a run killed at any point leaves whole chunks behind and the next run resumes
-  from the newest stored minute. Chunks are written one at a time and in order, on a writer
-  thread, while the next chunk is fetched and planned; a chunk is written only after the one
-  before it committed, and a failed write ends the run before anything after it is written.
+  cut an answer short at either end (Peatio caps k-line answers), so a chunk is paged on
+  from the minute after the last one received, and the minutes before the first one
+  received are asked for when it is not the first asked for, until the chunk is covered;
+  an empty answer is a gap, not the end of the crawl. Each chunk is upserted
+  (``candles.plan_minutes`` and ``write_plan``, as ``store_minutes`` does) in ONE
+  transaction together with the run row's progress, so a run killed at any point leaves
+  whole chunks behind and the next run resumes from the newest stored minute. Chunks are
+  written one at a time and in order, on a writer thread, while the next chunk is fetched
+  and planned; a chunk is written only after the one before it committed, and a failed
+  write ends the run before anything after it is written.
 * **One at a time.** A run first takes its market's lock (:mod:`stockex.crawler.lock`);
   while another run of the market holds it, :class:`CrawlInProgress` is raised and nothing
   is written: two runs at once would each compute rollups without the other's minutes.

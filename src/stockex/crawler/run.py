@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from operator import attrgetter
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select, update
@@ -421,18 +422,30 @@ def _fetched(
 
 
 def _fetch_chunk(client: TikiClient, run: _Run, chunk_from: int, chunk_to: int) -> list[Kline]:
-    """Every minute the upstream has in [chunk_from, chunk_to], paging past capped answers."""
+    """Every minute the upstream has in [chunk_from, chunk_to], paging past capped answers.
+
+    An answer may be cut short at either end: Peatio keeps the first rows of a capped answer
+    with ``time_from``, the newest with ``time_to`` (as Binance's futures k-lines do with both
+    bounds). So the minutes after an answer's last row are asked for, and so are those before
+    its first row when it starts after the minute asked for: an empty answer there is a gap.
+    Minutes skipped here would never be fetched again (the next run starts after them).
+    """
     klines: list[Kline] = []
-    cursor = chunk_from
-    while cursor <= chunk_to:
+    windows = [(chunk_from, chunk_to)]
+    while windows:
+        first, last = windows.pop()
         try:
-            page = client.fetch_klines(run.market, cursor, chunk_to)
+            page = client.fetch_klines(run.market, first, last)
         finally:
             run.requests += 1  # failed or refused, it was asked: not "0 request(s)"
         if not page:
-            break  # nothing more in this chunk: a gap (or no data yet), not the end
+            continue  # nothing in this window: a gap (or no data yet), not the end
         klines.extend(page)
-        cursor = page[-1].ts + MINUTE
+        if page[-1].ts < last:
+            windows.append((page[-1].ts + MINUTE, last))
+        if page[0].ts > first:  # asked for first: the one seldom needed
+            windows.append((first, page[0].ts - MINUTE))
+    klines.sort(key=attrgetter("ts"))  # the windows are disjoint: no minute twice
     return klines
 
 

@@ -4,7 +4,8 @@ Wire format: ``GET {base_url}/rally/markets/{market}/klines?period=1&time_from=S
 answers a JSON array ``[[ts, open, high, low, close, volume], ...]`` of JSON numbers, ``ts``
 being the epoch second (UTC) at which the minute starts. Both bounds are inclusive. The
 exchange runs Peatio, which may cap an answer, so fewer rows than the window holds is normal
-and callers page on by the last ``ts`` they received.
+and callers page on by the last ``ts`` they received (and, as a cap may keep the newest rows,
+ask for the minutes before the first ``ts`` when it is not the first asked for).
 
 Failure contract of :meth:`TikiClient.fetch_klines`:
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import time
 import zlib
 from collections.abc import Callable
@@ -262,6 +264,28 @@ _MINUTE = 60
 _NUMBER_TYPES = frozenset({int, Decimal})
 
 
+_HTML_TITLE = re.compile(rb"<title[^>]*>\s*(.*?)\s*</title>", re.IGNORECASE | re.DOTALL)
+
+
+_TITLE_BYTES = 8 * _DETAIL_BYTES  # an HTML page's title is in its head, past its styles
+
+
+def _html_page(body: bytes) -> str | None:
+    """``an HTML page titled '...'`` when ``body`` starts like one: a CDN's bot check or
+    error page, a maintenance notice, a web app at a wrong ``tiki.base_url``."""
+    title = _HTML_TITLE.search(body[:_TITLE_BYTES])
+    if title is None:
+        return None
+    text = " ".join(title.group(1).decode("utf-8", errors="replace").split())
+    return f"an HTML page titled {text[:80]!r}"
+
+
+def _what_came(body: bytes) -> str:
+    """An answer that is not JSON (maybe with 200), for its error: an HTML page by its
+    title, anything else by its start."""
+    return _html_page(body) or f"{body[:80]!r}"
+
+
 def parse_klines(market: str, body: bytes, time_from: int, time_to: int) -> list[Kline]:
     """Parse and validate a whole answer; sorted by ts, a repeated ts keeps its last row.
 
@@ -272,7 +296,8 @@ def parse_klines(market: str, body: bytes, time_from: int, time_to: int) -> list
         # parse_constant turns NaN/Infinity into non-finite Decimals that the row check names.
         data = json.loads(body, parse_float=Decimal, parse_int=int, parse_constant=Decimal)
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, huge ints
-        raise UpstreamDataError(market, None, f"body is not valid JSON: {exc}") from exc
+        raise UpstreamDataError(
+            market, None, f"body is not valid JSON ({exc}): {_what_came(body)}") from exc
     if not isinstance(data, list):
         raise UpstreamDataError(market, None, f"body is not a JSON array: {body[:80]!r}")
     valid = None if _maybe_too_wide(body) else _valid_rows(data, time_from, time_to)
@@ -382,6 +407,20 @@ def _error_detail(
     return text[:200]
 
 
+def _failure_page(
+    response: requests.Response, deadline: float, clock: Callable[[], float]
+) -> str:
+    """`` (an HTML page titled '...')`` for a retried answer (5xx, 429) that is one, else
+    "": a CDN's bot check answers 503 and its own outages 52x, which the status alone does
+    not tell apart. Read for the message only, as :func:`_error_detail` reads."""
+    try:
+        head = _read_up_to(response, _TITLE_BYTES, deadline, clock)
+    except (_DeadlinePassed, _Undecodable, requests.RequestException):
+        return ""
+    page = _html_page(head)
+    return f" ({page})" if page else ""
+
+
 class TikiClient:
     """Fetches one-minute k-lines from Tiki-Exchange (or a stand-in at ``base_url``).
 
@@ -487,7 +526,8 @@ class TikiClient:
                     if status != 429 and status < 500:
                         detail = _error_detail(response, deadline, self._clock)
                         raise UpstreamRejected(status, response.url, detail)
-                    last_failure = f"HTTP {status}"
+                    last_failure = f"HTTP {status}" + _failure_page(response, deadline,
+                                                                     self._clock)
                     if status == 429:
                         retry_after = _retry_after_seconds(response)
             except _DeadlinePassed:
