@@ -326,6 +326,43 @@ def test_a_page_of_orders_matches_each_fill_to_its_order_once(  # type: ignore[n
         assert [f["id"] for f in fills] == sorted((f["id"] for f in fills), reverse=True)
 
 
+def test_a_cancel_reads_the_fills_outside_the_market_lock(  # type: ignore[no-untyped-def]
+    exchange, monkeypatch
+) -> None:
+    """An order's fills are unbounded (100,000 took 3.5 s to read): read under the market's
+    lock, every placement and cancel in the market waited for them."""
+    from stockex.trading import orders
+
+    exchange.user("maker", ASA="10")
+    exchange.user("taker", XU="10000")
+    resting = exchange.order("maker", side="sell", type="limit", price="100", amount="1")
+    for _ in range(3):
+        exchange.order("taker", side="buy", type="limit", price="100", amount="0.001",
+                       time_in_force="IOC")
+    locking_sessions: list[object] = []
+    read_under_lock: list[bool] = []
+    real_lock, real_fills = orders.lock_market, orders._fills
+
+    def lock_market(session, market_id):  # type: ignore[no-untyped-def]
+        locking_sessions.append(session)
+        return real_lock(session, market_id)
+
+    def fills(session, *args, **kwargs):  # type: ignore[no-untyped-def]
+        read_under_lock.append(any(session is s for s in locking_sessions))
+        return real_fills(session, *args, **kwargs)
+
+    monkeypatch.setattr(orders, "lock_market", lock_market)
+    monkeypatch.setattr(orders, "_fills", fills)
+    response = exchange.client.delete(f"/api/v1/orders/{resting['id']}",
+                                      headers=exchange.headers("maker"))
+    assert response.status_code == 200
+    cancelled = response.get_json()
+    assert cancelled["status"] == "cancelled" and cancelled["filled_amount"] == "0.003"
+    assert [f["amount"] for f in cancelled["fills"]] == ["0.001"] * 3
+    assert locking_sessions and read_under_lock == [False]
+    exchange.assert_reconciles()
+
+
 def test_placement_and_cancel_invalidate_the_book_cache(exchange, app) -> None:  # type: ignore[no-untyped-def]
     from stockex.api import services
 
