@@ -192,9 +192,11 @@ def reset(database) -> None:  # type: ignore[no-untyped-def]
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(scenario=scenarios(), pipelined=st.booleans())
+@given(scenario=scenarios(), pipelined=st.booleans(), window=st.tuples(
+    st.integers(-86_400, SPAN_MINUTES * 60), st.integers(0, SPAN_MINUTES * 60),
+    st.integers(5, 50)))
 def test_api_candles_equal_reference_aggregation(  # type: ignore[no-untyped-def]
-    app, client, database, scenario, pipelined
+    app, client, database, scenario, pipelined, window
 ) -> None:
     reset(database)
     with app.app_context():
@@ -227,6 +229,28 @@ def test_api_candles_equal_reference_aggregation(  # type: ignore[no-untyped-def
             query_string={"period": period, "time_to": scenario.last, "limit": 3},
         ).get_json()
         assert as_numbers(newest["candles"]) == as_numbers(expected[-3:])
+
+        # Paging a window by next_time_from: every bucket starting in it once, in order; the
+        # CSV of a page holds the JSON's candles.
+        time_from, time_to = scenario.first + window[0], scenario.first + window[0] + window[1]
+        pages: list[dict[str, object]] = []
+        following: int | None = time_from
+        while following is not None:
+            params = {"period": period, "time_from": following, "time_to": time_to,
+                      "limit": window[2]}
+            page = client.get("/api/v1/markets/asaxu/candles", query_string=params).get_json()
+            assert page["next_time_from"] is None or len(page["candles"]) == window[2]
+            pages += page["candles"]
+            following = page["next_time_from"]
+        assert as_numbers(pages) == as_numbers(
+            [c for c in expected if time_from <= c["time"] <= time_to])  # type: ignore[operator]
+        sheet = client.get("/api/v1/markets/asaxu/candles",
+                           query_string={**params, "format": "csv"}).get_data(as_text=True)
+        assert sheet.splitlines()[1:] == [
+            ",".join(str(c[k]) for k in ("time", "time_local", "open", "high", "low", "close",
+                                         "volume"))
+            for c in page["candles"]
+        ]
 
 
 # ----------------------------------------------------- a configured zone with DST changes
