@@ -11,7 +11,8 @@ A bucket of ``period`` minutes starts at a local wall-clock time:
 default ``Asia/Ho_Chi_Minh`` since 1975) it is the formula above, pure integer arithmetic.
 For zones with daylight saving time the offset is the one in force at the instant; a bucket
 whose local start lies on the other side of a transition starts at that local wall time as
-``zoneinfo`` reads it (``fold=0``). Whatever the zone, the functions satisfy what the rollups
+``zoneinfo`` reads it (``fold=0``), or, when clocks skipped that wall time, at the end of the
+skipped stretch. Whatever the zone, the functions satisfy what the rollups
 rely on, and the tests check: ``align(t) <= t``, ``align(align(t, p), p) == align(t, p)``, and
 a bucket of a longer period is the union of the buckets of :data:`SOURCE_PERIOD` it contains.
 """
@@ -102,7 +103,13 @@ class BucketClock:
         # A transition lies between the bucket's local start and t: read the start's wall
         # time in the zone as zoneinfo does (first occurrence of a repeated time).
         local = datetime(1970, 1, 1) + timedelta(seconds=start_wall)
-        return int(local.replace(tzinfo=self.tz, fold=0).timestamp())
+        start = int(local.replace(tzinfo=self.tz, fold=0).timestamp())
+        if start > t and _TABLE_FROM <= t < _TABLE_TO:
+            # The start's wall time was skipped, and not at the gap's first minute (Chatham's
+            # clocks go from 02:45 to 03:45: 03:00 and 03:30 never happen); zoneinfo reads it
+            # after t. The bucket starts where the gap ends, at the transition.
+            start = self._transitions[bisect.bisect_right(self._transitions, t) - 1]
+        return start
 
     def align_many(self, times: list[int], period: int) -> list[int]:
         """``[align(t, period) for t in times]``, as plain arithmetic when every time lies

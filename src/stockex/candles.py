@@ -166,7 +166,12 @@ def write_plan(session: Session, plan: MinutePlan, batch: WriteBatch | None = No
     timezone is no longer the plan's (``rebuild_rollups`` ran since)."""
     if not plan.minutes:
         return plan.result
-    recorded = session.execute(_SERIES_TIMEZONE, {"market": plan.market_id}).scalar()
+    # Locked on MySQL until this transaction ends: a rebuild committing after a plain read
+    # (READ COMMITTED) would let these rollups in after its own, in the old timezone. A
+    # rebuild locks the row first too; on SQLite BEGIN IMMEDIATE serializes the writers.
+    mysql = session.get_bind().dialect.name == "mysql"
+    check = _SERIES_TIMEZONE_FOR_UPDATE if mysql else _SERIES_TIMEZONE
+    recorded = session.execute(check, {"market": plan.market_id}).scalar()
     if recorded != plan.rollup_timezone:
         raise SeriesTimezoneChanged(
             f"{plan.market_id}: rollups are now in {recorded!r}, not {plan.rollup_timezone!r}; "
@@ -521,3 +526,6 @@ _BUMP_REVISION = text(
     "UPDATE candle_series SET revision = revision + 1 WHERE market_id = :market"
 )
 _SERIES_TIMEZONE = text("SELECT timezone FROM candle_series WHERE market_id = :market")
+_SERIES_TIMEZONE_FOR_UPDATE = text(
+    "SELECT timezone FROM candle_series WHERE market_id = :market FOR UPDATE"
+)

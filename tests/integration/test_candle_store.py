@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -75,6 +78,43 @@ def test_a_plan_is_not_written_after_the_rollup_timezone_changed(database) -> No
     with pytest.raises(SeriesTimezoneChanged, match="Asia/Ho_Chi_Minh"):
         database.transaction(lambda s: write_plan(s, plan))
     assert sorted(stored(database)) == [60]  # nothing of the plan was written
+
+
+def test_a_chunk_written_while_a_rebuild_commits_is_refused(mysql_database) -> None:  # type: ignore[no-untyped-def]
+    """`stockex candles rebuild` while the crawler writes a chunk (MySQL, READ COMMITTED):
+    the chunk's timezone check read the old timezone before the rebuild committed, its rollup
+    writes then waited for the rebuild's row locks and went in after it, in the old timezone:
+    day candles at 17:00 UTC beside the rebuilt 00:00 UTC ones, until the next rebuild."""
+    db = mysql_database
+    hcm = "Asia/Ho_Chi_Minh"
+    db.transaction(lambda s: store_minutes(s, "asaxu", [k(86_400 + 60 * i) for i in range(60)],
+                                           timezone=hcm))
+    with db.read() as s:
+        plan = plan_minutes(s, "asaxu", [k(86_400 + 3600 + 60 * i) for i in range(10)],
+                            rollup_timezone=hcm)
+    rebuilt, commit = threading.Event(), threading.Event()
+
+    def rebuild(session) -> None:  # type: ignore[no-untyped-def]
+        rebuild_rollups(session, "asaxu", "UTC")
+        rebuilt.set()
+        assert commit.wait(20)
+
+    def crawl_chunk(session):  # type: ignore[no-untyped-def]
+        return write_batched(session, plan)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        rebuilding = pool.submit(db.transaction, rebuild, attempts=1)
+        assert rebuilt.wait(20)
+        writing = pool.submit(db.transaction, crawl_chunk, attempts=1)
+        time.sleep(1)  # the chunk's transaction is under way, waiting for the rebuild's locks
+        commit.set()
+        rebuilding.result(timeout=20)
+        with pytest.raises(SeriesTimezoneChanged, match="UTC"):
+            writing.result(timeout=20)
+    with db.read() as s:
+        days = s.scalars(select(CandleRollup.time).where(CandleRollup.period == 1440)).all()
+    assert days == [86_400]  # the UTC day alone, no Ho Chi Minh day beside it
+    assert len(stored(db)) == 60  # nothing of the chunk was written
 
 
 @pytest.mark.parametrize("zone", ["Europe/Berlin", "Asia/Ho_Chi_Minh", "America/New_York"])

@@ -4,6 +4,9 @@ here, independently of stockex's rollups; on SQLite and MySQL.
 
 The data always straddles a local (+07:00) midnight and a Monday 00:00 local, with minutes
 placed right before and after them, so the alignment is checked where it matters.
+
+A second property configures a zone that changes its clocks and places the minutes around one
+change: the reference there buckets by local wall-clock time read with zoneinfo.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete
 
-from stockex.api import services
+from stockex.api import create_app, services
 from stockex.batch import WriteBatch
+from stockex.buckets import clock_for
 from stockex.cache import Cache
 from stockex.candles import plan_minutes, series_timezone, store_minutes, write_plan
 from stockex.models import Candle, CandleRollup, CandleSeries
@@ -188,9 +192,11 @@ def reset(database) -> None:  # type: ignore[no-untyped-def]
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(scenario=scenarios(), pipelined=st.booleans())
+@given(scenario=scenarios(), pipelined=st.booleans(), window=st.tuples(
+    st.integers(-86_400, SPAN_MINUTES * 60), st.integers(0, SPAN_MINUTES * 60),
+    st.integers(5, 50)))
 def test_api_candles_equal_reference_aggregation(  # type: ignore[no-untyped-def]
-    app, client, database, scenario, pipelined
+    app, client, database, scenario, pipelined, window
 ) -> None:
     reset(database)
     with app.app_context():
@@ -223,3 +229,117 @@ def test_api_candles_equal_reference_aggregation(  # type: ignore[no-untyped-def
             query_string={"period": period, "time_to": scenario.last, "limit": 3},
         ).get_json()
         assert as_numbers(newest["candles"]) == as_numbers(expected[-3:])
+
+        # Paging a window by next_time_from: every bucket starting in it once, in order; the
+        # CSV of a page holds the JSON's candles.
+        time_from, time_to = scenario.first + window[0], scenario.first + window[0] + window[1]
+        pages: list[dict[str, object]] = []
+        following: int | None = time_from
+        while following is not None:
+            params = {"period": period, "time_from": following, "time_to": time_to,
+                      "limit": window[2]}
+            page = client.get("/api/v1/markets/asaxu/candles", query_string=params).get_json()
+            assert page["next_time_from"] is None or len(page["candles"]) == window[2]
+            pages += page["candles"]
+            following = page["next_time_from"]
+        assert as_numbers(pages) == as_numbers(
+            [c for c in expected if time_from <= c["time"] <= time_to])  # type: ignore[operator]
+        sheet = client.get("/api/v1/markets/asaxu/candles",
+                           query_string={**params, "format": "csv"}).get_data(as_text=True)
+        assert sheet.splitlines()[1:] == [
+            ",".join(str(c[k]) for k in ("time", "time_local", "open", "high", "low", "close",
+                                         "volume"))
+            for c in page["candles"]
+        ]
+
+
+# ----------------------------------------------------- a configured zone with DST changes
+
+DST_ZONES = ["Europe/Berlin", "America/New_York", "America/Santiago", "Pacific/Chatham"]
+
+
+def wall_bucket(t: int, period: int, tz: ZoneInfo) -> int:
+    """Bucket start in a zone with DST, from local wall times alone: the last instant up to
+    ``t`` whose wall time is the bucket's grid time (CONTRACT §5's formula with the offset in
+    force at ``t``); when the clocks skipped that wall time, the moment they skipped to."""
+    wall = datetime.fromtimestamp(t, tz).replace(tzinfo=None)
+    if period == 10080:
+        grid = (wall - timedelta(days=wall.weekday())).replace(hour=0, minute=0)
+    elif period == 4320:
+        day = (wall - datetime(1970, 1, 1)).days
+        grid = datetime(1970, 1, 1) + timedelta(days=day - day % 3)
+    else:
+        minute = wall.hour * 60 + wall.minute
+        grid = wall - timedelta(minutes=minute % period)
+    found = [
+        int(grid.replace(tzinfo=tz, fold=fold).timestamp()) for fold in (0, 1)
+    ]
+    found = [s for s in found
+             if s <= t and datetime.fromtimestamp(s, tz).replace(tzinfo=None) == grid]
+    if found:
+        return max(found)
+    start = t  # skipped: walk back to the first minute after the gap
+    while datetime.fromtimestamp(start - 60, tz).replace(tzinfo=None) > grid:
+        start -= 60
+    return start
+
+
+@st.composite
+def dst_scenarios(draw: st.DrawFn) -> tuple[str, dict[int, Kline]]:
+    """Minutes over the four days around one of the zone's clock changes (2021..2025):
+    dense runs and single minutes, always some right at and around the change."""
+    zone = draw(st.sampled_from(DST_ZONES))
+    clock = clock_for(zone)
+    changes = [t for t in clock._transitions if 1_609_459_200 <= t < 1_767_225_600]
+    change = draw(st.sampled_from(changes))
+    start = change - change % 60 - 2 * 86_400
+    span = 4 * 1440
+    offsets: set[int] = set()
+    for run_start, run_len in draw(
+        st.lists(st.tuples(st.integers(0, span), st.integers(1, 180)), max_size=8)
+    ):
+        offsets.update(range(run_start, min(span, run_start + run_len)))
+    offsets.update(draw(st.lists(st.integers(0, span - 1), max_size=40)))
+    offsets.update(range(2 * 1440 - 70, 2 * 1440 + 70, draw(st.integers(1, 15))))
+    return zone, {start + 60 * o: draw(kline_at(start + 60 * o)) for o in sorted(offsets)}
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(scenario=dst_scenarios())
+def test_api_candles_across_a_dst_change_equal_wall_clock_reference(  # type: ignore[no-untyped-def]
+    database, make_settings, scenario
+) -> None:
+    """With ``timezone`` a zone that changes its clocks (a 23 or 25 hour day, a week holding
+    the change, Chatham's 02:45 -> 03:45, Santiago's skipped midnight), every period's
+    candles equal an aggregation by local wall-clock buckets computed here with zoneinfo."""
+    zone, minutes = scenario
+    tz = ZoneInfo(zone)
+    reset(database)
+    client = create_app(make_settings(database.url, timezone=zone), db=database).test_client()
+    klines = sorted(minutes.values(), key=lambda k: (k.ts * 7919) % 10007)
+    for i in range(0, len(klines), 400):
+        database.transaction(lambda s, part=klines[i : i + 400]: store_minutes(
+            s, "asaxu", part, timezone=zone))
+    first, last = min(minutes), max(minutes)
+    for period in PERIODS:
+        groups: dict[int, list[Kline]] = defaultdict(list)
+        for t in sorted(minutes):
+            groups[wall_bucket(t, period, tz)].append(minutes[t])
+        expected = [
+            {"time": start, "time_local": datetime.fromtimestamp(start, tz).isoformat(),
+             "open": ks[0].open, "high": max(k.high for k in ks),
+             "low": min(k.low for k in ks), "close": ks[-1].close,
+             "volume": sum((k.volume for k in ks), Decimal(0))}
+            for start, ks in sorted(groups.items())
+        ]
+        body = client.get(
+            "/api/v1/markets/asaxu/candles",
+            query_string={"period": period, "time_from": first - 7 * 86_400,
+                          "time_to": last, "limit": 5000},
+        ).get_json()
+        assert body["timezone"] == zone
+        assert as_numbers(body["candles"]) == as_numbers(expected), f"{zone} period {period}"

@@ -108,6 +108,7 @@ def test_validate_period() -> None:
 # Zones with daylight saving time: the properties the rollups rely on must hold around
 # every kind of transition (1 h, 30 min, at midnight, southern hemisphere).
 DST_ZONES = ["Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "America/Santiago",
+             "Pacific/Chatham",
              "Asia/Ho_Chi_Minh", "Asia/Kathmandu"]
 
 
