@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the servers the test suite starts for itself (MariaDB, Redis) and the browser the
-# Swagger UI test drives, with apt-get, when they are missing. Needs root for the install;
+# Installs the servers the test suite starts for itself (MariaDB, Redis, nginx for the
+# deployment's proxy config) and the browser the Swagger UI test drives, with apt-get, when
+# they are missing. Needs root for the install;
 # otherwise it says what to install (or which STOCKEX_TEST_*_URL to set) and fails.
 set -euo pipefail
 
@@ -15,6 +16,9 @@ if [ -z "${STOCKEX_TEST_REDIS_URL:-}" ] && ! have redis-server; then
 fi
 if ! have chromium; then
   missing+=(chromium)
+fi
+if ! have nginx; then
+  missing+=(nginx)
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then

@@ -1,4 +1,5 @@
-"""Throwaway MySQL-compatible and Redis servers, and a fake Slack, for tests and benchmarks.
+"""Throwaway MySQL-compatible and Redis servers, nginx with the deployment's proxy
+configuration, and a fake Slack, for tests and benchmarks.
 
 Each server runs from the binaries on PATH (``mariadbd``/``mysqld``, ``redis-server``) in a
 temporary directory on a free loopback port, and is stopped and deleted at the end.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,7 +22,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -194,6 +196,43 @@ def wait_for_api_server(server: str, port: int, process: subprocess.Popen[bytes]
             raise ServerUnavailable(f"{listening} of {workers} workers listen")
 
     _wait_or_kill(ready, process, timeout, server)
+
+
+def nginx_binary() -> str | None:
+    """Debian's nginx (``/usr/sbin``, off a non-root PATH), or None."""
+    return _which("nginx")
+
+
+def render_nginx_template(template: Path, values: Mapping[str, str]) -> str:
+    """``template`` as the official nginx image's entrypoint renders ``/etc/nginx/templates``
+    (``20-envsubst-on-templates.sh``): each ``$NAME`` or ``${NAME}`` set in its environment,
+    here ``values``, is replaced; anything else (nginx's own ``$host``) is left as it is."""
+    return re.sub(r"\$(\{)?(\w+)(?(1)\})", lambda m: values.get(m[2], m[0]),
+                  template.read_text())
+
+
+def nginx_command(directory: Path, site: str) -> list[str]:
+    """The command running nginx in the foreground with ``site`` (a rendered
+    ``deploy/nginx`` template) inside ``http { }``, as the official image's nginx.conf
+    includes it, and its pid file, logs (``error.log``, ``access.log``) and temporary files in
+    ``directory``. Add ``-t`` to only check the configuration."""
+    nginx = nginx_binary()
+    if nginx is None:
+        raise ServerUnavailable("nginx is not installed (apt-get install nginx; `make test` "
+                                "installs it)")
+    (directory / "site.conf").write_text(site)
+    temp = "".join(f"    {kind}_temp_path {directory}/{kind};\n"
+                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    # Started as root, nginx runs its workers as `nobody`, who may not enter pytest's tmp_path.
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    (directory / "nginx.conf").write_text(
+        f"{user}daemon off;\nworker_processes 1;\npid {directory}/nginx.pid;\n"
+        f"error_log {directory}/error.log info;\nevents {{ worker_connections 512; }}\n"
+        f"http {{\n    access_log {directory}/access.log;\n{temp}"
+        f"    include {directory}/site.conf;\n}}\n"
+    )
+    return [nginx, "-p", str(directory), "-e", str(directory / "error.log"),
+            "-c", str(directory / "nginx.conf")]
 
 
 def machine_cpu_ticks() -> list[int]:

@@ -6,15 +6,21 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
+from stockex.api import MAX_BODY_BYTES
 from stockex.config import DEFAULT_SECRET_KEY, load_settings
+from stockex.testing import nginx_binary, nginx_command, render_nginx_template
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
-LONG_RUNNING_WITH_HEALTH = ("mysql", "redis", "api", "airflow-db", "airflow-apiserver",
-                            "airflow-scheduler", "airflow-dag-processor")
+LONG_RUNNING_WITH_HEALTH = ("mysql", "redis", "api", "proxy", "airflow-db",
+                            "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor")
+NGINX_TEMPLATE = ROOT / "deploy" / "nginx" / "stockex.conf.template"
+# what the nginx image's entrypoint replaces in it (compose's `proxy` environment)
+NGINX_VARIABLES = ("NGINX_PORT", "STOCKEX_API_ADDRESS", "NGINX_LOCAL_RESOLVERS")
 
 
 def with_defaults(value: str) -> str:
@@ -30,26 +36,82 @@ def test_the_stockex_environment_is_a_valid_configuration() -> None:
     assert settings.api.login_rate_limit == "10 per minute"
     assert settings.api.password_rate_limit == "30 per minute"
     assert settings.api.cors_origins == ()
-    assert settings.api.proxy_hops == 0  # port 5010 is published: nothing forwards by default
+    assert settings.api.proxy_hops == 1  # clients reach the API through the nginx `proxy` only
     assert settings.slack.channel == "#stockex-alerts"
     # no secret in .env: the API refuses to start instead of signing with a known key
     assert settings.secret_key == DEFAULT_SECRET_KEY
 
 
 def test_proxy_hops_set_in_env_reaches_the_api() -> None:
-    """README, Deployment: behind nginx, STOCKEX_PROXY_HOPS in .env makes the API trust it."""
+    """README, Deployment: STOCKEX_PROXY_HOPS in .env is the number of proxies the API trusts,
+    1 for compose's nginx (2 with a TLS load balancer in front of it)."""
     value = str(COMPOSE["x-stockex-env"]["STOCKEX__API__PROXY_HOPS"])
-    assert "${STOCKEX_PROXY_HOPS:-0}" in value
+    assert "${STOCKEX_PROXY_HOPS:-1}" in value
     environ = {k: with_defaults(str(v)) for k, v in COMPOSE["x-stockex-env"].items()}
-    environ["STOCKEX__API__PROXY_HOPS"] = value.replace("${STOCKEX_PROXY_HOPS:-0}", "1")
-    assert load_settings(environ=environ).api.proxy_hops == 1
+    environ["STOCKEX__API__PROXY_HOPS"] = value.replace("${STOCKEX_PROXY_HOPS:-1}", "2")
+    assert load_settings(environ=environ).api.proxy_hops == 2
     assert SERVICES["api"]["environment"]["STOCKEX__API__PROXY_HOPS"] == value
     example = (ROOT / ".env.example").read_text()
-    assert re.search(r"^STOCKEX_PROXY_HOPS=0$", example, re.MULTILINE)
+    assert re.search(r"^STOCKEX_PROXY_HOPS=1$", example, re.MULTILINE)
+
+
+def test_clients_reach_the_api_only_through_the_nginx_proxy() -> None:
+    """A few clients that send half a request and stop held every gunicorn thread: the API
+    is behind nginx (tests/e2e/test_proxy.py), which alone publishes the API's port, so the
+    X-Forwarded-For the API trusts (proxy_hops 1) is always nginx's."""
+    proxy, api = SERVICES["proxy"], SERVICES["api"]
+    assert re.fullmatch(r"nginx:\d+(\.\d+)?", proxy["image"])  # official, pinned major
+    assert proxy["ports"] == ["${STOCKEX_API_PORT:-5010}:5010"]
+    assert "ports" not in api
+    published = sorted(name for name, service in SERVICES.items() if "ports" in service)
+    assert published == ["airflow-apiserver", "proxy"]
+    env = proxy["environment"]
+    assert env["NGINX_PORT"] == "5010" and env["STOCKEX_API_ADDRESS"] == "api:5010"
+    assert env["NGINX_ENTRYPOINT_LOCAL_RESOLVERS"] == "1"
+    # the API listens on 5010 in its container (Dockerfile) and its healthcheck asks it there
+    assert "--bind 0.0.0.0:5010" in (ROOT / "Dockerfile").read_text()
+    assert "127.0.0.1:5010/ready" in " ".join(api["healthcheck"]["test"])
+    source, target, mode = proxy["volumes"][0].split(":")
+    assert (ROOT / source).resolve() == NGINX_TEMPLATE and mode == "ro"
+    # the image renders /etc/nginx/templates/X.template into conf.d/X; default.conf replaces
+    # its welcome page
+    assert target == "/etc/nginx/templates/default.conf.template"
+    assert proxy["depends_on"]["api"]["condition"] == "service_started"
+    assert proxy["restart"] == "unless-stopped"
+    assert "http://127.0.0.1:5010/health" in proxy["healthcheck"]["test"]
+    assert "STOCKEX_API_PORT=5010" in (ROOT / ".env.example").read_text()
+
+
+def test_the_nginx_template_uses_only_the_variables_compose_sets() -> None:
+    """The image's entrypoint replaces $NAME and ${NAME} wherever NAME is set in the
+    container's environment: only the three documented ones may look like that; nginx's own
+    variables are lower case (the container's environment is upper case)."""
+    text = NGINX_TEMPLATE.read_text()
+    config = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    assert set(re.findall(r"\$\{?([A-Z]\w*)", config)) == set(NGINX_VARIABLES)
+    assert all(name.islower() for name in re.findall(r"\$\{?([a-z]\w*)", config))
+    # the limit nginx answers 413 for is the API's (MAX_BODY_BYTES)
+    size = re.search(r"client_max_body_size (\d+)k;", config)
+    assert size and int(size[1]) * 1024 == MAX_BODY_BYTES
+    assert f"({MAX_BODY_BYTES} bytes)" in config
+
+
+@pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed "
+                    "(apt-get install nginx; `make test` installs it)")
+def test_nginx_accepts_the_template_rendered_with_compose_values(tmp_path: Path) -> None:
+    env = SERVICES["proxy"]["environment"]
+    values = {name: str(env[name]) for name in NGINX_VARIABLES if name in env}
+    values["NGINX_LOCAL_RESOLVERS"] = "127.0.0.11"  # Docker's DNS, from the container's resolv.conf
+    site = render_nginx_template(NGINX_TEMPLATE, values)
+    assert "listen 5010;" in site and "set $stockex_api api:5010;" in site
+    result = subprocess.run([*nginx_command(tmp_path, site), "-t"], capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
 
 
 def test_every_service_is_there_with_health_checks_and_start_order() -> None:
-    for name in ("mysql", "redis", "migrate", "api", "crawler", "airflow-init",
+    for name in ("mysql", "redis", "migrate", "api", "proxy", "crawler", "airflow-init",
                  "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor"):
         assert name in SERVICES, name
     for name in LONG_RUNNING_WITH_HEALTH:
