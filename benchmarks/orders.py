@@ -165,6 +165,14 @@ morning's. The test databases compare text case-insensitively since then, as a p
 MySQL does (``stockex.testing.TEST_COLLATION``); granian-only runs with the old binary
 collation and the new one, interleaved: 339.3 and 374.0 against 361.1 and 417.3 orders/s,
 MariaDB 1.51 and 1.42 against 1.48 and 1.30 ms per order: no cost.
+
+**2026-11-22, 13:49-15:00 UTC** (defaults; the placement path unchanged since): at 13:49
+gunicorn 403.0 (p99 65 ms) and granian 355.7 (p99 129 ms, the machine 80 % busy: the 16
+connections hashed unevenly over its workers), baseline 1,048.6; at 14:57, the machine quiet,
+gunicorn 473.6 (49 ms) and granian **502.6** (68 ms), baseline 1,229.9 (ratios 0.385 and
+0.409; one window each reached the target: gunicorn 511.9, granian 570.2); at 14:59
+gunicorn 425.6 (53 ms) and granian 406.4 (76 ms), baseline 1,081.1 (ratios 0.394 and 0.376).
+API CPU per order 2.47-2.93 ms under gunicorn, 2.15-2.88 under granian; MariaDB 1.07-1.42.
 """
 
 from __future__ import annotations
