@@ -140,11 +140,14 @@ def read_trades(
     if time_to is not None:
         where.append(Trade.created_at <= time_to)
     if before_id is not None:
+        # MAX(id), which MariaDB answers from the (market_id, id) index in one read; ORDER BY
+        # id DESC LIMIT 1 was sometimes read from the market's newest trade down to before_id
+        # (an equality lookup on market_id): 1,500 rows for a page in the middle of 3,000.
+        newest_below = (select(func.max(Trade.id))
+                        .where(Trade.market_id == market_id, Trade.id <= before_id)
+                        .scalar_subquery())
         anchor_time = session.execute(
-            select(Trade.created_at)
-            .where(Trade.market_id == market_id, Trade.id <= before_id)
-            .order_by(Trade.id.desc())
-            .limit(1)
+            select(Trade.created_at).where(Trade.id == newest_below)
         ).scalar()
         if anchor_time is None:
             return []
