@@ -281,6 +281,8 @@ def is_missing_table(exc: BaseException) -> bool:
 #: SQLite waits this long for another connection's write lock before "database is locked".
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 
+#: SQLite's plain SQLITE_BUSY: its busy handler already waited the whole busy timeout.
+_SQLITE_BUSY = 5
 # Primary result codes (https://sqlite.org/rescode.html) that say the database file, its
 # directory or its disk is unusable: the operator's to fix, like a MySQL server that is down.
 # SQLITE_ERROR (no such table, a syntax error) is not among them: a bug or a missing migration.
@@ -289,8 +291,9 @@ _SQLITE_UNAVAILABLE = {
         "writable by this process, and the path must not be a directory",  # SQLITE_CANTOPEN
     8: "the SQLite database file {path} is read-only for this process, which must be able "
        "to write the file, its -wal and -shm files and their directory",  # SQLITE_READONLY
-    5: "the SQLite database file {path} is locked: another connection (this process or "
-       f"another) held its write lock for more than {SQLITE_BUSY_TIMEOUT_SECONDS} s",  # SQLITE_BUSY
+    _SQLITE_BUSY: "the SQLite database file {path} is locked: another connection (this "
+                  "process or another) held its write lock for more than "
+                  f"{SQLITE_BUSY_TIMEOUT_SECONDS} s",
     10: "disk I/O error on the SQLite database file {path}: check its disk and file "
         "system",  # SQLITE_IOERR
     13: "the disk holding the SQLite database file {path} is full",  # SQLITE_FULL
@@ -311,10 +314,6 @@ def sqlite_unavailable(exc: BaseException, path: str | None) -> str | None:
         return None
     reason = _SQLITE_UNAVAILABLE.get(code & 0xFF)  # extended codes carry the primary one
     return None if reason is None else reason.format(path=path or ":memory:")
-
-
-#: SQLite's plain SQLITE_BUSY: its busy handler already waited the whole busy timeout.
-_SQLITE_BUSY = 5
 
 
 def is_retryable(exc: BaseException) -> bool:

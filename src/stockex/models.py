@@ -41,6 +41,7 @@ NAMING_CONVENTION = {
 MYSQL_TABLE_ARGS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
 
 ZERO = Decimal(0)
+MAX_ID = 2**63 - 1  # BIGINT: the largest id of any table
 
 
 class Base(DeclarativeBase):

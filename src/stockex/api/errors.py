@@ -54,8 +54,7 @@ _HTTP_CODES = {
 def _database_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, DisconnectionError | PoolTimeoutError):
         return True
-    return (isinstance(exc, DBAPIError) and exc.connection_invalidated
-            or _is_connect_error(exc) or _sqlite_unavailable(exc) is not None)
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated or _is_connect_error(exc)
 
 
 def _sqlite_unavailable(exc: BaseException) -> str | None:
@@ -109,9 +108,10 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        if _database_unavailable(exc):
+        problem = _sqlite_unavailable(exc)  # the SQLite file unusable: as an outage
+        if problem is not None or _database_unavailable(exc):
             log.warning("database unavailable during %s %s: %s", request.method,
-                        loggable_path(), _sqlite_unavailable(exc) or exc)
+                        loggable_path(), problem or exc)
             on_down = app.extensions.get("stockex.on_database_unavailable")
             if on_down is not None:
                 on_down(exc)
@@ -123,7 +123,7 @@ def register_error_handlers(app: Flask) -> None:
                 return error_response(503, "database_unavailable", exc.outcome + hint,
                                       {"outcome": "unknown"})
             return error_response(503, "database_unavailable",
-                                  _sqlite_unavailable(exc) or "the database is not reachable")
+                                  problem or "the database is not reachable")
         if is_missing_table(exc) and _schema_behind():  # the operator's to fix: say how
             log.error("%s %s: %s (%s)", request.method, loggable_path(), RUN_UPGRADE,
                       str(getattr(exc, "orig", exc)).splitlines()[0])

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from stockex import __version__
-from stockex.api.params import MAX_ID
 from stockex.config import Settings
+from stockex.models import MAX_ID
 
 JSON = "application/json"
 

@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.routing import IntegerConverter
 
 from stockex.errors import DomainError, InvalidInput, refuse_unknown_fields
+from stockex.models import MAX_ID
 from stockex.numbers import parse_int
 
 log = logging.getLogger("stockex.api")
@@ -161,9 +162,6 @@ def json_body(fields: frozenset[str] | None = None) -> dict[str, Any]:
     if fields is not None:
         refuse_unknown_fields(data, fields)
     return data
-
-
-MAX_ID = 2**63 - 1  # BIGINT, the type of every id
 
 
 def before_id_param() -> int | None:

@@ -38,7 +38,7 @@ from stockex.cache import Cache, invalidate_book
 from stockex.config import MarketSettings, Settings
 from stockex.db import CommitOutcomeUnknown, Database
 from stockex.errors import Conflict, InvalidInput, NotFound, UnknownMarket
-from stockex.models import Order, Trade
+from stockex.models import MAX_ID, Order, Trade
 from stockex.numbers import exact, to_str
 from stockex.trading import engine
 from stockex.trading.accounts import InsufficientBalance, LockedBalances, lock_balances
@@ -46,7 +46,6 @@ from stockex.trading.book import lock_market, lock_market_and_read_book
 from stockex.trading.order_request import OrderRequest
 
 ZERO = Decimal(0)
-MAX_ORDER_ID = 2**63 - 1  # BIGINT
 ORDERS = Order.__table__
 TRADES = Trade.__table__
 
@@ -401,7 +400,7 @@ def cancel_order(db: Database, cache: Cache | None, settings: Settings, user_id:
 
 def _known_id(order_id: int) -> None:
     """404 for an id no order can have (beyond BIGINT: SQLite's driver cannot even bind it)."""
-    if not 0 < order_id <= MAX_ORDER_ID:
+    if not 0 < order_id <= MAX_ID:
         raise NotFound(f"no order {order_id}", code="order_not_found")
 
 
